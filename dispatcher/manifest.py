@@ -1,0 +1,162 @@
+"""The candidate manifest (``candidates.toml``): loaded once, validated, refused clearly.
+
+```toml
+timeout = 60                 # optional defaults for every candidate
+network = true
+env = ["OPENAI_API_KEY"]     # variables passed into sandboxes (names only)
+judge = "events"
+
+[[candidate]]
+id = "alpha"                 # [a-z0-9_-], unique
+name = "Agent Alpha"
+description = "The Speed Demon"
+script = "agent_alpha.py"    # relative to this file
+timeout = 30                 # optional
+requirements = ["requests"]  # optional, installed in the sandbox first
+```
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.records import sha256_text
+
+ID_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "candidates" / "candidates.toml"
+MAX_SCRIPT_BYTES = 512 * 1024
+
+
+class ManifestError(ValueError):
+    """A manifest problem, naming the file, the entry and the field, and the fix."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    name: str
+    description: str
+    script_path: Path
+    script: str
+    script_sha256: str
+    timeout: int | None = None
+    requirements: tuple[str, ...] = ()
+
+    @property
+    def script_name(self) -> str:
+        return self.script_path.name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    candidates: tuple[Candidate, ...]
+    timeout: int | None = None
+    network: bool = True
+    env: tuple[str, ...] = ()
+    judge: str = "events"
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_manifest_path(path: str | Path | None) -> Path:
+    """A manifest file, or a directory holding ``candidates.toml``."""
+    if path is None:
+        return DEFAULT_MANIFEST
+    p = Path(path)
+    if p.is_dir():
+        p = p / "candidates.toml"
+    if not p.is_file():
+        raise ManifestError(
+            f"{p}: no such manifest. Pass --candidates a candidates.toml file or a "
+            "directory that holds one."
+        )
+    return p
+
+
+def _field(where: str, entry: dict, key: str, kind: type, required: bool = False, default=None):
+    if key not in entry:
+        if required:
+            raise ManifestError(f"{where}: field '{key}' is missing; add {key} = ...")
+        return default
+    value = entry[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ManifestError(f"{where}: field '{key}' must be a whole number, got {value!r}")
+    if kind is not int and not isinstance(value, kind):
+        raise ManifestError(f"{where}: field '{key}' must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _str_list(where: str, entry: dict, key: str) -> tuple[str, ...]:
+    value = _field(where, entry, key, list, default=[])
+    if not all(isinstance(v, str) and v for v in value):
+        raise ManifestError(f"{where}: field '{key}' must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _timeout(where: str, entry: dict) -> int | None:
+    t = _field(where, entry, "timeout", int)
+    if t is not None and not 1 <= t <= 86400:
+        raise ManifestError(f"{where}: field 'timeout' must be between 1 and 86400 seconds")
+    return t
+
+
+def load_manifest(path: str | Path | None = None) -> Manifest:
+    p = resolve_manifest_path(path)
+    try:
+        data = tomllib.loads(p.read_text("utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{p}: not valid TOML ({exc}); fix the syntax") from None
+    entries = data.get("candidate")
+    if not isinstance(entries, list) or not entries:
+        raise ManifestError(f"{p}: no [[candidate]] entries; add at least one")
+    top = f"{p}"
+    env_names = _str_list(top, data, "env")
+    for name in env_names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ManifestError(f"{top}: field 'env' has an invalid variable name {name!r}")
+    seen: set[str] = set()
+    candidates = []
+    for i, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{p}: candidate #{i} is not a table")
+        where = f"{p}: candidate #{i}"
+        cid = _field(where, entry, "id", str, required=True)
+        if not ID_RE.match(cid):
+            raise ManifestError(
+                f"{where}: field 'id' = {cid!r} is invalid; use 1-64 characters from a-z, 0-9, _ and -"
+            )
+        where = f"{p}: candidate '{cid}'"
+        if cid in seen:
+            raise ManifestError(f"{where}: field 'id' is a duplicate; every id must be unique")
+        seen.add(cid)
+        script_rel = _field(where, entry, "script", str, required=True)
+        script_path = (p.parent / script_rel).resolve()
+        if not script_path.is_file():
+            raise ManifestError(
+                f"{where}: field 'script' = {script_rel!r}: no such file ({script_path}); "
+                "paths are relative to the manifest"
+            )
+        raw = script_path.read_bytes()
+        if len(raw) > MAX_SCRIPT_BYTES:
+            raise ManifestError(f"{where}: field 'script' is over {MAX_SCRIPT_BYTES} bytes")
+        try:
+            script = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ManifestError(f"{where}: field 'script' is not UTF-8 text") from None
+        candidates.append(Candidate(
+            id=cid,
+            name=_field(where, entry, "name", str, default=cid),
+            description=_field(where, entry, "description", str, default=""),
+            script_path=script_path,
+            script=script,
+            script_sha256=sha256_text(script),
+            timeout=_timeout(where, entry),
+            requirements=_str_list(where, entry, "requirements"),
+        ))
+    network = _field(top, data, "network", bool, default=True)
+    judge = _field(top, data, "judge", str, default="events")
+    return Manifest(path=p, candidates=tuple(candidates), timeout=_timeout(top, data),
+                    network=network, env=env_names, judge=judge)

@@ -1,0 +1,117 @@
+"""Configuration from the environment (and ``.env``), with placeholders treated as unset.
+
+Read once per process. Secrets are only ever read here and handed to the code that
+needs them; nothing in this module prints them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_PLACEHOLDER = re.compile(r"^(your[_-].*|<.*>|changeme|xxx+|\.\.\.)$", re.IGNORECASE)
+
+# Never passed into a sandbox, whatever a competition's allow-list says.
+FORBIDDEN_SANDBOX_ENV = frozenset(
+    {
+        "DAYTONA_API_KEY",
+        "DAYTONA_API_URL",
+        "DAYTONA_BASE_URL",
+        "DISCORD_WEBHOOK_URL",
+        "CELERY_BROKER_URL",
+        "CELERY_RESULT_BACKEND",
+        "FLOWER_BASIC_AUTH",
+        "REDIS_PASSWORD",
+    }
+)
+
+_loaded = False
+
+
+def load_dotenv_once() -> None:
+    """Load ``.env`` from the working directory (never overriding the real environment)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    try:
+        from dotenv import find_dotenv, load_dotenv
+    except ImportError:  # pragma: no cover - python-dotenv is a dependency
+        return
+    path = find_dotenv(usecwd=True)
+    if path:
+        load_dotenv(path, override=False)
+
+
+def is_placeholder(value: str | None) -> bool:
+    return value is None or not value.strip() or bool(_PLACEHOLDER.match(value.strip()))
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """An environment value, ``default`` when unset or a placeholder like ``your_key``."""
+    load_dotenv_once()
+    value = os.environ.get(name)
+    return default if is_placeholder(value) else value.strip()  # type: ignore[union-attr]
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to e.g. {default}") from None
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the user: what is wrong and how to fix it."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{parts.username}:***@{netloc}"
+    else:
+        netloc = f":***@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def broker_url() -> str | None:
+    return env("CELERY_BROKER_URL")
+
+
+def result_backend_url() -> str | None:
+    return env("CELERY_RESULT_BACKEND") or broker_url()
+
+
+def is_distributed() -> bool:
+    """Distributed when a broker is configured; embedded otherwise."""
+    return broker_url() is not None
+
+
+def artifacts_dir() -> str:
+    return env("FORGE_ARTIFACTS_DIR", "artifacts") or "artifacts"
+
+
+def get_daytona_config() -> tuple[str | None, str | None]:
+    """``(api_key, base_url)``; the seed's ``DAYTONA_BASE_URL`` is accepted too."""
+    return env("DAYTONA_API_KEY"), env("DAYTONA_API_URL") or env("DAYTONA_BASE_URL")
+
+
+def is_daytona_configured() -> bool:
+    return get_daytona_config()[0] is not None
+
+
+def discord_webhook_url() -> str | None:
+    return env("DISCORD_WEBHOOK_URL")

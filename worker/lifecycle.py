@@ -1,0 +1,173 @@
+"""One candidate's sandbox lifecycle, written once for every backend.
+
+create → upload script → (install requirements) → execute with a deadline →
+retrieve artifact → delete, the delete in ``finally``. Every outcome comes back as a
+``CandidateResult``; nothing here raises into the caller, because the caller is a
+chord header task and one exception would cost the whole run its callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from worker.records import CandidateResult, CandidateTask
+from worker.sandbox.base import SandboxBackend, SandboxError, SandboxRequest
+
+SCRIPT_NAME = "script.py"
+OUTPUT_NAME = "discord_post.md"
+
+LogFn = Callable[[str], None]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def worker_name() -> str:
+    return socket.gethostname()
+
+
+def build_env(names: tuple[str, ...], source: dict[str, str]) -> dict[str, str]:
+    """Only the allow-listed variables, and never our own credentials."""
+    from worker.config import FORBIDDEN_SANDBOX_ENV
+
+    return {
+        n: source[n]
+        for n in names
+        if n in source and n not in FORBIDDEN_SANDBOX_ENV and not n.startswith("CELERY_")
+    }
+
+
+def candidate_command(workdir: str, objective: str) -> list[str]:
+    """The candidate contract: ``python3 SCRIPT "<objective>" <output_path>``, as argv."""
+    return ["python3", f"{workdir}/{SCRIPT_NAME}", objective, f"{workdir}/{OUTPUT_NAME}"]
+
+
+def shell_command(argv: list[str]) -> str:
+    """For backends whose exec goes through a shell: every argument quoted."""
+    return shlex.join(argv)
+
+
+def run_lifecycle(
+    backend: SandboxBackend,
+    task: CandidateTask,
+    log: LogFn,
+    env_source: dict[str, str] | None = None,
+    owner: str = "",
+) -> CandidateResult:
+    """Run one candidate in a fresh sandbox of ``backend`` and describe what happened."""
+    import os
+
+    result = CandidateResult(
+        candidate_id=task.candidate_id,
+        execution_mode=backend.name,
+        started_at=_now(),
+        worker=worker_name(),
+    )
+    label = backend.label
+    t0 = time.monotonic()
+    sandbox = None
+
+    def fail(message: str) -> CandidateResult:
+        result.error_message = message
+        log(f"[Error] {message}")
+        return result
+
+    try:
+        if hashlib.sha256(task.script.encode("utf-8")).hexdigest() != task.script_sha256:
+            return fail("script content does not match its sha256: refusing to run it")
+        request = SandboxRequest(
+            run_id=task.run_id,
+            candidate_id=task.candidate_id,
+            timeout=task.timeout,
+            network=task.network,
+            env=build_env(task.env_allow, dict(os.environ if env_source is None else env_source)),
+            limits=task.limits,
+            owner=owner,
+        )
+        log(f"[{label}] Creating sandbox...")
+        try:
+            sandbox = backend.create(request, log)
+        except SandboxError as exc:
+            result.sandbox_id = exc.sandbox_id
+            return fail(f"Sandbox creation failed: {exc}")
+        result.sandbox_id = sandbox.id
+        result.isolation = sandbox.isolation
+        log(f"[{label}] Sandbox ready: {sandbox.id[:8]}...")
+
+        try:
+            sandbox.upload(task.script.encode("utf-8"), f"{sandbox.workdir}/{SCRIPT_NAME}",
+                           task.upload_timeout)
+        except SandboxError as exc:
+            return fail(f"Upload failed: {exc}")
+        log(f"[{label}] Script uploaded")
+
+        if task.requirements:
+            log(f"[{label}] Installing Dependencies: {' '.join(task.requirements)}")
+            install = sandbox.exec(
+                ["python3", "-m", "pip", "install", "--quiet", *task.requirements],
+                task.install_timeout,
+                task.limits.output_bytes,
+            )
+            if install.timed_out or install.exit_code != 0:
+                result.output = install.output
+                why = (f"timed out after {task.install_timeout}s" if install.timed_out
+                       else f"exit code {install.exit_code}")
+                return fail(f"Installing requirements failed ({why})")
+
+        log("[Run] Executing...")
+        ran = sandbox.exec(
+            candidate_command(sandbox.workdir, task.objective),
+            task.timeout,
+            task.limits.output_bytes,
+        )
+        result.output = ran.output
+        result.output_dropped_bytes = ran.output_dropped_bytes
+        result.exit_code = ran.exit_code
+        result.timed_out = ran.timed_out
+        if ran.output_dropped_bytes:
+            log(f"[Warn] Output capped: {ran.output_dropped_bytes} earlier bytes dropped")
+        if ran.timed_out:
+            return fail(f"Execution timed out after {task.timeout}s (sandbox killed)")
+        log(f"[Run] Exit code: {ran.exit_code}")
+
+        got = sandbox.download(f"{sandbox.workdir}/{OUTPUT_NAME}", task.limits.artifact_bytes,
+                               task.retrieve_timeout)
+        if got.problem:
+            result.warnings.append(got.problem)
+            log(f"[Warn] {got.problem}")
+        if got.content is not None:
+            result.artifact_content = got.content.decode("utf-8", errors="replace")
+            result.artifact_truncated = got.truncated
+            if got.truncated:
+                log(f"[Warn] Artifact truncated to {task.limits.artifact_bytes} bytes")
+            log("[Done] Artifact retrieved")
+
+        if ran.exit_code != 0:
+            return fail(f"Script exited with code {ran.exit_code}")
+        if result.artifact_content is None:
+            return fail("Artifact missing: the script exited 0 but wrote no output file")
+        result.success = True
+        return result
+    except SandboxError as exc:
+        return fail(f"{exc.phase} failed: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the chord must never see an exception
+        return fail(f"Internal error ({type(exc).__name__}): {exc}")
+    finally:
+        if sandbox is not None:
+            log(f"[{label}] Cleaning up...")
+            try:
+                sandbox.delete()
+            except Exception as exc:  # noqa: BLE001 - cleanup trouble is a warning only
+                warning = f"Cleanup failed for sandbox {sandbox.id}: {exc}"
+                result.warnings.append(warning)
+                log(f"[Warn] {warning}")
+        result.runtime_seconds = round(time.monotonic() - t0, 3)
+        result.finished_at = _now()
+        if result.success:
+            log(f"[Done] {result.runtime_seconds:.2f}s")

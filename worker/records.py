@@ -1,0 +1,243 @@
+"""Typed records that cross a process boundary (task messages, results, summary.json).
+
+Everything here serialises to plain JSON with ``to_dict``/``from_dict`` because Celery
+messages and the result backend are JSON: a record must survive a trip through Redis
+unchanged, so redelivered tasks and re-run callbacks see exactly the same data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_OBJECTIVE = "Generate weekly 'AI Events in San Francisco' post for Discord"
+
+
+def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a dataclass from a dict, ignoring unknown keys (forward compatible)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource caps for one candidate's sandbox (enforced by the sandbox layer)."""
+
+    memory_mb: int = 1024
+    max_processes: int = 128
+    max_file_mb: int = 64
+    cpu_seconds: int = 0  # 0: derived from the wall-clock deadline
+    open_files: int = 256
+    output_bytes: int = 256 * 1024  # captured stdout+stderr, tail kept
+    artifact_bytes: int = 1024 * 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Limits:
+        return _from_dict(cls, data or {})
+
+
+@dataclass(frozen=True)
+class CandidateTask:
+    """Everything a worker needs to run one candidate, carried in the task message.
+
+    The script content travels with its sha256 so a worker on another machine needs no
+    copy of the repository, and a tampered or truncated message is detected.
+    Environment *names* travel, never values: the worker reads allowed values itself.
+    """
+
+    run_id: str
+    candidate_id: str
+    name: str
+    script_name: str
+    script: str
+    script_sha256: str
+    objective: str
+    execution_mode: str = "local"  # local | daytona
+    timeout: int = 60
+    network: bool = True
+    env_allow: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
+    install_timeout: int = 120
+    upload_timeout: int = 30
+    retrieve_timeout: int = 10
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def task_id(self) -> str:
+        return task_id_for(self.run_id, self.candidate_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["env_allow"] = list(self.env_allow)
+        data["requirements"] = list(self.requirements)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateTask:
+        data = dict(data)
+        data["env_allow"] = tuple(data.get("env_allow") or ())
+        data["requirements"] = tuple(data.get("requirements") or ())
+        data["limits"] = Limits.from_dict(data.get("limits"))
+        return _from_dict(cls, data)
+
+
+def task_id_for(run_id: str, candidate_id: str) -> str:
+    """Deterministic task id, so a redelivered task is recognisable."""
+    return f"{run_id}:{candidate_id}"
+
+
+@dataclass
+class CandidateResult:
+    """The outcome of one candidate: the seed's ``DaytonaResult``, extended.
+
+    ``success`` means the script exited 0 within its deadline and left an artifact.
+    A failure of any kind is a record with ``success=False`` and an ``error_message``,
+    never an exception, so one bad candidate can never stop the chord.
+    """
+
+    candidate_id: str
+    sandbox_id: str | None = None
+    success: bool = False
+    output: str = ""
+    artifact_content: str | None = None
+    runtime_seconds: float = 0.0
+    error_message: str | None = None
+    execution_mode: str = "local"
+    exit_code: int | None = None
+    timed_out: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    worker: str | None = None
+    attempt: int = 1
+    output_dropped_bytes: int = 0
+    artifact_truncated: bool = False
+    warnings: list[str] = field(default_factory=list)
+    isolation: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateResult:
+        return _from_dict(cls, data)
+
+
+# The seed called the per-candidate record DaytonaResult; keep the name importable.
+DaytonaResult = CandidateResult
+
+
+@dataclass
+class Score:
+    candidate_id: str
+    success: float = 0.0
+    quality_score: float = 0.0
+    speed_score: float = 0.0
+    total_score: float = 0.0
+    qualified: bool = False
+    gates: dict[str, bool] = field(default_factory=dict)
+    disqualified_reason: str | None = None
+    quality_details: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Score:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class CandidateInfo:
+    """A candidate as listed in summary.json (``artifact``: path of its post, if any)."""
+
+    id: str
+    name: str
+    description: str = ""
+    script: str = ""
+    artifact: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateInfo:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class RunSpec:
+    """What the chord body needs to know about the run besides the results."""
+
+    run_id: str
+    objective: str
+    timestamp: str
+    execution_mode: str
+    artifacts_dir: str
+    candidates: list[CandidateInfo] = field(default_factory=list)
+    judge: str = "events"
+    timeout: int = 60
+    post_to_discord: bool = False
+    competition: str | None = None
+    definition_sha256: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        data = dict(data)
+        data["candidates"] = [CandidateInfo.from_dict(c) for c in data.get("candidates", [])]
+        return _from_dict(cls, data)
+
+
+@dataclass
+class ForgeResult:
+    """The outcome of a whole run; ``summary.json`` is exactly ``to_dict()``."""
+
+    run_id: str
+    objective: str
+    timestamp: str
+    execution_mode: str
+    candidates: list[CandidateInfo] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)
+    winner_id: str | None = None
+    winner_score: float | None = None
+    winner_artifact: str | None = None
+    artifacts_dir: str = ""
+    results: list[CandidateResult] = field(default_factory=list)
+    judge: str = "events"
+    competition: str | None = None
+    definition_sha256: str = ""
+    notes: list[str] = field(default_factory=list)
+    discord: dict[str, Any] | None = None
+    sandboxes_alive: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ForgeResult:
+        data = dict(data)
+        data["candidates"] = [CandidateInfo.from_dict(c) for c in data.get("candidates", [])]
+        data["scores"] = [Score.from_dict(s) for s in data.get("scores", [])]
+        data["results"] = [CandidateResult.from_dict(r) for r in data.get("results", [])]
+        return _from_dict(cls, data)
+
+    def result_for(self, candidate_id: str) -> CandidateResult | None:
+        return next((r for r in self.results if r.candidate_id == candidate_id), None)
+
+    def score_for(self, candidate_id: str) -> Score | None:
+        return next((s for s in self.scores if s.candidate_id == candidate_id), None)

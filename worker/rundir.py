@@ -1,0 +1,120 @@
+"""The run directory: written whole to a temporary name, then renamed into place.
+
+A crash never leaves a half-written run, and writing the same ForgeResult twice (a
+redelivered chord callback) leaves the same bytes: the second write sees identical
+content and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from worker.records import ForgeResult
+
+SUMMARY = "summary.json"
+
+
+def _json(data: object) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def summary_dict(result: ForgeResult) -> dict:
+    """summary.json: the ForgeResult, with per-candidate bulk (output, artifact) left to
+    each candidate's own files so the summary stays small at thousands of candidates."""
+    data = result.to_dict()
+    for r in data["results"]:
+        r.pop("output", None)
+        r.pop("artifact_content", None)
+    return data
+
+
+def render_files(result: ForgeResult) -> dict[str, bytes]:
+    """Every file of the run directory, by relative path."""
+    from worker import report
+
+    files: dict[str, bytes] = {SUMMARY: _json(summary_dict(result))}
+    for r in result.results:
+        cid = r.candidate_id
+        files[f"{cid}/result.json"] = _json(r.to_dict())
+        files[f"{cid}/output.log"] = r.output.encode("utf-8", errors="replace")
+        if r.artifact_content is not None:
+            files[f"{cid}/discord_post.md"] = r.artifact_content.encode("utf-8", errors="replace")
+    files["report.md"] = report.render_markdown(result).encode("utf-8")
+    files["report.html"] = report.render_html(result).encode("utf-8")
+    return files
+
+
+def _same(directory: Path, files: dict[str, bytes]) -> bool:
+    for rel, data in files.items():
+        try:
+            if (directory / rel).read_bytes() != data:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def write_run_dir(result: ForgeResult, artifacts_dir: str | os.PathLike) -> Path:
+    """Write ``artifacts_dir/<run_id>/`` atomically and idempotently; return its path."""
+    root = Path(artifacts_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / result.run_id
+    files = render_files(result)
+    if final.is_dir() and _same(final, files):
+        return final
+    tmp = root / f".tmp-{result.run_id}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for rel, data in sorted(files.items()):
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        if final.exists():
+            if _same(final, files):
+                return final
+            # Keep extra files the run directory gained since (e.g. the Discord record).
+            for extra in final.iterdir():
+                if extra.is_file() and not (tmp / extra.name).exists():
+                    shutil.copy2(extra, tmp / extra.name)
+            trash = root / f".old-{result.run_id}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                # Another callback got there first (duplicate delivery): same data wins.
+                if not _same(final, files):
+                    raise
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_summary(artifacts_dir: str | os.PathLike, run_id: str) -> ForgeResult | None:
+    path = Path(artifacts_dir) / run_id / SUMMARY
+    if not path.is_file():
+        return None
+    return ForgeResult.from_dict(json.loads(path.read_text("utf-8")))
+
+
+def list_runs(artifacts_dir: str | os.PathLike) -> list[ForgeResult]:
+    root = Path(artifacts_dir)
+    if not root.is_dir():
+        return []
+    runs = []
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and (d / SUMMARY).is_file():
+            try:
+                runs.append(ForgeResult.from_dict(json.loads((d / SUMMARY).read_text("utf-8"))))
+            except (OSError, ValueError):
+                continue
+    return sorted(runs, key=lambda r: r.timestamp, reverse=True)

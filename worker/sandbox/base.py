@@ -1,0 +1,77 @@
+"""The sandbox interface: five primitive steps, many backends.
+
+A backend only knows how to make a sandbox and how to move bytes and run a command in
+it. Deadlines, size caps, logging and result building live once, in
+``worker.lifecycle``, so every backend behaves the same way to the rest of the system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from worker.records import Limits
+
+LogFn = Callable[[str], None]
+
+
+class SandboxError(Exception):
+    """A backend step failed; ``phase`` names the step for the result's error message."""
+
+    def __init__(self, phase: str, message: str, sandbox_id: str | None = None):
+        super().__init__(message)
+        self.phase = phase
+        self.sandbox_id = sandbox_id
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    """What the lifecycle asks a backend for."""
+
+    run_id: str
+    candidate_id: str
+    timeout: int
+    network: bool = True
+    env: dict[str, str] = field(default_factory=dict)  # already filtered by allow-list
+    limits: Limits = field(default_factory=Limits)
+    owner: str = ""
+    ttl_seconds: int = 0
+
+
+@dataclass
+class ExecResult:
+    exit_code: int | None
+    output: str  # stdout and stderr interleaved, tail kept under the cap
+    timed_out: bool = False
+    output_dropped_bytes: int = 0
+    duration: float = 0.0
+
+
+@dataclass
+class Download:
+    content: bytes | None  # None: the file does not exist
+    truncated: bool = False
+    problem: str | None = None  # e.g. "artifact is a symlink"
+
+
+class Sandbox(Protocol):
+    """One live sandbox. ``workdir`` is the candidate's working directory inside it."""
+
+    id: str
+    workdir: str
+    isolation: str  # human words for what protects the host, shown in results
+
+    def upload(self, content: bytes, path: str, timeout: int) -> None: ...
+
+    def exec(self, argv: list[str], timeout: int, output_cap: int) -> ExecResult: ...
+
+    def download(self, path: str, max_bytes: int, timeout: int) -> Download: ...
+
+    def delete(self) -> None: ...
+
+
+class SandboxBackend(Protocol):
+    name: str  # "local" | "daytona": the result's execution_mode
+    label: str  # prefix of the lifecycle's log lines, e.g. "Daytona"
+
+    def create(self, request: SandboxRequest, log: LogFn) -> Sandbox: ...

@@ -1,0 +1,159 @@
+"""The two tasks of a run: one sandbox lifecycle per candidate, and the chord body.
+
+``run_candidate`` never raises: a crash, a timeout or a backend failure is a result
+record, so the chord body always runs. Progress goes through Celery's own task state
+(``PROGRESS`` meta holding the newest log lines) so the dispatcher sees it in embedded
+and distributed mode alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import shared_task
+
+from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES
+from worker.lifecycle import worker_name
+from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
+
+logger = logging.getLogger("dream_foundry")
+
+LOG_WINDOW = 40  # newest log lines kept in the task's PROGRESS meta
+
+
+def _attempt(task) -> int:
+    """Count deliveries of this task id in the result backend (survives worker death)."""
+    key = f"forge-attempts:{task.request.id}"
+    backend = task.backend
+    try:
+        n = int(backend.incr(key))
+        if hasattr(backend, "expire"):
+            backend.expire(key, RESULT_EXPIRES)
+        return n
+    except Exception:  # noqa: BLE001 - a backend without incr: no bound, count once
+        return 1
+
+
+def _finished_before(task) -> dict[str, Any] | None:
+    """A redelivered task whose earlier delivery already stored its result returns that."""
+    try:
+        meta = task.backend.get_task_meta(task.request.id)
+    except Exception:  # noqa: BLE001
+        return None
+    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+        return meta["result"]
+    return None
+
+
+@shared_task(bind=True, name="worker.tasks.run_candidate", acks_late=True,
+             reject_on_worker_lost=True)
+def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
+    """Run one candidate in a fresh sandbox; always return a CandidateResult dict."""
+    task = CandidateTask.from_dict(task_data)
+    if self.request.id:
+        earlier = _finished_before(self)
+        if earlier is not None:
+            logger.info("%s: redelivered after it finished; keeping the stored result",
+                        self.request.id)
+            return earlier
+    attempt = _attempt(self) if self.request.id else 1
+    lines: list[str] = []
+
+    def log(message: str) -> None:
+        lines.append(message)
+        logger.info("[%s] %s %s", task.run_id, task.candidate_id, message)
+        if self.request.id and not self.request.is_eager:
+            self.update_state(state="PROGRESS", meta={
+                "candidate_id": task.candidate_id,
+                "seq": len(lines),
+                "log": lines[-LOG_WINDOW:],
+                "worker": worker_name(),
+                "attempt": attempt,
+            })
+
+    if attempt > MAX_ATTEMPTS:
+        result = CandidateResult(
+            candidate_id=task.candidate_id,
+            execution_mode=task.execution_mode,
+            worker=worker_name(),
+            attempt=attempt,
+            error_message=(
+                f"Worker lost {attempt - 1} times while running this candidate "
+                f"(retry limit {MAX_ATTEMPTS}); it may be killing its worker"
+            ),
+        )
+        log(f"[Error] {result.error_message}")
+        return result.to_dict()
+
+    log("[Run] Starting...")
+    from worker.sandbox import get_backend
+
+    try:
+        backend = get_backend(task.execution_mode)
+    except Exception as exc:  # noqa: BLE001 - e.g. the SDK missing on this worker
+        result = CandidateResult(candidate_id=task.candidate_id,
+                                 execution_mode=task.execution_mode, worker=worker_name(),
+                                 error_message=f"{exc}")
+        log(f"[Error] {exc}")
+    else:
+        from worker.lifecycle import run_lifecycle
+
+        result = run_lifecycle(backend, task, log, owner=worker_name())
+    result.attempt = attempt
+    return result.to_dict()
+
+
+def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResult:
+    """Score and rank the results of a run (pure: no I/O)."""
+    from worker.judge import JudgeContext, get_judge, rank, winner
+
+    by_id: dict[str, CandidateResult] = {}
+    for item in results:
+        if isinstance(item, dict) and "candidate_id" in item:
+            r = CandidateResult.from_dict(item)
+            by_id.setdefault(r.candidate_id, r)
+    ordered = []
+    for c in run.candidates:
+        ordered.append(by_id.get(c.id) or CandidateResult(
+            candidate_id=c.id, error_message="No result reached the callback"))
+    judge = get_judge(run.judge)
+    scores = rank(judge.score(ordered, JudgeContext(run.objective, run.timestamp, run.timeout)))
+    best = winner(scores)
+    candidates = []
+    for c in run.candidates:
+        r = by_id.get(c.id)
+        info = type(c)(**c.to_dict())
+        info.artifact = f"{c.id}/discord_post.md" if r and r.artifact_content is not None else None
+        candidates.append(info)
+    win_result = by_id.get(best.candidate_id) if best else None
+    return ForgeResult(
+        run_id=run.run_id,
+        objective=run.objective,
+        timestamp=run.timestamp,
+        execution_mode=run.execution_mode,
+        candidates=candidates,
+        scores=scores,
+        winner_id=best.candidate_id if best else None,
+        winner_score=best.total_score if best else None,
+        winner_artifact=win_result.artifact_content if win_result else None,
+        artifacts_dir=os.path.join(run.artifacts_dir, run.run_id),
+        results=ordered,
+        judge=run.judge,
+        competition=run.competition,
+        definition_sha256=run.definition_sha256,
+        notes=list(run.notes),
+    )
+
+
+@shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True)
+def collect_results(self, results: list[dict[str, Any]], run_data: dict[str, Any]) -> dict[str, Any]:
+    """Chord body: score, write the run directory (atomic, idempotent), post the winner."""
+    from worker.rundir import write_run_dir
+
+    run = RunSpec.from_dict(run_data)
+    forge = build_forge_result(results, run)
+    write_run_dir(forge, run.artifacts_dir)
+    logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)
+    return forge.to_dict()
