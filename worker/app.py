@@ -46,6 +46,8 @@ app.conf.update(
         "visibility_timeout": VISIBILITY_TIMEOUT,
         "socket_connect_timeout": 5,
         "socket_timeout": 30,
+        # Embedded mode's memory broker is polled: a short poll starts a run at once.
+        **({} if _broker else {"polling_interval": 0.02}),
     },
     result_backend_transport_options={
         "visibility_timeout": VISIBILITY_TIMEOUT,

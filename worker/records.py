@@ -124,6 +124,7 @@ class CandidateResult:
     artifact_truncated: bool = False
     warnings: list[str] = field(default_factory=list)
     isolation: str | None = None
+    log: list[str] = field(default_factory=list)  # the lifecycle's lines, in order
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

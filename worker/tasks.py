@@ -85,6 +85,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
             ),
         )
         log(f"[Error] {result.error_message}")
+        result.log = lines
         return result.to_dict()
 
     log("[Run] Starting...")
@@ -102,6 +103,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
 
         result = run_lifecycle(backend, task, log, owner=worker_name())
     result.attempt = attempt
+    result.log = lines
     return result.to_dict()
 
 

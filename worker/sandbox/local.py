@@ -1,154 +1,581 @@
-"""The local backend: each candidate in a fresh directory as its own process group.
+"""The local backend: each candidate in a bubblewrap sandbox on the worker's own machine.
 
-The process runs from an argv list (no shell ever sees the objective), under resource
-limits, and is killed whole (its process group) at the deadline.
+Candidates are untrusted code. With bubblewrap available (probed once per process) a
+candidate runs in fresh user/PID/IPC/UTS/cgroup/network namespaces, sees a read-only
+minimum of the system (see ``worker.sandbox.bwrap``) plus a private writable
+``/sandbox``, and nothing of the repository, the worker's home, the artifacts directory,
+other candidates or the worker's environment. Its network is either nothing but its own
+loopback, or outbound-only through slirp4netns (see ``worker.sandbox.netns``).
+
+Limits: rlimits (address space, CPU time, file size, open files, no core dumps,
+processes) are set on the sandbox's first process before it starts the command; a
+per-sandbox pids and memory cgroup is added where the cgroup tree is writable. The
+deadline kills the sandbox's PID namespace, which takes every descendant with it,
+daemonised or not.
+
+Without bubblewrap (or with ``FORGE_SANDBOX=plain``) candidates still run with the
+rlimits, a scrubbed environment, the deadline and a process-group (and cgroup) kill,
+but with NO filesystem or network isolation: ``isolation`` then starts with "NONE:"
+and a warning is logged. ``FORGE_REQUIRE_ISOLATION=1`` turns that into an error.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import select
 import shutil
 import signal
+import stat
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 
 from worker.records import Limits
+from worker.sandbox import bwrap, netns
 from worker.sandbox.base import Download, ExecResult, LogFn, SandboxError, SandboxRequest
 from worker.sandbox.capture import TailBuffer, pump
 
+MiB = 1024 * 1024
+INSTALL_HINT = "apt-get install bubblewrap slirp4netns (or dnf install bubblewrap slirp4netns)"
 
-def _limit_setter(limits: Limits, timeout: int):
-    """preexec_fn: applied in the child after fork, before exec."""
+
+def candidate_python() -> str:
+    """The worker's base interpreter, outside any virtualenv (candidates get no packages)."""
+    return bwrap.candidate_python()
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def _rlimits(limits: Limits, timeout: int) -> list[tuple[int, int, int]]:
     cpu = limits.cpu_seconds or max(timeout * 2, 5)
-
-    def apply() -> None:
-        os.setsid()
-        mem = limits.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        fsize = limits.max_file_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
+    mem = limits.memory_mb * MiB
+    fsize = limits.max_file_mb * MiB
+    return [
+        (resource.RLIMIT_AS, mem, mem),
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_NPROC, limits.max_processes, limits.max_processes),
+    ]
 
 
-class LocalSandbox:
-    def __init__(self, request: SandboxRequest, root: str):
+class Cgroups:
+    """Best-effort per-sandbox pids and memory cgroups (v1 or v2), under our own cgroup."""
+
+    def __init__(self, name: str, pids_max: int, memory_bytes: int):
+        self.dirs: dict[str, str] = {}
+        if _truthy("FORGE_NO_CGROUPS"):
+            return
+        wanted = {"pids": pids_max, "memory": memory_bytes}
+        for controller, value in wanted.items():
+            base = _cgroup_base(controller)
+            if base is None:
+                continue
+            path = os.path.join(base, name)
+            try:
+                os.mkdir(path)
+            except OSError:
+                continue
+            try:
+                if controller == "pids":
+                    _write(os.path.join(path, "pids.max"), str(value))
+                elif os.path.exists(os.path.join(path, "memory.max")):  # v2
+                    _write(os.path.join(path, "memory.max"), str(value))
+                    _try_write(os.path.join(path, "memory.swap.max"), "0")
+                else:  # v1
+                    _write(os.path.join(path, "memory.limit_in_bytes"), str(value))
+                    _try_write(os.path.join(path, "memory.memsw.limit_in_bytes"), str(value))
+                    _try_write(os.path.join(path, "memory.swappiness"), "0")
+            except OSError:
+                _rmdir(path)
+                continue
+            self.dirs[controller] = path
+        self.pids_max = pids_max
+        self.memory_bytes = memory_bytes
+
+    def describe(self) -> str:
+        parts = []
+        if "pids" in self.dirs:
+            parts.append(f"pids cgroup {self.pids_max}")
+        if "memory" in self.dirs:
+            parts.append(f"memory cgroup {self.memory_bytes // MiB} MiB")
+        return ", ".join(parts)
+
+    def add(self, pid: int) -> None:
+        for path in self.dirs.values():
+            _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def members(self) -> set[int]:
+        found: set[int] = set()
+        for path in self.dirs.values():
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as fh:
+                    found.update(int(line) for line in fh if line.strip())
+            except OSError:
+                pass
+        return found
+
+    def kill_all(self) -> None:
+        for path in self.dirs.values():
+            _try_write(os.path.join(path, "cgroup.kill"), "1")  # v2: atomic
+        for _ in range(50):  # v1: no cgroup.kill; SIGKILL until empty (forks race us)
+            pids = self.members()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.01)
+
+    def remove(self) -> None:
+        for path in self.dirs.values():
+            for _ in range(100):
+                if _rmdir(path):
+                    break
+                time.sleep(0.01)
+        self.dirs = {}
+
+
+def _cgroup_base(controller: str) -> str | None:
+    """Our own cgroup directory for ``controller``, if that hierarchy is writable."""
+    try:
+        with open("/proc/self/cgroup") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hier != "0" and controller in controllers.split(","):
+            base = os.path.join("/sys/fs/cgroup", controller) + path
+            if os.access(os.path.join(base, "cgroup.procs"), os.W_OK):
+                return base
+    for line in lines:  # cgroup v2: the controller must be enabled for our children
+        if line.startswith("0::"):
+            base = "/sys/fs/cgroup" + line[3:]
+            try:
+                with open(os.path.join(base, "cgroup.subtree_control")) as fh:
+                    enabled = fh.read().split()
+            except OSError:
+                return None
+            if controller in enabled and os.access(base, os.W_OK):
+                return base
+    return None
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def _try_write(path: str, text: str) -> None:
+    try:
+        _write(path, text)
+    except OSError:
+        pass
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- sandboxes
+
+
+class _BaseSandbox:
+    """Files: a host directory ``root`` holding ``work`` (the candidate's workdir)."""
+
+    isolation: str
+
+    def __init__(self, request: SandboxRequest, root: str, workdir: str):
         self.request = request
         self.id = f"local-{uuid.uuid4().hex[:12]}"
         self.root = root
-        self.workdir = os.path.join(root, "work")
-        os.mkdir(self.workdir, 0o700)
-        self.isolation = "process group + rlimits (no filesystem isolation)"
-
-    def _inside(self, path: str) -> str:
-        real = os.path.normpath(path)
-        if os.path.commonpath([real, self.workdir]) != self.workdir:
-            raise SandboxError("path", f"{path!r} is outside the sandbox", self.id)
-        return real
-
-    def upload(self, content: bytes, path: str, timeout: int) -> None:
-        target = self._inside(path)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-
-    def _env(self) -> dict[str, str]:
-        home = self.workdir
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": home,
-            "TMPDIR": home,
-            "LANG": "C.UTF-8",
-            "PYTHONIOENCODING": "utf-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
-        env.update(self.request.env)
-        return env
-
-    def exec(self, argv: list[str], timeout: int, output_cap: int) -> ExecResult:
-        if argv and argv[0] == "python3":
-            argv = [candidate_python(), *argv[1:]]
-        buffer = TailBuffer(output_cap)
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=self.workdir,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_limit_setter(self.request.limits, timeout),
-                close_fds=True,
-            )
-        except OSError as exc:
-            raise SandboxError("Execution", f"could not start the process: {exc}", self.id) from exc
-        reader = pump(proc.stdout, buffer)  # type: ignore[arg-type]
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            self._kill_group(proc.pid)
-            proc.wait()
-        reader.join(timeout=5)
-        return ExecResult(
-            exit_code=None if timed_out else proc.returncode,
-            output=buffer.text(),
-            timed_out=timed_out,
-            output_dropped_bytes=buffer.dropped,
-            duration=time.monotonic() - t0,
+        self.host_workdir = os.path.join(root, "work")
+        os.mkdir(self.host_workdir, 0o700)
+        self.workdir = workdir  # as the candidate sees it
+        self.tmpfs_bytes = max(request.limits.max_file_mb, 16) * MiB
+        self.cgroups = Cgroups(
+            f"forge-{self.id}",
+            request.limits.max_processes,
+            request.limits.memory_mb * MiB + 2 * self.tmpfs_bytes,
         )
 
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
+    # -- paths: only inside the workdir, never through a symlink, parents included
+
+    def _parts(self, path: str) -> list[str]:
+        norm = os.path.normpath(path)
+        if os.path.commonpath([norm, self.workdir]) != self.workdir or norm == self.workdir:
+            raise SandboxError("path", f"{path!r} is outside the sandbox", self.id)
+        return os.path.relpath(norm, self.workdir).split(os.sep)
+
+    def _open_parent(self, parts: list[str]) -> int:
+        """An fd of the directory holding ``parts[-1]``; no component may be a symlink."""
+        fd = os.open(self.host_workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            for part in parts[:-1]:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def upload(self, content: bytes, path: str, timeout: int) -> None:
+        parts = self._parts(path)
+        try:
+            dfd = self._open_parent(parts)
+            try:
+                fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                             0o600, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+        except OSError as exc:
+            raise SandboxError("Upload", f"could not write {path!r}: {exc}", self.id) from exc
 
     def download(self, path: str, max_bytes: int, timeout: int) -> Download:
-        target = self._inside(path)
+        parts = self._parts(path)
         try:
-            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            dfd = self._open_parent(parts)
+        except FileNotFoundError:
+            return Download(None)
+        except OSError:
+            return Download(None, problem="artifact's directory is a symlink or not a "
+                                          "directory: not followed, ignored")
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                         dir_fd=dfd)
         except FileNotFoundError:
             return Download(None)
         except OSError as exc:
-            if os.path.islink(target):
+            try:
+                is_link = stat.S_ISLNK(os.lstat(parts[-1], dir_fd=dfd).st_mode)
+            except OSError:
+                is_link = False
+            if is_link:
                 return Download(None, problem="artifact is a symlink: not followed, ignored")
-            return Download(None, problem=f"artifact unreadable: {exc}")
+            return Download(None, problem=f"artifact unreadable: {exc.strerror}")
+        finally:
+            os.close(dfd)
         with os.fdopen(fd, "rb") as fh:
-            import stat
-
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 return Download(None, problem="artifact is not a regular file: ignored")
             data = fh.read(max_bytes + 1)
         return Download(data[:max_bytes], truncated=len(data) > max_bytes)
 
     def delete(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=False)
+        self.cgroups.kill_all()
+        self.cgroups.remove()
+
+        def fix_and_retry(func, path, _exc):  # a candidate may chmod 000 its own dirs
+            try:
+                os.chmod(os.path.dirname(path), 0o700)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.chmod(path, 0o700)
+                func(path)
+            except FileNotFoundError:
+                pass
+
+        shutil.rmtree(self.root, onerror=fix_and_retry)
+
+    # -- execution helpers
+
+    def _env(self, home: str, tmp: str) -> dict[str, str]:
+        env = dict(self.request.env)  # the allow-list, filtered by the lifecycle
+        env.update({
+            "PATH": f"{os.path.dirname(candidate_python())}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": home,
+            "TMPDIR": tmp,
+            "LANG": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+        return env
+
+    @staticmethod
+    def _argv(argv: list[str]) -> list[str]:
+        if argv and argv[0] == "python3":
+            return [candidate_python(), *argv[1:]]
+        return list(argv)
+
+    def _finish(self, proc: subprocess.Popen, reader, buffer: TailBuffer, t0: float,
+                timed_out: bool) -> ExecResult:
+        reader.finish(grace=2.0)
+        code = None if timed_out else proc.returncode
+        if code is not None and code < 0:
+            code = 128 - code  # killed by a signal: report it the shell's way
+        return ExecResult(
+            exit_code=code,
+            output=buffer.text(),
+            timed_out=timed_out,
+            output_dropped_bytes=buffer.dropped,
+            duration=time.monotonic() - t0,
+        )
 
 
-def candidate_python() -> str:
-    """The worker's base interpreter, outside any virtualenv (candidates get no packages)."""
-    return os.path.realpath(sys.executable)
+class BwrapSandbox(_BaseSandbox):
+    def __init__(self, request: SandboxRequest, root: str, probe: bwrap.Probe, log: LogFn):
+        net = "none"
+        if request.network:
+            if netns.slirp4netns_path():
+                net = "slirp4netns"
+            else:
+                if _truthy("FORGE_REQUIRE_ISOLATION"):
+                    raise SandboxError(
+                        "Sandbox creation",
+                        "network isolation unavailable: slirp4netns not found and "
+                        f"FORGE_REQUIRE_ISOLATION=1; fix: {INSTALL_HINT}",
+                    )
+                net = "host"
+                log("[Warn] Network isolation is OFF: slirp4netns unavailable; the candidate "
+                    "shares the worker's network, loopback services included")
+        super().__init__(request, root, bwrap.INSIDE_WORKDIR)
+        self.net = net
+        self.bwrap = probe.bwrap or "bwrap"
+        self.etc_dir = os.path.join(root, "etc")
+        os.mkdir(self.etc_dir, 0o755)
+        bwrap.write_etc(self.etc_dir, self.net)
+        net_words = {
+            "none": "net ns (no network)",
+            "slirp4netns": "net ns + slirp4netns outbound-only (no host loopback)",
+            "host": "HOST NETWORK (slirp4netns missing)",
+        }[self.net]
+        extra = self.cgroups.describe()
+        self.isolation = (
+            "bubblewrap: fs ro + private /sandbox, user/pid/ipc/uts ns, "
+            f"{net_words}, rlimits" + (f", {extra}" if extra else "")
+        )
+
+    def exec(self, argv: list[str], timeout: int, output_cap: int) -> ExecResult:
+        command = self._argv(argv)
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        out_r, out_w = os.pipe()
+        full = bwrap.build_argv(
+            self.bwrap,
+            host_workdir=self.host_workdir,
+            etc_dir=self.etc_dir,
+            share_host_net=self.net == "host",
+            tmpfs_bytes=self.tmpfs_bytes,
+            info_fd=info_w,
+            block_fd=block_r,
+            command=command,
+        )
+        buffer = TailBuffer(output_cap)
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=out_w,
+                pass_fds=(info_w, block_r),
+                env=self._env(bwrap.INSIDE_WORKDIR, "/tmp"),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            for fd in (info_r, info_w, block_r, block_w, out_r, out_w):
+                os.close(fd)
+            raise SandboxError("Execution", f"could not start bwrap: {exc}", self.id) from exc
+        for fd in (info_w, block_r, out_w):
+            os.close(fd)
+        reader = pump(out_r, buffer)
+        pidfd = None
+        slirp = None
+        timed_out = False
+        try:
+            child = _read_child_pid(info_r, 10.0)
+            if child is None:  # bwrap failed before starting the sandbox: say why
+                proc.wait(timeout=10)
+                reader.finish(grace=2.0)
+                raise SandboxError(
+                    "Execution", f"bwrap could not set up the sandbox: {buffer.text()[-500:]}",
+                    self.id)
+            pidfd = os.pidfd_open(child)
+            self.cgroups.add(child)
+            for which, soft, hard in _rlimits(self.request.limits, timeout):
+                resource.prlimit(child, which, (soft, hard))
+            if self.net == "slirp4netns":
+                try:
+                    slirp = netns.Slirp(child)
+                except OSError as exc:
+                    raise SandboxError("Execution", f"network setup failed: {exc}",
+                                       self.id) from exc
+            try:
+                os.write(block_w, b"1")  # let the command start
+            except BrokenPipeError:  # the sandbox died during setup: say why
+                proc.wait(timeout=10)
+                reader.finish(grace=2.0)
+                raise SandboxError(
+                    "Execution", f"the sandbox died during setup (exit {proc.returncode}): "
+                    f"{buffer.text()[-500:]}", self.id) from None
+            os.close(block_w)
+            block_w = -1
+            t_start = time.monotonic()
+            try:
+                proc.wait(timeout=max(timeout - (t_start - t0), 0.1))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        finally:
+            if block_w != -1:
+                os.close(block_w)
+            # Killing the PID namespace's init kills every process in the sandbox.
+            if pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except (ProcessLookupError, OSError):
+                    pass
+                os.close(pidfd)
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            proc.wait()
+            self.cgroups.kill_all()
+            if slirp is not None:
+                slirp.stop()
+        return self._finish(proc, reader, buffer, t0, timed_out)
+
+
+def _read_child_pid(fd: int, timeout: float) -> int | None:
+    """bwrap's --info-fd JSON, read until EOF; None if bwrap died first."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class PlainSandbox(_BaseSandbox):
+    """No bubblewrap: rlimits, scrubbed env, deadline, group + cgroup kill. No fs isolation."""
+
+    def __init__(self, request: SandboxRequest, root: str, reason: str):
+        super().__init__(request, root, "")
+        self.workdir = self.host_workdir
+        self.tmpdir = os.path.join(root, "tmp")
+        os.mkdir(self.tmpdir, 0o700)
+        extra = self.cgroups.describe()
+        self.isolation = (
+            f"NONE: {reason}; only rlimits, scrubbed env, deadline and process-group kill"
+            + (f", {extra}" if extra else "")
+        )
+
+    def exec(self, argv: list[str], timeout: int, output_cap: int) -> ExecResult:
+        limits = _rlimits(self.request.limits, timeout)
+        if os.geteuid() != 0:
+            # Per-uid, counting all the worker's processes: leave it to the pids cgroup.
+            limits = [lim for lim in limits if lim[0] != resource.RLIMIT_NPROC]
+        procs_files = [os.path.join(p, "cgroup.procs") for p in self.cgroups.dirs.values()]
+
+        def apply() -> None:  # preexec_fn: in the child after fork, before exec
+            for path in procs_files:
+                with open(path, "w") as fh:
+                    fh.write("0")
+            for which, soft, hard in limits:
+                resource.setrlimit(which, (soft, hard))
+
+        out_r, out_w = os.pipe()
+        buffer = TailBuffer(output_cap)
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                self._argv(argv),
+                cwd=self.host_workdir,
+                env=self._env(self.host_workdir, self.tmpdir),
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=out_w,
+                preexec_fn=apply,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            os.close(out_r)
+            os.close(out_w)
+            raise SandboxError("Execution", f"could not start the process: {exc}",
+                               self.id) from exc
+        os.close(out_w)
+        reader = pump(out_r, buffer)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+            self.cgroups.kill_all()
+        return self._finish(proc, reader, buffer, t0, timed_out)
 
 
 class LocalBackend:
     name = "local"
     label = "Local"
 
-    def create(self, request: SandboxRequest, log: LogFn) -> LocalSandbox:
+    def create(self, request: SandboxRequest, log: LogFn) -> BwrapSandbox | PlainSandbox:
+        probe = bwrap.probe()
+        if not probe.ok and _truthy("FORGE_REQUIRE_ISOLATION"):
+            raise SandboxError(
+                "Sandbox creation",
+                f"filesystem isolation unavailable ({probe.reason}) and "
+                f"FORGE_REQUIRE_ISOLATION=1; fix: {INSTALL_HINT}",
+            )
+        root = None
         try:
-            root = tempfile.mkdtemp(prefix=f"forge-{request.candidate_id}-")
-            return LocalSandbox(request, root)
+            root = tempfile.mkdtemp(prefix=f"forge-{_safe(request.candidate_id)}-")
+            os.chmod(root, 0o711)
+            if probe.ok:
+                return BwrapSandbox(request, root, probe, log)
+            sandbox = PlainSandbox(request, root, f"bubblewrap unavailable ({probe.reason})")
+            log(f"[Warn] Filesystem isolation is OFF: bubblewrap unavailable ({probe.reason}); "
+                f"the candidate can read and write whatever the worker can. Fix: {INSTALL_HINT}")
+            return sandbox
+        except SandboxError:
+            if root:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         except OSError as exc:
+            if root:
+                shutil.rmtree(root, ignore_errors=True)
             raise SandboxError("Sandbox creation", str(exc)) from exc
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]

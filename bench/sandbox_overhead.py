@@ -1,0 +1,129 @@
+"""Per-candidate overhead of the local sandbox versus a plain subprocess.
+
+Runs the same trivial candidate (write a one-line artifact, exit 0) N times per variant,
+interleaved so that every variant sees the same machine load:
+
+* ``subprocess``   : ``subprocess.run([python, script, objective, out])``, nothing else;
+* ``plain``        : the full lifecycle with the no-bubblewrap fallback sandbox;
+* ``bwrap``        : the full lifecycle, bubblewrap, network off;
+* ``bwrap+net``    : the full lifecycle, bubblewrap, slirp4netns outbound-only network.
+
+The lifecycle variants include everything a candidate costs: temp dir, cgroups, upload,
+run, artifact download and deletion. Prints a table; writes JSON to bench/results/.
+
+    python bench/sandbox_overhead.py [-n 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from worker.lifecycle import run_lifecycle  # noqa: E402
+from worker.records import CandidateTask, sha256_text  # noqa: E402
+from worker.sandbox import bwrap  # noqa: E402
+from worker.sandbox.local import LocalBackend, PlainSandbox, candidate_python  # noqa: E402
+
+SCRIPT = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n')\n"
+
+
+class PlainBackend(LocalBackend):
+    def create(self, request, log):
+        root = tempfile.mkdtemp(prefix="forge-bench-")
+        return PlainSandbox(request, root, "bench")
+
+
+def task(network: bool) -> CandidateTask:
+    return CandidateTask(run_id="bench", candidate_id="bench", name="bench", script_name="s.py",
+                         script=SCRIPT, script_sha256=sha256_text(SCRIPT), objective="bench",
+                         timeout=30, network=network)
+
+
+def run_subprocess(workdir: str) -> float:
+    script = os.path.join(workdir, "script.py")
+    out = os.path.join(workdir, "out.md")
+    t0 = time.perf_counter()
+    subprocess.run([candidate_python(), script, "bench", out], check=True,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return time.perf_counter() - t0
+
+
+def run_backend(backend, network: bool) -> float:
+    t0 = time.perf_counter()
+    result = run_lifecycle(backend, task(network), lambda _m: None)
+    elapsed = time.perf_counter() - t0
+    if not result.success:
+        raise SystemExit(f"bench candidate failed: {result.error_message}\n{result.output}")
+    return elapsed
+
+
+def summarise(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "mean_ms": statistics.fmean(samples) * 1000,
+        "median_ms": statistics.median(samples) * 1000,
+        "p95_ms": ordered[max(int(len(ordered) * 0.95) - 1, 0)] * 1000,
+        "min_ms": ordered[0] * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=30, help="runs per variant (default 30)")
+    args = parser.parse_args()
+    probe = bwrap.probe()
+    if not probe.ok:
+        raise SystemExit(f"bubblewrap unavailable: {probe.reason}")
+    workdir = tempfile.mkdtemp(prefix="forge-bench-sub-")
+    with open(os.path.join(workdir, "script.py"), "w") as fh:
+        fh.write(SCRIPT)
+    variants = {
+        "subprocess": lambda: run_subprocess(workdir),
+        "plain": lambda: run_backend(PlainBackend(), False),
+        "bwrap": lambda: run_backend(LocalBackend(), False),
+        "bwrap+net": lambda: run_backend(LocalBackend(), True),
+    }
+    for run in variants.values():  # warm-up: page cache, probe
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.n):
+        for name, run in variants.items():
+            samples[name].append(run())
+    base = statistics.median(samples["subprocess"])
+    table = {}
+    print(f"{'variant':<12}{'median ms':>11}{'mean ms':>10}{'p95 ms':>9}{'min ms':>9}"
+          f"{'x subproc':>11}{'+ms':>8}")
+    for name, values in samples.items():
+        s = summarise(values)
+        s["ratio_median"] = statistics.median(values) / base
+        s["overhead_median_ms"] = (statistics.median(values) - base) * 1000
+        table[name] = s
+        print(f"{name:<12}{s['median_ms']:>11.1f}{s['mean_ms']:>10.1f}{s['p95_ms']:>9.1f}"
+              f"{s['min_ms']:>9.1f}{s['ratio_median']:>11.2f}{s['overhead_median_ms']:>8.1f}")
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = out_dir / f"sandbox_overhead-{stamp}.json"
+    path.write_text(json.dumps({
+        "runs_per_variant": args.n,
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                    "python": platform.python_version()},
+        "variants": table,
+    }, indent=2))
+    print(f"written {path}")
+    subprocess.run(["rm", "-rf", workdir], check=False)
+
+
+if __name__ == "__main__":
+    main()

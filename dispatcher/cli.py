@@ -1,0 +1,194 @@
+"""``forge``: run competitions and read their results.
+
+Exit codes: 0 done, 1 the run itself failed, 2 bad input or configuration (the
+message names the problem and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.records import DEFAULT_OBJECTIVE
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 second")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forge",
+        description="Dream Foundry: run competitions between AI agents on Celery workers.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a competition",
+                         description="Run every candidate in its own sandbox, judge, rank.")
+    run.add_argument("objective_arg", nargs="?", metavar="OBJECTIVE",
+                     help=f"what the candidates must do (default: {DEFAULT_OBJECTIVE!r})")
+    run.add_argument("-o", "--objective", help="the objective (same as the positional)")
+    run.add_argument("-d", "--daytona", action="store_true",
+                     help="run candidates in Daytona sandboxes (needs DAYTONA_API_KEY)")
+    run.add_argument("--candidates", metavar="PATH",
+                     help="a candidates.toml manifest, or a directory holding one")
+    run.add_argument("--artifacts-dir", metavar="PATH",
+                     help="where run directories go (default: artifacts/, env FORGE_ARTIFACTS_DIR)")
+    run.add_argument("--run-id", metavar="ID", help="use this run id instead of a new one")
+    run.add_argument("--timeout", type=_positive_int, metavar="SECONDS",
+                     help="per-candidate deadline (default 60, or the manifest's)")
+    run.add_argument("--no-network", action="store_true",
+                     help="candidates get no network but loopback")
+    run.add_argument("--no-post", action="store_true", help="do not post the winner to Discord")
+    run.add_argument("--detach", action="store_true",
+                     help="print the run id and return; workers finish the run (needs a broker)")
+    run.add_argument("--json", action="store_true", help="print the ForgeResult as JSON")
+
+    status = sub.add_parser("status", help="show a run's result",
+                            description="Show one run from its run directory.")
+    status.add_argument("run_id", metavar="RUN_ID")
+    status.add_argument("--artifacts-dir", metavar="PATH")
+    status.add_argument("--json", action="store_true", help="print summary.json")
+
+    lst = sub.add_parser("list", help="list recent runs",
+                         description="Recent runs, newest first, with winner and time.")
+    lst.add_argument("--artifacts-dir", metavar="PATH")
+    lst.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20)")
+    return parser
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich console; wide enough in CI logs that tables stay readable."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, highlight=False, width=max(console.width, 120))
+    return console
+
+
+def _err(message: str) -> int:
+    Console(stderr=True).print(f"forge: error: {message}", markup=False, highlight=False)
+    return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dispatcher import console as ui
+    from dispatcher.manifest import ManifestError
+    from dispatcher.runner import execute, prepare
+    from worker import config
+
+    if args.objective and args.objective_arg:
+        return _err("give the objective once: either positionally or with -o/--objective")
+    objective = args.objective or args.objective_arg or DEFAULT_OBJECTIVE
+    out = _console(stderr=args.json)
+    try:
+        plan = prepare(
+            objective,
+            args.daytona,
+            candidates=args.candidates,
+            artifacts_dir=args.artifacts_dir,
+            run_id=args.run_id,
+            timeout=args.timeout,
+            network=False if args.no_network else None,
+            post=False if args.no_post else None,
+        )
+        distributed = config.is_distributed()
+        if args.detach and not distributed:
+            return _err("--detach needs a broker: set CELERY_BROKER_URL (and run workers); "
+                        "embedded runs live inside this process")
+        mode = (f"distributed (broker {config.redact_url(config.broker_url() or '')})"
+                if distributed else "embedded (in-process worker)")
+        ui.header(out, plan, mode)
+        t0 = time.monotonic()
+        if args.detach:
+            from dispatcher import dispatch
+
+            dispatch.check_broker()
+            dispatch.publish(plan)
+            out.print(f"Detached: run {plan.run.run_id} dispatched; follow it with "
+                      f"'forge status {plan.run.run_id}'", markup=False)
+            if args.json:
+                print(json.dumps({"run_id": plan.run.run_id}))
+            else:
+                print(plan.run.run_id)
+            return 0
+        with ui.Progress(out, plan) as progress:
+            result = execute(plan, log_callback=progress.log, on_tick=progress.tick)
+    except (ManifestError, config.ConfigError, ValueError) as exc:
+        return _err(str(exc))
+    except KeyboardInterrupt:
+        return _err("interrupted; a distributed run goes on on the workers "
+                    "(see 'forge status RUN_ID')")
+    except RuntimeError as exc:
+        Console(stderr=True).print(f"forge: run failed: {exc}", markup=False)
+        return 1
+    ui.summary(out, result, time.monotonic() - t0)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dispatcher import console as ui
+    from worker import config
+    from worker.rundir import SUMMARY, read_summary
+
+    root = args.artifacts_dir or config.artifacts_dir()
+    result = read_summary(root, args.run_id)
+    if result is None:
+        return _err(f"no finished run {args.run_id!r} in {root} (no {args.run_id}/{SUMMARY}); "
+                    "see 'forge list'")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    out = _console()
+    out.print(f"Run {result.run_id}  {result.timestamp}  {result.execution_mode.upper()}",
+              markup=False)
+    out.print(f"Objective: {result.objective}", markup=False)
+    ui.summary(out, result, sum(r.runtime_seconds for r in result.results))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from worker import config
+    from worker.rundir import list_runs
+
+    root = args.artifacts_dir or config.artifacts_dir()
+    runs = list_runs(root)[: max(args.limit, 1)]
+    if not runs:
+        Console().print(f"No runs in {root}.", markup=False)
+        return 0
+    table = Table(title=f"Runs in {root}", title_justify="left")
+    for col in ("Run", "Time", "Mode", "Candidates", "Winner", "Score"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r.run_id, r.timestamp, r.execution_mode, str(len(r.candidates)),
+                      r.winner_id or "-", f"{r.winner_score:.1f}" if r.winner_score else "-")
+    _console().print(table)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

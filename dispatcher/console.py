@@ -1,0 +1,138 @@
+"""What ``forge`` shows a person: the seed's header and phases, rich progress, tables."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from dispatcher.plan import RunPlan
+from dispatcher.tracker import RunTracker
+from worker.records import ForgeResult
+
+RULE = "=" * 60
+MAX_LOG_CANDIDATES = 50  # above this, per-line logs give way to counts
+STYLE = {"QUEUED": "dim", "RUNNING": "yellow", "DONE": "green", "FAILED": "red"}
+
+
+def header(console: Console, plan: RunPlan, mode_line: str) -> None:
+    run = plan.run
+    console.print(RULE, markup=False, highlight=False)
+    console.print("DREAM FOUNDRY - Forge Loop", markup=False, highlight=False)
+    console.print(RULE, markup=False, highlight=False)
+    console.print(f"Objective: {run.objective}", markup=False, highlight=False)
+    console.print(f"Candidates: {len(plan.tasks)}", markup=False, highlight=False)
+    console.print(f"Execution: {run.execution_mode.upper()}", markup=False, highlight=False)
+    for note in run.notes:
+        console.print(note, markup=False, highlight=False)
+    console.print(f"Mode: {mode_line}", markup=False, highlight=False)
+    console.print(f"Run: {run.run_id}", markup=False, highlight=False)
+    console.print()
+
+
+class Progress:
+    """Live table on a terminal; plain log lines everywhere (CI logs stay readable)."""
+
+    def __init__(self, console: Console, plan: RunPlan):
+        self.console = console
+        self.plan = plan
+        self.t0 = time.monotonic()
+        self.verbose = len(plan.tasks) <= MAX_LOG_CANDIDATES
+        self.live: Live | None = None
+        self._last_counts: dict[str, int] | None = None
+        self._last_print = 0.0
+
+    def __enter__(self) -> Progress:
+        self.console.print("PHASE: Running Candidates", markup=False, highlight=False)
+        if self.console.is_terminal:
+            self.live = Live(Text("starting..."), console=self.console, transient=True,
+                             refresh_per_second=8)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def log(self, candidate_id: str, message: str) -> None:
+        if self.verbose:
+            self.console.print(f"[{candidate_id}] {message}", markup=False, highlight=False)
+
+    def tick(self, tracker: RunTracker) -> None:
+        counts = tracker.counts
+        if self.live is not None:
+            self.live.update(self._table(tracker))
+        elif not self.verbose and counts != self._last_counts and \
+                time.monotonic() - self._last_print > 2:
+            self._last_print = time.monotonic()
+            self.console.print(self._counts_line(counts), markup=False, highlight=False)
+        self._last_counts = counts
+
+    def _counts_line(self, c: dict[str, int]) -> str:
+        return (f"  {time.monotonic() - self.t0:6.1f}s  queued {c['QUEUED']}  running "
+                f"{c['RUNNING']}  done {c['DONE']}  failed {c['FAILED']}")
+
+    def _table(self, tracker: RunTracker) -> Table:
+        table = Table(title=self._counts_line(tracker.counts).strip(), title_justify="left",
+                      expand=False)
+        for col in ("Candidate", "State", "Time", "Worker", "Last message"):
+            table.add_column(col)
+        now = time.monotonic()
+        rows = sorted(tracker.states.values(),
+                      key=lambda s: {"RUNNING": 0, "FAILED": 1, "DONE": 2, "QUEUED": 3}[s.state])
+        for st in rows[:20]:
+            if st.runtime is not None:
+                elapsed = f"{st.runtime:.1f}s"
+            elif st.first_seen is not None:
+                elapsed = f"{now - st.first_seen:.1f}s"
+            else:
+                elapsed = "-"
+            table.add_row(st.candidate_id, Text(st.state.lower(), style=STYLE[st.state]),
+                          elapsed, (st.worker or "-").split("@")[-1][:20], st.last_line[:60])
+        if len(rows) > 20:
+            table.caption = f"... and {len(rows) - 20} more"
+        return table
+
+
+def results_table(result: ForgeResult) -> Table:
+    names = {c.id: c.name for c in result.candidates}
+    table = Table(title="PHASE: Scoring", title_justify="left")
+    for col, just in (("Candidate", "left"), ("Success", "right"), ("Quality", "right"),
+                      ("Speed", "right"), ("TOTAL", "right"), ("Gates", "center"),
+                      ("Time", "right"), ("Note", "left")):
+        table.add_column(col, justify=just)
+    for s in sorted(result.scores, key=lambda s: s.rank):
+        r = result.result_for(s.candidate_id)
+        gate = Text("PASS", style="green") if s.qualified else Text("FAIL", style="red")
+        note = s.disqualified_reason or ""
+        table.add_row(
+            f"{names.get(s.candidate_id, s.candidate_id)} ({s.candidate_id})",
+            f"{s.success:.1f}", f"{s.quality_score:.1f}", f"{s.speed_score:.1f}",
+            f"{s.total_score:.1f}", gate,
+            f"{r.runtime_seconds:.2f}s" if r else "-", note[:60],
+        )
+    return table
+
+
+def summary(console: Console, result: ForgeResult, wall: float) -> None:
+    console.print()
+    console.print(results_table(result))
+    names = {c.id: c for c in result.candidates}
+    if result.winner_id:
+        c = names.get(result.winner_id)
+        label = f"{c.name} ({c.description})" if c and c.description else result.winner_id
+        console.print(f"WINNER: {label} with {result.winner_score:.1f}/100",
+                      markup=False, highlight=False)
+    else:
+        console.print("No winner: no candidate passed the gates.", markup=False,
+                      highlight=False)
+    if result.discord:
+        d = result.discord
+        msg = (f"Discord: posted {d.get('messages', 0)} message(s)" if d.get("posted")
+               else f"Discord: not posted ({d.get('error') or d.get('skipped') or 'skipped'})")
+        console.print(msg, markup=False, highlight=False)
+    console.print(f"Artifacts: {result.artifacts_dir}", markup=False, highlight=False)
+    console.print(f"Wall time: {wall:.2f}s", markup=False, highlight=False)

@@ -1,0 +1,97 @@
+"""Turning a competition definition into a run: a RunSpec and one task per candidate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from dispatcher.manifest import Manifest
+from worker.records import CandidateInfo, CandidateTask, Limits, RunSpec
+
+DEFAULT_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run: RunSpec
+    tasks: tuple[CandidateTask, ...]
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def definition_sha256(objective: str, tasks: list[CandidateTask], judge: str) -> str:
+    """Fingerprint of what a run *is*: resume refuses a run whose definition changed."""
+    doc = {
+        "objective": objective,
+        "judge": judge,
+        "candidates": [
+            {k: v for k, v in t.to_dict().items() if k not in ("run_id", "script")}
+            for t in tasks
+        ],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def plan_run(
+    objective: str,
+    manifest: Manifest,
+    *,
+    execution_mode: str = "local",
+    artifacts_dir: str,
+    run_id: str | None = None,
+    timeout: int | None = None,
+    network: bool | None = None,
+    env_allow: tuple[str, ...] | None = None,
+    judge: str | None = None,
+    post_to_discord: bool = False,
+    competition: str | None = None,
+    limits: Limits | None = None,
+    notes: list[str] | None = None,
+) -> RunPlan:
+    """Snapshot every candidate's script into its task; nothing is read again later."""
+    run_id = run_id or new_run_id()
+    default_timeout = timeout or manifest.timeout or DEFAULT_TIMEOUT
+    net = manifest.network if network is None else network
+    env = manifest.env if env_allow is None else env_allow
+    judge_name = judge or manifest.judge
+    tasks = [
+        CandidateTask(
+            run_id=run_id,
+            candidate_id=c.id,
+            name=c.name,
+            script_name=c.script_name,
+            script=c.script,
+            script_sha256=c.script_sha256,
+            objective=objective,
+            execution_mode=execution_mode,
+            timeout=timeout or c.timeout or default_timeout,
+            network=net,
+            env_allow=tuple(env),
+            requirements=c.requirements,
+            limits=limits or Limits(),
+        )
+        for c in manifest.candidates
+    ]
+    run = RunSpec(
+        run_id=run_id,
+        objective=objective,
+        timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        execution_mode=execution_mode,
+        artifacts_dir=os.path.abspath(artifacts_dir),
+        candidates=[CandidateInfo(id=c.id, name=c.name, description=c.description,
+                                  script=c.script_name) for c in manifest.candidates],
+        judge=judge_name,
+        timeout=default_timeout,
+        post_to_discord=post_to_discord,
+        competition=competition,
+        definition_sha256=definition_sha256(objective, tasks, judge_name),
+        notes=list(notes or []),
+    )
+    return RunPlan(run=run, tasks=tuple(tasks))

@@ -1,0 +1,98 @@
+"""Preparing and executing a run, in embedded or distributed mode."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from dispatcher import dispatch
+from dispatcher.manifest import Manifest, load_manifest
+from dispatcher.plan import RunPlan, plan_run
+from dispatcher.tracker import LogCallback, RunTracker
+from worker import config
+from worker.records import DEFAULT_OBJECTIVE, ForgeResult
+
+FALLBACK_NOTE = "(Daytona not configured, falling back to local)"
+MAX_EMBEDDED_CONCURRENCY = 32
+
+
+def prepare(
+    objective: str = DEFAULT_OBJECTIVE,
+    use_daytona: bool = False,
+    *,
+    candidates: str | None = None,
+    manifest: Manifest | None = None,
+    artifacts_dir: str | None = None,
+    run_id: str | None = None,
+    timeout: int | None = None,
+    network: bool | None = None,
+    env_allow: tuple[str, ...] | None = None,
+    judge: str | None = None,
+    post: bool | None = None,
+    competition: str | None = None,
+) -> RunPlan:
+    """Load and validate everything a run needs; raises ManifestError/ConfigError."""
+    if not objective or not objective.strip():
+        raise config.ConfigError("the objective is empty; pass one, e.g. forge run \"...\"")
+    manifest = manifest or load_manifest(candidates)
+    notes = []
+    mode = "local"
+    if use_daytona:
+        if config.is_daytona_configured():
+            mode = "daytona"
+        else:
+            notes.append(FALLBACK_NOTE)
+    want_post = config.discord_webhook_url() is not None if post is None else post
+    return plan_run(
+        objective,
+        manifest,
+        execution_mode=mode,
+        artifacts_dir=artifacts_dir or config.artifacts_dir(),
+        run_id=run_id,
+        timeout=timeout,
+        network=network,
+        env_allow=env_allow,
+        judge=judge,
+        post_to_discord=want_post,
+        competition=competition,
+        notes=notes,
+    )
+
+
+def execute(
+    plan: RunPlan,
+    log_callback: LogCallback | None = None,
+    on_tick: Callable[[RunTracker], None] | None = None,
+    on_published: Callable[[RunPlan], None] | None = None,
+) -> ForgeResult:
+    """Publish the chord and wait for it: in-process worker when no broker is set."""
+    if config.is_distributed():
+        dispatch.check_broker()
+        dispatch.publish(plan)
+        if on_published:
+            on_published(plan)
+        return dispatch.wait(plan, on_log=log_callback, on_tick=on_tick)
+    from dispatcher.embedded import embedded_worker
+    from worker.app import app
+
+    width = max(1, min(len(plan.tasks), MAX_EMBEDDED_CONCURRENCY))
+    with embedded_worker(app, width):
+        dispatch.publish(plan)
+        if on_published:
+            on_published(plan)
+        return dispatch.wait(plan, on_log=log_callback, on_tick=on_tick)
+
+
+def run_forge(
+    objective: str = DEFAULT_OBJECTIVE,
+    use_daytona: bool = False,
+    log_callback: LogCallback | None = None,
+    **options,
+) -> ForgeResult:
+    """Run a whole competition and return its result (the Python API).
+
+    ``log_callback(candidate_id, message)`` receives each candidate's lifecycle lines
+    as they happen. ``options`` are those of :func:`prepare` (``candidates``,
+    ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
+    ``post``).
+    """
+    return execute(prepare(objective, use_daytona, **options), log_callback)

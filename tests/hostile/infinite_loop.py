@@ -1,0 +1,5 @@
+"""Spins forever: the wall-clock deadline must kill it."""
+
+print("looping", flush=True)
+while True:
+    pass

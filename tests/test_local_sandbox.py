@@ -1,0 +1,350 @@
+"""The local sandbox, driven through the shared lifecycle (and its API where needed).
+
+Tests marked as needing bubblewrap FAIL when it is missing: isolation is the point.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import textwrap
+import time
+
+import pytest
+
+from worker.lifecycle import run_lifecycle
+from worker.records import CandidateTask, Limits, sha256_text
+from worker.sandbox import bwrap, local
+from worker.sandbox.base import SandboxError, SandboxRequest
+from worker.sandbox.capture import TailBuffer
+from worker.sandbox.local import LocalBackend
+
+SMALL = Limits(memory_mb=256, max_processes=32, max_file_mb=8, output_bytes=8192,
+               artifact_bytes=4096)
+
+
+def require_bwrap() -> None:
+    probe = bwrap.probe()
+    assert probe.ok, f"bubblewrap unavailable ({probe.reason}); fix: apt-get install bubblewrap"
+
+
+def task(script: str, *, cid: str = "c1", timeout: int = 5, network: bool = False,
+         env_allow: tuple[str, ...] = (), limits: Limits = SMALL) -> CandidateTask:
+    script = textwrap.dedent(script)
+    return CandidateTask(
+        run_id="r-local", candidate_id=cid, name=cid, script_name="s.py", script=script,
+        script_sha256=sha256_text(script), objective="do it; rm -rf / $(reboot)",
+        timeout=timeout, network=network, env_allow=env_allow, limits=limits,
+    )
+
+
+def run(t: CandidateTask, **kw):
+    lines: list[str] = []
+    result = run_lifecycle(LocalBackend(), t, lines.append, **kw)
+    return result, lines
+
+
+@pytest.fixture()
+def plain(monkeypatch):
+    """Force the no-bubblewrap fallback for one test (the probe is cached per process)."""
+    monkeypatch.setenv("FORGE_SANDBOX", "plain")
+    bwrap.probe.cache_clear()
+    yield
+    monkeypatch.delenv("FORGE_SANDBOX")
+    bwrap.probe.cache_clear()
+
+
+WRITE_ARGS = """
+    import sys
+    with open(sys.argv[2], "w") as fh:
+        fh.write("# ok\\n" + repr(sys.argv[1:]))
+"""
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_well_behaved_isolated():
+    require_bwrap()
+    r, lines = run(task(WRITE_ARGS))
+    assert r.success, r.error_message
+    assert r.artifact_content.startswith("# ok")
+    assert "do it; rm -rf / $(reboot)" in r.artifact_content  # argv, never a shell
+    assert r.isolation.startswith("bubblewrap"), r.isolation
+    assert "net ns (no network)" in r.isolation
+    assert not any("isolation is OFF" in x for x in lines)
+
+
+def test_what_the_candidate_sees():
+    require_bwrap()
+    r, _ = run(task("""
+        import os, sys
+        info = {
+            "uid": os.getuid(), "cwd": os.getcwd(), "root": sorted(os.listdir("/")),
+            "workdir": sorted(os.listdir(os.path.dirname(sys.argv[2]))),
+            "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "home": os.environ["HOME"], "tmpdir": os.environ["TMPDIR"],
+            "env": sorted(os.environ), "etc": sorted(os.listdir("/etc")),
+            "ifaces": open("/proc/net/dev").read(),
+        }
+        # Opened for writing only (never written): a sysrq write would act on the host.
+        for path in ("/proc/sys/kernel/hostname", "/proc/sysrq-trigger",
+                     "/proc/sys/kernel/core_pattern", "/proc/self/oom_score_adj"):
+            try:
+                open(path, "w").close()
+                info[path] = "WRITABLE"
+            except OSError as exc:
+                info[path] = exc.strerror
+        for path in ("/newfile", "/usr/newfile", "/etc/newfile"):
+            try:
+                open(path, "w")
+                info[path] = "WRITABLE"
+            except OSError as exc:
+                info[path] = exc.strerror
+        open(sys.argv[2], "w").write(repr(info))
+    """, env_allow=("SANDBOX_VISIBLE",)), env_source={"SANDBOX_VISIBLE": "1", "SECRET": "s"})
+    assert r.success, (r.error_message, r.output)
+    info = eval(r.artifact_content)  # noqa: S307 - our own repr, test only
+    assert info["uid"] == 65534
+    assert info["cwd"] == "/sandbox"
+    assert info["workdir"] == ["script.py"]
+    assert info["home"] == "/sandbox" and info["tmpdir"] == "/tmp"
+    assert "SECRET" not in info["env"] and "SANDBOX_VISIBLE" in info["env"]
+    assert not ({"home", "work", "opt", "var", "srv", "mnt"} & set(info["root"])), info["root"]
+    assert "shadow" not in info["etc"] and "gshadow" not in info["etc"]
+    assert max(info["pids"]) < 10, info["pids"]  # own PID namespace
+    assert "tap0" not in info["ifaces"] and "eth0" not in info["ifaces"]
+    for path in ("/newfile", "/usr/newfile", "/etc/newfile", "/proc/sys/kernel/hostname",
+                 "/proc/sysrq-trigger", "/proc/sys/kernel/core_pattern"):
+        assert info[path] != "WRITABLE", path
+
+
+def test_rlimits_applied():
+    require_bwrap()
+    r, _ = run(task("""
+        import resource, sys
+        names = ["AS", "CPU", "FSIZE", "NOFILE", "NPROC", "CORE"]
+        got = {n: resource.getrlimit(getattr(resource, "RLIMIT_" + n))[0] for n in names}
+        open(sys.argv[2], "w").write(repr(got))
+    """, timeout=7))
+    got = eval(r.artifact_content)  # noqa: S307
+    assert got == {"AS": 256 << 20, "CPU": 14, "FSIZE": 8 << 20, "NOFILE": 256,
+                   "NPROC": 32, "CORE": 0}
+
+
+def test_deadline_kills_grandchildren():
+    require_bwrap()
+    marker = f"forge-grandchild-{os.getpid()}-{time.monotonic_ns()}"
+    r, _ = run(task(f"""
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "{marker}"],
+                         start_new_session=True)
+        time.sleep(60)
+    """, timeout=2))
+    assert r.timed_out and not r.success
+    assert "timed out after 2s" in r.error_message
+    assert r.runtime_seconds < 6
+    time.sleep(0.2)
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            assert marker.encode() not in open(path, "rb").read(), "grandchild survived"
+        except OSError:
+            pass
+
+
+def test_network_off_has_only_loopback():
+    require_bwrap()
+    r, _ = run(task("""
+        import socket, sys
+        try:
+            socket.create_connection(("1.1.1.1", 53), timeout=1)
+            out = "CONNECTED"
+        except OSError as exc:
+            out = f"blocked: {exc}"
+        open(sys.argv[2], "w").write(out)
+    """, network=False))
+    assert r.success and r.artifact_content.startswith("blocked"), r.artifact_content
+
+
+def _non_loopback_ip() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.123", 9))  # no packet is sent
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_network_on_is_outbound_only():
+    """Network on: the host's loopback stays shut; a non-loopback address is reachable."""
+    require_bwrap()
+    ip = _non_loopback_ip()
+    loop = socket.socket()
+    loop.bind(("127.0.0.1", 0))
+    loop.listen(4)
+    wide = socket.socket()
+    wide.bind(("0.0.0.0", 0))
+    wide.listen(4)
+    try:
+        r, _ = run(task(f"""
+            import socket, sys
+            out = []
+            for host, port in [("127.0.0.1", {loop.getsockname()[1]}),
+                               ("10.0.2.2", {loop.getsockname()[1]}),
+                               ({ip!r}, {wide.getsockname()[1]})]:
+                if host is None:
+                    continue
+                try:
+                    socket.create_connection((host, port), timeout=2).close()
+                    out.append("CONNECTED " + host)
+                except OSError as exc:
+                    out.append(f"blocked {{host}}: {{exc}}")
+            open(sys.argv[2], "w").write("\\n".join(out))
+        """, network=True))
+    finally:
+        loop.close()
+        wide.close()
+    assert r.success, (r.error_message, r.output)
+    assert "slirp4netns" in r.isolation
+    assert "CONNECTED 127.0.0.1" not in r.artifact_content
+    assert "CONNECTED 10.0.2.2" not in r.artifact_content
+    if ip:
+        assert f"CONNECTED {ip}" in r.artifact_content, r.artifact_content
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _sandbox(network: bool = False):
+    req = SandboxRequest(run_id="r", candidate_id="api", timeout=5, network=network,
+                         limits=SMALL)
+    return LocalBackend().create(req, lambda _m: None)
+
+
+def test_download_refuses_symlinks_and_outside_paths(tmp_path):
+    require_bwrap()
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    sb = _sandbox()
+    try:
+        host = sb.host_workdir
+        os.symlink(str(secret), os.path.join(host, "link.md"))
+        os.symlink(str(tmp_path), os.path.join(host, "dirlink"))
+        os.mkdir(os.path.join(host, "fifo-dir"))
+        os.mkfifo(os.path.join(host, "fifo-dir", "pipe"))
+        got = sb.download(f"{sb.workdir}/link.md", 100, 5)
+        assert got.content is None and "symlink" in got.problem
+        got = sb.download(f"{sb.workdir}/dirlink/secret", 100, 5)
+        assert got.content is None and "symlink" in got.problem
+        got = sb.download(f"{sb.workdir}/fifo-dir/pipe", 100, 5)
+        assert got.content is None and "not a regular file" in got.problem
+        assert sb.download(f"{sb.workdir}/missing.md", 100, 5).content is None
+        for bad in ("/etc/passwd", f"{sb.workdir}/../etc/passwd", sb.workdir):
+            with pytest.raises(SandboxError):
+                sb.download(bad, 100, 5)
+        with pytest.raises(SandboxError):
+            sb.upload(b"x", "/tmp/forge-outside.txt", 5)
+        sb.upload(b"hello", f"{sb.workdir}/ok.txt", 5)
+        got = sb.download(f"{sb.workdir}/ok.txt", 3, 5)
+        assert got.content == b"hel" and got.truncated
+    finally:
+        root = sb.root
+        sb.delete()
+    assert not os.path.exists(root)
+
+
+def test_delete_removes_everything_even_chmod_000():
+    require_bwrap()
+    r, _ = run(task("""
+        import os, sys
+        os.makedirs("deep/er")
+        open("deep/er/f", "w").write("x")
+        os.chmod("deep/er", 0)
+        os.chmod("deep", 0)
+        open(sys.argv[2], "w").write("# ok")
+    """))
+    assert r.success and not r.warnings, r.warnings
+    assert not glob.glob("/sys/fs/cgroup/*/**/forge-" + r.sandbox_id, recursive=True)
+
+
+def test_sandboxes_do_not_see_each_other():
+    require_bwrap()
+    from concurrent.futures import ThreadPoolExecutor
+
+    script = """
+        import glob, os, sys, time
+        time.sleep(0.5)
+        seen = glob.glob("/tmp/*") + glob.glob("/sandbox/*") + os.listdir("/proc")
+        open(sys.argv[2], "w").write(repr(seen))
+    """
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: run(task(script, cid=f"peer{i}"))[0], range(4)))
+    for r in results:
+        assert r.success, r.error_message
+        seen = eval(r.artifact_content)  # noqa: S307
+        assert [p for p in seen if p.startswith("/sandbox/")] == ["/sandbox/script.py"]
+        assert not [p for p in seen if p.startswith("/tmp/")]
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def test_plain_fallback_says_isolation_is_off(plain):
+    r, lines = run(task(WRITE_ARGS))
+    assert r.success, r.error_message
+    assert r.isolation.startswith("NONE:"), r.isolation
+    assert any("[Warn] Filesystem isolation is OFF" in x for x in lines), lines
+
+
+def test_plain_fallback_still_has_deadline_and_limits(plain):
+    r, _ = run(task("""
+        import resource, subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(resource.getrlimit(resource.RLIMIT_AS), flush=True)
+        time.sleep(60)
+    """, timeout=2))
+    assert r.timed_out and r.runtime_seconds < 6
+    assert str((256 << 20, 256 << 20)) in r.output
+
+
+def test_require_isolation_refuses_the_fallback(plain, monkeypatch):
+    monkeypatch.setenv("FORGE_REQUIRE_ISOLATION", "1")
+    r, _ = run(task(WRITE_ARGS))
+    assert not r.success
+    assert "Sandbox creation failed" in r.error_message
+    assert "apt-get install bubblewrap" in r.error_message
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def test_tail_buffer_keeps_the_tail_and_counts():
+    buf = TailBuffer(10)
+    buf.write(b"0123456789abc")
+    assert buf.data() == b"3456789abc" and buf.dropped == 3
+    for _ in range(1000):
+        buf.write(b"xy")
+    buf.write(b"END")
+    assert buf.data().endswith(b"END") and len(buf.data()) == 10
+    assert buf.dropped == 13 + 2000 + 3 - 10
+    assert buf.text().startswith(f"[... {buf.dropped} bytes")
+    bad = TailBuffer(100)
+    bad.write(b"\xff\xfeok")
+    assert bad.text() == "\ufffd\ufffdok"
+
+
+def test_isolation_words_are_short():
+    require_bwrap()
+    sb = _sandbox(network=True)
+    try:
+        assert sb.isolation.startswith("bubblewrap:")
+        assert "slirp4netns outbound-only" in sb.isolation
+        assert len(sb.isolation) < 200
+    finally:
+        sb.delete()
+
+
+def test_candidate_python_is_outside_the_venv():
+    assert ".venv" not in local.candidate_python()

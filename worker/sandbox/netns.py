@@ -1,0 +1,115 @@
+"""Outbound-only networking for a sandbox's private network namespace (slirp4netns).
+
+The sandbox always gets a fresh network namespace (bwrap ``--unshare-net``): with the
+network off it holds only its own loopback. With the network on, slirp4netns is
+attached to that namespace: it creates ``tap0`` (10.0.2.100/24, gateway 10.0.2.2, DNS
+10.0.2.3) and carries the sandbox's TCP/UDP through ordinary sockets of the worker.
+``--disable-host-loopback`` makes it refuse connections to the host's 127.0.0.0/8, so
+Redis, Flower or an emulator listening on the worker's loopback stay out of reach; the
+sandbox's own 127.0.0.1 is its own namespace's loopback.
+
+Mechanics: bwrap reports the sandbox's pid on ``--info-fd`` and holds the command on
+``--block-fd``; we attach slirp4netns to ``/proc/<pid>/ns/net`` (``--netns-type=path``,
+so it does not try to join the sandbox's user namespace), wait for its ``--ready-fd``,
+and only then let the command start.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import select
+import shutil
+import subprocess
+import time
+
+
+@functools.lru_cache(maxsize=1)
+def slirp4netns_path() -> str | None:
+    return shutil.which("slirp4netns")
+
+
+def _wait_for_loopback(pid: int, timeout: float) -> None:
+    """Wait until bwrap has brought up the sandbox's loopback.
+
+    bwrap configures ``lo`` over netlink while we already know its pid; configuring the
+    same namespace concurrently makes bwrap's netlink exchange fail now and then
+    ("loopback: Failed RTM_NEWADDR"). 127.0.0.1 shows in the namespace's routing trie
+    once ``lo`` is up.
+    """
+    deadline = time.monotonic() + timeout
+    path = f"/proc/{pid}/net/fib_trie"
+    while True:
+        try:
+            with open(path, "rb") as fh:
+                if b"127.0.0.1" in fh.read():
+                    return
+        except OSError as exc:
+            raise OSError(f"sandbox vanished during network setup: {exc}") from exc
+        if time.monotonic() > deadline:
+            raise OSError("sandbox loopback did not come up")
+        time.sleep(0.001)
+
+
+class Slirp:
+    """A running slirp4netns attached to one sandbox's network namespace."""
+
+    def __init__(self, pid: int, timeout: float = 5.0):
+        path = slirp4netns_path()
+        if path is None:
+            raise OSError("slirp4netns not found on PATH")
+        _wait_for_loopback(pid, timeout)
+        ready_r, ready_w = os.pipe()
+        argv = [
+            path,
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            f"--ready-fd={ready_w}",
+            "--netns-type=path",
+            f"/proc/{pid}/ns/net",
+            "tap0",
+        ]
+        if os.geteuid() == 0:
+            # As root it can confine itself: own mount namespace, caps dropped, seccomp.
+            argv[1:1] = ["--enable-sandbox", "--enable-seccomp"]
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                pass_fds=(ready_w,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                env={"PATH": "/usr/bin:/bin"},
+            )
+        finally:
+            os.close(ready_w)
+        try:
+            ready, _, _ = select.select([ready_r], [], [], timeout)
+            got = os.read(ready_r, 1) if ready else b""
+        finally:
+            os.close(ready_r)
+        if got != b"1":
+            self.stop()
+            err = b""
+            if self.proc.stderr is not None:
+                try:
+                    err = self.proc.stderr.read() or b""
+                except (OSError, ValueError):
+                    pass
+            detail = err.decode("utf-8", "replace").strip().splitlines()
+            raise OSError(f"slirp4netns did not come up: {detail[-1] if detail else 'no reason'}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self.proc.stderr is not None:
+            try:
+                self.proc.stderr.close()
+            except OSError:
+                pass
