@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -113,7 +113,7 @@ def main() -> None:
               f"{s['min_ms']:>9.1f}{s['ratio_median']:>11.2f}{s['overhead_median_ms']:>8.1f}")
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"sandbox_overhead-{stamp}.json"
     path.write_text(json.dumps({
         "runs_per_variant": args.n,

@@ -7,6 +7,7 @@ message names the problem and the fix).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -15,6 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from worker.records import DEFAULT_OBJECTIVE
+
+# Modules that add a subcommand: each has register(subparsers) setting func=handler.
+EXTRA_COMMANDS: list[str] = []
 
 
 def _positive_int(text: str) -> int:
@@ -65,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Recent runs, newest first, with winner and time.")
     lst.add_argument("--artifacts-dir", metavar="PATH")
     lst.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20)")
+
+    post = sub.add_parser("post", help="post a finished run's winner to Discord again",
+                          description="Re-post a finished run's winner (on purpose: bypasses "
+                                      "the once-per-run guard). Needs DISCORD_WEBHOOK_URL.")
+    post.add_argument("run_id", metavar="RUN_ID")
+    post.add_argument("--artifacts-dir", metavar="PATH")
+
+    for module in EXTRA_COMMANDS:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -178,7 +191,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "list": cmd_list}
+def cmd_post(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from worker import config
+    from worker.discord import post_winner
+    from worker.rundir import read_summary
+
+    root = args.artifacts_dir or config.artifacts_dir()
+    result = read_summary(root, args.run_id)
+    if result is None:
+        return _err(f"no finished run {args.run_id!r} in {root}; see 'forge list'")
+    url = config.discord_webhook_url()
+    if url is None:
+        return _err("DISCORD_WEBHOOK_URL is not set (or is a placeholder); set it in .env")
+    record = post_winner(result, Path(root) / args.run_id, url, force=True)
+    if record.get("posted"):
+        print(f"Posted {record.get('messages', 0)} message(s) for run {args.run_id}")
+        return 0
+    reason = record.get("error") or record.get("skipped") or "unknown"
+    Console(stderr=True).print(f"forge: not posted: {reason}", markup=False)
+    return 1
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "post": cmd_post}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return COMMANDS[args.command](args)
+    handler = getattr(args, "func", None) or COMMANDS[args.command]
+    return handler(args)
 
 
 if __name__ == "__main__":

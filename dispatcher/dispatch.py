@@ -9,7 +9,7 @@ script or the environment.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from celery import chord, group
 

@@ -126,7 +126,8 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
         cid = _field(where, entry, "id", str, required=True)
         if not ID_RE.match(cid):
             raise ManifestError(
-                f"{where}: field 'id' = {cid!r} is invalid; use 1-64 characters from a-z, 0-9, _ and -"
+                f"{where}: field 'id' = {cid!r} is invalid; "
+                "use 1-64 characters from a-z, 0-9, _ and -"
             )
         where = f"{p}: candidate '{cid}'"
         if cid in seen:

@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dispatcher.manifest import Manifest
 from worker.records import CandidateInfo, CandidateTask, Limits, RunSpec
@@ -22,7 +22,7 @@ class RunPlan:
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
@@ -82,7 +82,7 @@ def plan_run(
     run = RunSpec(
         run_id=run_id,
         objective=objective,
-        timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
         execution_mode=execution_mode,
         artifacts_dir=os.path.abspath(artifacts_dir),
         candidates=[CandidateInfo(id=c.id, name=c.name, description=c.description,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from dispatcher import dispatch
 from dispatcher.manifest import Manifest, load_manifest

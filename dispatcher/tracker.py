@@ -9,8 +9,9 @@ caller exactly once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from worker.records import CandidateResult
 
@@ -50,7 +51,7 @@ class RunTracker:
         else:
             values = list(raw)
         out = {}
-        for cid, value in zip(ids, values):
+        for cid, value in zip(ids, values, strict=True):
             if value is not None:
                 out[cid] = self.backend.decode_result(value)
         return out

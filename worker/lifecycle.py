@@ -12,8 +12,8 @@ import hashlib
 import shlex
 import socket
 import time
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from worker.records import CandidateResult, CandidateTask
 from worker.sandbox.base import SandboxBackend, SandboxError, SandboxRequest
@@ -25,7 +25,7 @@ LogFn = Callable[[str], None]
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def worker_name() -> str:

@@ -19,7 +19,8 @@ SUMMARY = "summary.json"
 
 
 def _json(data: object) -> bytes:
-    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    # "replace": a candidate's output may carry lone surrogates that JSON allows.
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "replace")
 
 
 def summary_dict(result: ForgeResult) -> dict:

@@ -59,6 +59,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
                         self.request.id)
             return earlier
     attempt = _attempt(self) if self.request.id else 1
+    me = self.request.hostname or worker_name()  # the Celery node name, e.g. w1@host
     lines: list[str] = []
 
     def log(message: str) -> None:
@@ -69,7 +70,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
                 "candidate_id": task.candidate_id,
                 "seq": len(lines),
                 "log": lines[-LOG_WINDOW:],
-                "worker": worker_name(),
+                "worker": me,
                 "attempt": attempt,
             })
 
@@ -77,7 +78,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
         result = CandidateResult(
             candidate_id=task.candidate_id,
             execution_mode=task.execution_mode,
-            worker=worker_name(),
+            worker=me,
             attempt=attempt,
             error_message=(
                 f"Worker lost {attempt - 1} times while running this candidate "
@@ -95,13 +96,14 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
         backend = get_backend(task.execution_mode)
     except Exception as exc:  # noqa: BLE001 - e.g. the SDK missing on this worker
         result = CandidateResult(candidate_id=task.candidate_id,
-                                 execution_mode=task.execution_mode, worker=worker_name(),
+                                 execution_mode=task.execution_mode, worker=me,
                                  error_message=f"{exc}")
         log(f"[Error] {exc}")
     else:
         from worker.lifecycle import run_lifecycle
 
-        result = run_lifecycle(backend, task, log, owner=worker_name())
+        result = run_lifecycle(backend, task, log, owner=me)
+    result.worker = me
     result.attempt = attempt
     result.log = lines
     return result.to_dict()
@@ -150,12 +152,19 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
 
 
 @shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True)
-def collect_results(self, results: list[dict[str, Any]], run_data: dict[str, Any]) -> dict[str, Any]:
+def collect_results(self, results: list[dict[str, Any]],
+                    run_data: dict[str, Any]) -> dict[str, Any]:
     """Chord body: score, write the run directory (atomic, idempotent), post the winner."""
     from worker.rundir import write_run_dir
 
     run = RunSpec.from_dict(run_data)
     forge = build_forge_result(results, run)
-    write_run_dir(forge, run.artifacts_dir)
+    run_path = write_run_dir(forge, run.artifacts_dir)
     logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)
+    if run.post_to_discord:
+        from worker import config
+        from worker.discord import post_winner
+
+        # Claimed once per run directory: a redelivered callback does not post again.
+        forge.discord = post_winner(forge, run_path, config.discord_webhook_url())
     return forge.to_dict()

@@ -45,7 +45,9 @@ def get_judge(name: str) -> Judge:
 
 def rank(scores: list[Score]) -> list[Score]:
     """Qualified first by total (desc), then by id for a deterministic tie-break."""
-    ordered = sorted(scores, key=lambda s: (not s.qualified, -round(s.total_score, 6), s.candidate_id))
+    ordered = sorted(
+        scores, key=lambda s: (not s.qualified, -round(s.total_score, 6), s.candidate_id)
+    )
     for i, s in enumerate(ordered, start=1):
         s.rank = i
     return ordered

@@ -7,8 +7,9 @@ it. Deadlines, size caps, logging and result building live once, in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from worker.records import Limits
 

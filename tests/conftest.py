@@ -1,0 +1,58 @@
+"""Shared fixtures: real redis-server and real celery workers, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.procs import CeleryWorker, RedisServer, forge_env
+
+pytest_plugins = ("celery.contrib.pytest",)
+
+# The suite never uses a broker from the developer's environment or .env.
+for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DISCORD_WEBHOOK_URL",
+              "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_BASE_URL"):
+    os.environ.pop(_name, None)
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path):
+    """Factory: ``workers(env, n=2, concurrency=2, pool="prefork")`` → started workers."""
+    started: list[CeleryWorker] = []
+
+    def make(env: dict[str, str], n: int = 2, concurrency: int = 2, pool: str = "prefork",
+             extra_args: tuple[str, ...] = (), prefix: str = "w") -> list[CeleryWorker]:
+        batch = [CeleryWorker(env, f"{prefix}{i + 1}", tmp_path, concurrency, pool, extra_args)
+                 for i in range(n)]
+        for w in batch:
+            w.start(wait_ready=False)
+            started.append(w)
+        for w in batch:
+            w.wait_ready()
+        return batch
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    path = tmp_path / "artifacts"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def distributed_env(redis_server, artifacts):
+    return forge_env(redis_server.url, artifacts)

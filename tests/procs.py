@@ -1,0 +1,178 @@
+"""Real processes for tests: redis-server on a free loopback port, celery workers.
+
+Every process is started here and stopped by its PID (never by name). A missing binary
+is a loud failure, not a skip: CI installs what the suite needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed: the README's test command installs it")
+    return path
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 15) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
+
+class RedisServer:
+    """A private redis-server; ``aof=True`` keeps data across ``restart()``."""
+
+    def __init__(self, workdir: Path, aof: bool = False, password: str | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.aof = aof
+        self.password = password
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [require_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.workdir), "--save", "", "--maxmemory-policy", "noeviction",
+                "--appendonly", "yes" if self.aof else "no", "--logfile",
+                str(self.workdir / "redis.log")]
+        if self.aof:
+            args += ["--appendfsync", "always"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, start_new_session=True)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.kill()
+        time.sleep(down_for)
+        self.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+def forge_env(redis_url: str | None, artifacts: Path, **extra: str) -> dict[str, str]:
+    """Environment for a forge/celery subprocess: distributed when redis_url is given."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CELERY_", "FORGE_", "DAYTONA_", "DISCORD_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env["FORGE_ARTIFACTS_DIR"] = str(artifacts)
+    env["PYTHONUNBUFFERED"] = "1"
+    if redis_url:
+        env["CELERY_BROKER_URL"] = redis_url
+        env["CELERY_RESULT_BACKEND"] = redis_url
+    env.update(extra)
+    return env
+
+
+class CeleryWorker:
+    """A real ``celery -A worker worker`` process."""
+
+    def __init__(self, env: dict[str, str], name: str, logdir: Path, concurrency: int = 2,
+                 pool: str = "prefork", extra_args: tuple[str, ...] = ()):
+        self.env = env
+        self.name = name
+        self.logfile = Path(logdir) / f"{name}.log"
+        self.concurrency = concurrency
+        self.pool = pool
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True) -> CeleryWorker:
+        args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO",
+                "-n", f"{self.name}@%h", "-c", str(self.concurrency), "-P", self.pool,
+                "--without-mingle", "--without-gossip", *self.extra_args]
+        self.log = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited: {self.logtext()[-3000:]}")
+            if " ready." in self.logtext():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {self.name} not ready in {timeout}s: {self.logtext()[-3000:]}")
+
+    def logtext(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def child_pids(self) -> list[int]:
+        """PIDs of the pool processes (prefork children)."""
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self, sig: int = signal.SIGTERM, wait: float = 30) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig, wait)
+            self.log.close()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def run_forge_cli(args: list[str], env: dict[str, str], timeout: float = 180,
+                  **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dispatcher.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -1,0 +1,62 @@
+"""Distributed end to end: a real redis-server, two real celery workers, the forge CLI."""
+
+from __future__ import annotations
+
+import json
+
+from tests.manifests import FIXTURES, sleepers
+from tests.procs import run_forge_cli
+
+
+def test_two_workers_share_the_run_and_every_result_is_there_once(
+        distributed_env, workers, artifacts, tmp_path):
+    workers(distributed_env, n=2, concurrency=2)
+    manifest = sleepers(tmp_path / "cands", 8, seconds=1.0, header="judge = \"events\"")
+    done = run_forge_cli(["run", "--candidates", str(manifest), "--run-id", "dist-1",
+                          "--json", "--no-post"], distributed_env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert "distributed" in done.stderr
+    ids = [r["candidate_id"] for r in result["results"]]
+    assert sorted(ids) == [f"s{i:03d}" for i in range(8)]
+    assert all(r["success"] for r in result["results"]), result["results"]
+    used = {r["worker"].split("@")[0] for r in result["results"]}
+    assert used == {"w1", "w2"}, used
+    summary = json.loads((artifacts / "dist-1" / "summary.json").read_text())
+    assert [c["id"] for c in summary["candidates"]] == sorted(ids)
+    for cid in ids:
+        rec = json.loads((artifacts / "dist-1" / cid / "result.json").read_text())
+        assert rec["candidate_id"] == cid and rec["exit_code"] == 0
+        assert (artifacts / "dist-1" / cid / "discord_post.md").is_file()
+
+
+def test_detach_returns_at_once_and_the_run_still_completes(
+        distributed_env, workers, artifacts, tmp_path):
+    import time
+
+    workers(distributed_env, n=1, concurrency=2)
+    done = run_forge_cli(["run", "--candidates", str(FIXTURES / "basic"), "--run-id", "det-1",
+                          "--detach"], distributed_env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "det-1"
+    deadline = time.monotonic() + 90
+    while not (artifacts / "det-1" / "summary.json").exists():
+        assert time.monotonic() < deadline, "detached run never completed"
+        time.sleep(0.2)
+    status = run_forge_cli(["status", "det-1"], distributed_env)
+    assert status.returncode == 0 and "crash" in status.stdout
+
+
+def test_unreachable_broker_is_one_clear_line_and_exit_2(artifacts, tmp_path):
+    from tests.procs import forge_env, free_port
+
+    env = forge_env(f"redis://:s3cret@127.0.0.1:{free_port()}/0", artifacts)
+    import time
+
+    t0 = time.monotonic()
+    done = run_forge_cli(["run", "--candidates", str(FIXTURES / "basic")], env, timeout=60)
+    assert done.returncode == 2
+    assert time.monotonic() - t0 < 30
+    assert "cannot reach the Celery broker" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
