@@ -19,6 +19,7 @@ from worker.records import DEFAULT_OBJECTIVE
 
 # Modules that add a subcommand: each has register(subparsers) setting func=handler.
 EXTRA_COMMANDS: list[str] = []
+EXTRA_COMMANDS.append("dispatcher.reap")
 
 
 def _positive_int(text: str) -> int:

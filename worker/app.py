@@ -21,7 +21,7 @@ VISIBILITY_TIMEOUT = config.env_int("FORGE_VISIBILITY_TIMEOUT", MAX_DEADLINE + 3
 RESULT_EXPIRES = config.env_int("FORGE_RESULT_EXPIRES", 7 * 24 * 3600)
 MAX_ATTEMPTS = config.env_int("FORGE_MAX_ATTEMPTS", 3)
 
-app = Celery("dream_foundry", include=["worker.tasks"])
+app = Celery("dream_foundry", include=["worker.tasks", "worker.maintenance"])
 
 _broker = config.broker_url()
 _backend = config.result_backend_url()

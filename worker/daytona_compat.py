@@ -3,13 +3,19 @@
 ``run_candidate_in_daytona`` runs one candidate synchronously through the shared
 lifecycle and the Daytona backend, so it behaves exactly like a candidate in a full
 competition; only the surrounding Celery chord is missing.
+``run_all_candidates_in_daytona`` keeps the seed's signature but runs the candidates
+through the chord (in parallel, embedded or distributed), not one after another.
+
+The dispatcher is imported inside the functions: ``import worker`` stays light.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from worker.config import get_daytona_config, is_daytona_configured
 from worker.records import CandidateTask, DaytonaResult, sha256_text
@@ -18,8 +24,11 @@ __all__ = [
     "DaytonaResult",
     "get_daytona_config",
     "is_daytona_configured",
+    "run_all_candidates_in_daytona",
     "run_candidate_in_daytona",
 ]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_candidate_in_daytona(
@@ -72,3 +81,89 @@ def run_candidate_in_daytona(
             result.warnings.append(f"could not write {output_file}: {exc}")
             log(f"[Warn] could not write {output_file}: {exc}")
     return result
+
+
+def _field(candidate: Any, *names: str) -> Any:
+    for name in names:
+        value = candidate.get(name) if isinstance(candidate, dict) else getattr(
+            candidate, name, None)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _script_path(raw: str | os.PathLike[str]) -> Path:
+    """A seed path is relative to the working directory, or else to the repository."""
+    path = Path(raw)
+    if path.is_absolute() or path.is_file():
+        return path.resolve()
+    return (REPO_ROOT / path).resolve()
+
+
+def _as_candidate(candidate: Any) -> Any:
+    """A ``dispatcher.manifest.Candidate`` from the seed's dict (``id``, ``name``,
+    ``description``, ``script``/``script_path``) or any object with those attributes."""
+    from dispatcher.manifest import ID_RE, Candidate, ManifestError
+
+    if isinstance(candidate, Candidate):
+        return candidate
+    cid = _field(candidate, "id", "candidate_id")
+    if not isinstance(cid, str) or not ID_RE.match(cid):
+        raise ManifestError(f"candidate {candidate!r}: 'id' must be 1-64 characters from "
+                            "a-z, 0-9, _ and -")
+    raw = _field(candidate, "script_path", "script")
+    if raw is None:
+        raise ManifestError(f"candidate '{cid}': no 'script' path given")
+    path = _script_path(raw)
+    try:
+        script = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"candidate '{cid}': cannot read script {path}: {exc}") from None
+    timeout = _field(candidate, "timeout")
+    return Candidate(
+        id=cid,
+        name=str(_field(candidate, "name") or cid),
+        description=str(_field(candidate, "description") or ""),
+        script_path=path,
+        script=script,
+        script_sha256=sha256_text(script),
+        timeout=int(timeout) if timeout else None,
+        requirements=tuple(_field(candidate, "requirements") or ()),
+    )
+
+
+def run_all_candidates_in_daytona(
+    candidates: Sequence[Any],
+    objective: str,
+    artifacts_dir: str,
+    log_callback: Callable[[str, str], None] | None = None,
+    timeout: int | None = None,
+) -> list[DaytonaResult]:
+    """Run every candidate in its own Daytona sandbox, in parallel, through the chord.
+
+    Results come back in the order of ``candidates``; the run directory (summary,
+    report, per-candidate artifacts) is written under ``artifacts_dir/<run_id>/``.
+    Without a configured key the run falls back to local sandboxes, as ``forge run
+    --daytona`` does (the result's ``execution_mode`` says which ran). Raises
+    ``ManifestError`` for an unusable candidate list, before anything is started.
+    """
+    from dispatcher.manifest import Manifest, ManifestError
+    from dispatcher.runner import execute, prepare
+
+    converted = [_as_candidate(c) for c in candidates]
+    if not converted:
+        raise ManifestError("no candidates given")
+    ids = [c.id for c in converted]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ManifestError(f"duplicate candidate ids: {', '.join(duplicates)}")
+    manifest = Manifest(path=converted[0].script_path.parent / "candidates.toml",
+                        candidates=tuple(converted))
+    plan = prepare(objective, True, manifest=manifest, artifacts_dir=artifacts_dir,
+                   timeout=timeout, post=False)
+    forge = execute(plan, log_callback)
+    by_id = {r.candidate_id: r for r in forge.results}
+    return [by_id.get(cid) or DaytonaResult(candidate_id=cid,
+                                            execution_mode=plan.run.execution_mode,
+                                            error_message="No result reached the callback")
+            for cid in ids]

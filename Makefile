@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine (Debian/Ubuntu, Python >= 3.11):
+#   make demo   - install what is needed, run the demo competition (embedded mode)
+#   make test   - install what is needed (incl. redis-server, bubblewrap, chromium), run
+#                 ruff and the whole test suite
+# Everything Python goes into .venv; system packages come from apt when missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup system-deps-demo system-deps-test lint bench clean
+
+demo: setup system-deps-demo
+	$(VENV)/bin/forge run
+
+test: setup system-deps-test
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The demo runs without these (it says so plainly): install when we can, never fail.
+system-deps-demo:
+	@.ci/system-deps bubblewrap slirp4netns || echo "note: could not install bubblewrap; local sandboxes run without filesystem isolation"
+
+# The suite needs real redis-server, bubblewrap, slirp4netns and chromium: fail loudly.
+system-deps-test:
+	@.ci/system-deps redis-server bubblewrap slirp4netns chromium
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,140 @@
+"""Shared pieces of the benchmarks: a private Redis + workers, timing, tables, JSON.
+
+Every process is started here and stopped by its PID (tests/procs.py). The forge side
+is driven through the Python API in this process: the broker URL is put into the
+environment before ``worker.app`` is first imported, so import the dispatcher only
+through :func:`forge_api` after :class:`Cluster` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tests.procs import CeleryWorker, RedisServer, forge_env  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+TRIVIAL = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n\\nobjective: ' + sys.argv[1] + '\\n')\n"
+
+
+class Cluster:
+    """A private redis-server and ``workers`` celery worker processes (prefork)."""
+
+    def __init__(self, workers: int = 2, concurrency: int = 4, pool: str = "prefork",
+                 extra_env: dict[str, str] | None = None, loglevel: str = "WARNING"):
+        self.tmp = Path(tempfile.mkdtemp(prefix="forge-bench-"))
+        self.artifacts = self.tmp / "artifacts"
+        self.artifacts.mkdir()
+        self.n, self.concurrency, self.pool = workers, concurrency, pool
+        self.extra_env = dict(extra_env or {})
+        self.loglevel = loglevel
+        self.redis: RedisServer | None = None
+        self.workers: list[CeleryWorker] = []
+
+    @property
+    def slots(self) -> int:
+        return self.n * self.concurrency
+
+    def __enter__(self) -> Cluster:
+        self.redis = RedisServer(self.tmp / "redis").start()
+        self.env = forge_env(self.redis.url, self.artifacts, **self.extra_env)
+        for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "FORGE_ARTIFACTS_DIR"):
+            os.environ[k] = self.env[k]
+        for k, v in self.extra_env.items():
+            os.environ[k] = v
+        self.workers = [CeleryWorker(self.env, f"b{i + 1}", self.tmp, self.concurrency, self.pool,
+                                     ("--loglevel", self.loglevel))
+                        for i in range(self.n)]
+        for w in self.workers:
+            w.start(wait_ready=False)
+        for w in self.workers:
+            w.wait_ready(120)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for w in self.workers:
+            w.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def worker_rss_mb(self) -> dict[str, float]:
+        """Peak RSS (VmHWM) of every worker process and its pool children, in MiB."""
+        out = {}
+        for w in self.workers:
+            for pid in [w.proc.pid, *w.child_pids()]:
+                out[f"{w.name}:{pid}"] = _vm_hwm(pid)
+        return out
+
+
+def _vm_hwm(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def forge_api():
+    """The dispatcher's Python API (imported after the broker URL is in the env)."""
+    from dispatcher import dispatch, runner
+
+    return runner, dispatch
+
+
+def parse_ts(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def machine() -> dict:
+    load = os.getloadavg()
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_at_start": [round(x, 2) for x in load]}
+
+
+def write_json(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> None:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="right" if c != columns[0] else "left")
+    for r in rows:
+        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
+    Console(width=140).print(t)
+
+
+def run_seed_style(script: str, objective: str, output: str) -> subprocess.CompletedProcess:
+    """Exactly what the seed did per candidate: a plain subprocess, no sandbox."""
+    return subprocess.run([sys.executable, script, objective, output], capture_output=True,
+                          text=True, timeout=120)
+
+
+def now() -> float:
+    return time.monotonic()
