@@ -16,7 +16,7 @@ from celery import chord, group
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import LogCallback, RunTracker
 from worker.app import app
-from worker.config import ConfigError, broker_url, redact_url, result_backend_url
+from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
 from worker.records import ForgeResult
 from worker.tasks import collect_results, run_candidate
 
@@ -76,8 +76,17 @@ def build_chord(plan: RunPlan):
 
 
 def publish(plan: RunPlan):
-    """Send the chord; returns the body's AsyncResult."""
-    return build_chord(plan).apply_async()
+    """Send the chord; returns the body's AsyncResult.
+
+    The run record goes to the result backend first, so a dispatcher killed mid-publish
+    leaves a run that `forge status` reports as cut short and `forge resume` can finish.
+    """
+    from dispatcher import runs
+
+    record = runs.before_publish(app, plan)
+    result = build_chord(plan).apply_async()
+    runs.after_publish(app, record)
+    return result
 
 
 def wait(
@@ -86,9 +95,15 @@ def wait(
     on_log: LogCallback | None = None,
     on_tick: Callable[[RunTracker], None] | None = None,
     poll_interval: float | None = None,
-    broker_grace: float = 60.0,
+    broker_grace: float | None = None,
 ) -> ForgeResult:
-    """Follow the run until the chord body finished; return its ForgeResult."""
+    """Follow the run until the chord body finished; return its ForgeResult.
+
+    A broker/backend outage longer than ``broker_grace`` seconds (default
+    FORGE_BROKER_GRACE, 60) ends the wait with a ConfigError instead of hanging.
+    """
+    if broker_grace is None:
+        broker_grace = float(env_int("FORGE_BROKER_GRACE", 60))
     tracker = RunTracker(app, {t.candidate_id: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
     interval = poll_interval or (0.1 if len(plan.tasks) <= 200 else 0.5)

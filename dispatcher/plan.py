@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dispatcher.manifest import Manifest
@@ -19,6 +19,8 @@ DEFAULT_TIMEOUT = 60
 class RunPlan:
     run: RunSpec
     tasks: tuple[CandidateTask, ...]
+    # The manifest path and the explicit overrides, so `forge resume` can re-plan the run.
+    source: dict = field(default_factory=dict)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -94,4 +96,7 @@ def plan_run(
         definition_sha256=definition_sha256(objective, tasks, judge_name),
         notes=list(notes or []),
     )
-    return RunPlan(run=run, tasks=tuple(tasks))
+    source = {"manifest": str(manifest.path), "timeout": timeout, "network": network,
+              "env_allow": None if env_allow is None else list(env_allow), "judge": judge,
+              "limits": limits.to_dict() if limits else None}
+    return RunPlan(run=run, tasks=tuple(tasks), source=source)

@@ -53,6 +53,7 @@ class Faults:
     fail_deletes: int = 0  # the next K deletes answer 500 (-1: every delete)
     exec_delay: float = 0.0  # seconds before each exec starts (slow daemon)
     exec_timeout_cap: int | None = None  # kill every exec after at most this many seconds
+    fail_lists: int = 0  # the next K list calls answer 500 (-1: every list)
 
     def update(self, data: dict[str, Any]) -> None:
         names = {f.name for f in dataclasses.fields(self)}
@@ -475,6 +476,13 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.emu
         query = parse_qs(urlsplit(self.path).query)
         wanted = json.loads(query.get("labels", ["{}"])[0] or "{}")
+        with emu.lock:
+            failing = emu.faults.fail_lists
+            if failing:
+                emu.faults.fail_lists = failing - 1 if failing > 0 else failing
+        if failing:
+            emu.record("GET", "list", 500, labels=wanted)
+            return self._send(500, _error(500, "list failed", "INTERNAL_ERROR"))
         limit = int(query.get("limit", ["100"])[0])
         start = int(query.get("cursor", ["0"])[0] or 0)
         with emu.lock:

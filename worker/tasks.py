@@ -151,6 +151,20 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
     )
 
 
+def _sandboxes_alive(run_id: str, notes: list[str]) -> int | None:
+    """How many of the run's Daytona sandboxes still exist; None (and a note) when the
+    API cannot tell: counting must never cost the run its summary."""
+    try:
+        from worker.sandbox.daytona import alive_sandboxes
+
+        return alive_sandboxes(run_id)
+    except Exception as exc:  # noqa: BLE001 - any SDK/transport failure
+        notes.append(f"Could not count the run's live Daytona sandboxes ({type(exc).__name__});"
+                     " 'forge reap' sweeps any left behind")
+        logger.warning("[%s] could not count live sandboxes: %s", run_id, type(exc).__name__)
+        return None
+
+
 @shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True)
 def collect_results(self, results: list[dict[str, Any]],
                     run_data: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +173,8 @@ def collect_results(self, results: list[dict[str, Any]],
 
     run = RunSpec.from_dict(run_data)
     forge = build_forge_result(results, run)
+    if run.execution_mode == "daytona":
+        forge.sandboxes_alive = _sandboxes_alive(run.run_id, forge.notes)
     run_path = write_run_dir(forge, run.artifacts_dir)
     logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)
     if run.post_to_discord:

@@ -1,0 +1,238 @@
+"""Run records: what a dispatcher published, kept in the result backend.
+
+A distributed run outlives its dispatcher, so before publishing the dispatcher stores
+``forge-run:<run_id>`` (the RunSpec, every task, the manifest and overrides it came
+from, the definition fingerprint) with the result TTL, and marks it ``published`` once
+the whole chord is out. ``forge status`` reads it for a run that has no run directory
+yet, and tells a run that is merely in progress from one whose fan-out was cut short
+(the dispatcher died mid-publish: the chord's body can never fire). ``forge resume``
+re-plans a run from it. Embedded runs live and die with their process: no record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker import config
+from worker.records import CandidateResult, RunSpec
+
+PREFIX = "forge-run:"
+# How long a record may stay "publishing" before its fan-out counts as cut short.
+# Publishing N tasks takes about a millisecond each; the default is very generous.
+FANOUT_GRACE = config.env_int("FORGE_FANOUT_GRACE", 60)
+
+
+@dataclass
+class RunRecord:
+    run: dict[str, Any]  # RunSpec.to_dict()
+    tasks: list[dict[str, Any]]  # CandidateTask.to_dict(), scripts included
+    source: dict[str, Any] = field(default_factory=dict)  # RunPlan.source
+    status: str = "publishing"  # publishing | published
+    created_at: float = 0.0  # epoch seconds
+    published_at: float | None = None
+    resumes: int = 0
+
+    @property
+    def run_id(self) -> str:
+        return self.run["run_id"]
+
+    @property
+    def spec(self) -> RunSpec:
+        return RunSpec.from_dict(self.run)
+
+    @property
+    def task_ids(self) -> dict[str, str]:
+        """candidate id -> task id, in manifest order."""
+        return {t["candidate_id"]: f"{t['run_id']}:{t['candidate_id']}" for t in self.tasks}
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> RunRecord:
+        data = json.loads(raw)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def _client(app):
+    """The result backend's Redis client, or None (embedded mode, other backends)."""
+    if not config.is_distributed():
+        return None
+    client = getattr(app.backend, "client", None)
+    return client if hasattr(client, "set") else None
+
+
+def _ttl() -> int:
+    from worker.app import RESULT_EXPIRES
+
+    return max(int(RESULT_EXPIRES), 60)
+
+
+def save(app, record: RunRecord) -> None:
+    client = _client(app)
+    if client is not None:
+        client.set(PREFIX + record.run_id, record.to_json(), ex=_ttl())
+
+
+def load(app, run_id: str) -> RunRecord | None:
+    client = _client(app)
+    raw = client.get(PREFIX + run_id) if client is not None else None
+    return RunRecord.from_json(raw) if raw else None
+
+
+def record_for(plan) -> RunRecord:
+    return RunRecord(run=plan.run.to_dict(), tasks=[t.to_dict() for t in plan.tasks],
+                     source=dict(getattr(plan, "source", {}) or {}), created_at=time.time())
+
+
+def before_publish(app, plan) -> RunRecord | None:
+    """Store the record (status ``publishing``) before the first task goes out."""
+    if _client(app) is None:
+        return None
+    record = load(app, plan.run.run_id)
+    fresh = record_for(plan)
+    if record is not None:  # a resume: keep the original creation and count it
+        fresh.created_at, fresh.resumes = record.created_at, record.resumes + 1
+        fresh.run = record.run
+    save(app, fresh)
+    return fresh
+
+
+def after_publish(app, record: RunRecord | None) -> None:
+    if record is None:
+        return
+    record.status, record.published_at = "published", time.time()
+    save(app, record)
+
+
+def task_metas(app, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """task id -> its meta in the result backend (absent: no state at all)."""
+    backend = app.backend
+    keys = [backend.get_key_for_task(t) for t in task_ids]
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(keys), 1000):
+        values = backend.mget(keys[i:i + 1000])
+        for tid, value in zip(task_ids[i:i + 1000], values, strict=True):
+            if value is not None:
+                out[tid] = backend.decode_result(value)
+    return out
+
+
+def kept_results(app, task_ids: list[str]) -> list[dict[str, Any]]:
+    """The stored CandidateResult dicts of the tasks that finished (SUCCESS meta)."""
+    metas = task_metas(app, task_ids)
+    return [m["result"] for m in metas.values()
+            if m.get("status") == "SUCCESS" and isinstance(m.get("result"), dict)]
+
+
+def queued_task_ids(app, wanted: set[str]) -> set[str]:
+    """Which of ``wanted`` sit in the broker: in the queue, or delivered but unacked."""
+    client = _client(app)
+    if client is None or not wanted:
+        return set()
+    found: set[str] = set()
+
+    def look(raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+            if isinstance(data, list):  # the unacked hash holds [message, exchange, key]
+                data = data[0]
+            tid = (data.get("headers") or {}).get("id")
+        except (ValueError, TypeError, AttributeError, IndexError):
+            return
+        if tid in wanted:
+            found.add(tid)
+
+    queue = "celery"
+    for start in range(0, int(client.llen(queue)), 500):
+        for raw in client.lrange(queue, start, start + 499):
+            look(raw)
+    for raw in client.hvals("unacked"):
+        look(raw)
+    return found
+
+
+@dataclass
+class RunProgress:
+    """What ``forge status`` says of a run without a run directory."""
+
+    record: RunRecord
+    total: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    published: int = 0
+    body_state: str | None = None
+    missing: list[str] = field(default_factory=list)  # candidate ids without SUCCESS
+
+    @property
+    def cut_short(self) -> bool:
+        """Published only in part, and the dispatcher is long gone: the body never fires."""
+        if self.record.status == "published" or self.published >= self.total:
+            return False
+        return time.time() - self.record.created_at > FANOUT_GRACE
+
+
+def progress(app, record: RunRecord) -> RunProgress:
+    ids = record.task_ids
+    metas = task_metas(app, list(ids.values()))
+    out = RunProgress(record=record, total=len(ids))
+    stateless = set()
+    for cid, tid in ids.items():
+        meta = metas.get(tid)
+        status = meta.get("status") if meta else None
+        if status == "SUCCESS":
+            res = meta.get("result")
+            ok = isinstance(res, dict) and CandidateResult.from_dict(res).success
+            out.done += ok
+            out.failed += not ok
+            continue
+        out.missing.append(cid)
+        if status in ("STARTED", "PROGRESS", "RETRY"):
+            out.running += 1
+        elif status is None or status == "PENDING":
+            stateless.add(tid)
+    if record.status == "published":
+        out.published = out.total
+    else:
+        out.published = out.total - len(stateless) + len(queued_task_ids(app, stateless))
+    from dispatcher.dispatch import body_task_id
+
+    body = task_metas(app, [body_task_id(record.run_id)])
+    out.body_state = next(iter(body.values()), {}).get("status")
+    return out
+
+
+def describe(p: RunProgress) -> tuple[str, int]:
+    """One line for ``forge status`` and its exit code (1: needs a resume)."""
+    rid = p.record.run_id
+    finished = p.done + p.failed
+    if p.body_state == "SUCCESS":
+        return (f"run {rid}: finished on the workers, but its run directory is not here "
+                f"(written to {p.record.spec.artifacts_dir})"), 0
+    if p.cut_short:
+        return (f"run {rid}: incomplete: fan-out cut short ({p.published} of {p.total} "
+                f"candidates published; {finished} finished). The dispatcher died while "
+                f"publishing; re-run the missing candidates with 'forge resume {rid}'"), 1
+    if p.record.status == "publishing":
+        return (f"run {rid}: publishing ({p.published} of {p.total} candidates out so far, "
+                f"{finished} finished)"), 0
+    return (f"run {rid}: running ({finished} done / {p.total} total; {p.running} running, "
+            f"{p.total - finished - p.running} queued; {p.failed} failed)"), 0
+
+
+def status_pending(app, run_id: str) -> tuple[str, int] | None:
+    """The status line of a run known only from its record, or None if none is known."""
+    if _client(app) is None:
+        return None
+    try:
+        record = load(app, run_id)
+    except Exception as exc:  # noqa: BLE001 - redis connection errors and kin
+        return (f"cannot read run {run_id!r} from the result backend "
+                f"({type(exc).__name__}); is Redis up?"), 2
+    if record is None:
+        return None
+    return describe(progress(app, record))
