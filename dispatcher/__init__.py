@@ -1,11 +1,21 @@
 """Dream Foundry's client side: plan a run, publish its chord, follow it.
 
-``run_forge`` is the Python API; ``forge`` (``dispatcher.cli``) is the CLI.
+``run_forge`` is the Python API; ``forge`` (``dispatcher.cli``) is the CLI. The Celery
+app loads on first use, so ``forge --help`` and configuration errors stay fast and clear.
 """
 
 from __future__ import annotations
 
-from dispatcher.runner import run_forge
+from typing import Any
+
 from worker.records import DEFAULT_OBJECTIVE, CandidateResult, DaytonaResult, ForgeResult
 
 __all__ = ["DEFAULT_OBJECTIVE", "CandidateResult", "DaytonaResult", "ForgeResult", "run_forge"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_forge":
+        from dispatcher.runner import run_forge
+
+        return run_forge
+    raise AttributeError(f"module 'dispatcher' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from rich.table import Table
 from worker.records import DEFAULT_OBJECTIVE
 
 # Modules that add a subcommand: each has register(subparsers) setting func=handler.
-EXTRA_COMMANDS: list[str] = []
+EXTRA_COMMANDS: list[str] = ["dispatcher.resume"]
 EXTRA_COMMANDS.append("dispatcher.reap")
 
 
@@ -91,7 +91,7 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _err(message: str) -> int:
-    Console(stderr=True).print(f"forge: error: {message}", markup=False, highlight=False)
+    print(f"forge: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -160,6 +160,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     root = args.artifacts_dir or config.artifacts_dir()
     result = read_summary(root, args.run_id)
     if result is None:
+        from dispatcher.runs import status_pending  # a run still out on the workers
+        from worker.app import app
+
+        pending = status_pending(app, args.run_id)
+        if pending is not None:
+            print(pending[0])
+            return pending[1]
         return _err(f"no finished run {args.run_id!r} in {root} (no {args.run_id}/{SUMMARY}); "
                     "see 'forge list'")
     if args.json:
@@ -225,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = getattr(args, "func", None) or COMMANDS[args.command]
-    return handler(args)
+    from worker.config import ConfigError
+
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        return _err(str(exc))
 
 
 if __name__ == "__main__":

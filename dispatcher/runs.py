@@ -114,7 +114,9 @@ def task_metas(app, task_ids: list[str]) -> dict[str, dict[str, Any]]:
     keys = [backend.get_key_for_task(t) for t in task_ids]
     out: dict[str, dict[str, Any]] = {}
     for i in range(0, len(keys), 1000):
-        values = backend.mget(keys[i:i + 1000])
+        chunk = keys[i:i + 1000]
+        raw = backend.mget(chunk)
+        values = [dict(raw).get(k) for k in chunk] if hasattr(raw, "items") else list(raw)
         for tid, value in zip(task_ids[i:i + 1000], values, strict=True):
             if value is not None:
                 out[tid] = backend.decode_result(value)

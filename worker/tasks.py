@@ -106,6 +106,12 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     result.worker = me
     result.attempt = attempt
     result.log = lines
+    if self.request.id:
+        # A duplicate delivery ran alongside and stored first: the first result stands,
+        # so the chord body and a later re-read see one and the same record.
+        earlier = _finished_before(self)
+        if earlier is not None:
+            return earlier
     return result.to_dict()
 
 
@@ -165,13 +171,34 @@ def _sandboxes_alive(run_id: str, notes: list[str]) -> int | None:
         return None
 
 
+def _stored_results(backend, task_ids: list[str]) -> list[dict[str, Any]]:
+    """The SUCCESS results of ``task_ids`` in the result backend, one mget per 1000."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(task_ids), 1000):
+        keys = [backend.get_key_for_task(t) for t in task_ids[i:i + 1000]]
+        raw = backend.mget(keys)
+        values = [dict(raw).get(k) for k in keys] if hasattr(raw, "items") else list(raw)
+        for value in values:
+            meta = backend.decode_result(value) if value is not None else {}
+            if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+                out.append(meta["result"])
+    return out
+
+
 @shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True)
 def collect_results(self, results: list[dict[str, Any]],
-                    run_data: dict[str, Any]) -> dict[str, Any]:
-    """Chord body: score, write the run directory (atomic, idempotent), post the winner."""
+                    run_data: dict[str, Any],
+                    kept_task_ids: list[str] | None = None) -> dict[str, Any]:
+    """Chord body: score, write the run directory (atomic, idempotent), post the winner.
+
+    ``kept_task_ids`` (from ``forge resume``): finished tasks of an earlier, interrupted
+    publish of this run, whose stored results join the ones this chord produced.
+    """
     from worker.rundir import write_run_dir
 
     run = RunSpec.from_dict(run_data)
+    if kept_task_ids:
+        results = _stored_results(self.backend, kept_task_ids) + list(results)
     forge = build_forge_result(results, run)
     if run.execution_mode == "daytona":
         forge.sandboxes_alive = _sandboxes_alive(run.run_id, forge.notes)

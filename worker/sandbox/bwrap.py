@@ -17,11 +17,15 @@ PID, IPC, UTS, cgroup (when possible) and network (always new; see ``netns``).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import secrets
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 INSIDE_WORKDIR = "/sandbox"
@@ -73,20 +77,110 @@ def system_binds() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def python_binds() -> tuple[str, ...]:
-    """The interpreter's prefix (and its directory, if elsewhere), read-only."""
+def python_prefixes() -> tuple[str, ...]:
+    """The interpreter's prefix (and its directory, if elsewhere): bound read-only."""
 
     def under(path: str, root: str) -> bool:
         return path == root or path.startswith(root.rstrip("/") + "/")
 
     prefix = os.path.realpath(sys.base_prefix)
     exe_dir = os.path.dirname(candidate_python())
-    args: list[str] = []
+    found: list[str] = []
     if not under(prefix, "/usr"):
-        args += ["--ro-bind", prefix, prefix]
+        found.append(prefix)
     if not under(exe_dir, "/usr") and not under(exe_dir, prefix):
-        args += ["--ro-bind", exe_dir, exe_dir]
-    return tuple(args)
+        found.append(exe_dir)
+    return tuple(found)
+
+
+def _traversable_by_anyone(path: str) -> bool:
+    """Can an unrelated unprivileged uid reach and list ``path``?"""
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = os.path.join(current, part)
+        try:
+            mode = os.stat(current).st_mode
+        except OSError:
+            return False
+        if not mode & stat.S_IXOTH:
+            return False
+    try:
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- launching
+#
+# As root, bwrap itself runs as a fresh, unprivileged host uid per sandbox (the sandbox's
+# uid 65534 maps to it): nothing in the sandbox is host uid 0, RLIMIT_NPROC counts only
+# that sandbox's processes, and a bwrap bug would land as a nobody. The interpreter may
+# live where that uid cannot look (pyenv under /root, mode 0700): then, in a private
+# mount namespace of the launching child only, the prefix is bind-mounted on an empty
+# world-readable directory in the sandbox's root, from where bwrap binds it back to its
+# real path inside the sandbox. The host's mount table never changes.
+
+UID_BASE = 1_800_000_000
+UID_SPAN = 1 << 24
+_CLONE_NEWNS = 0x00020000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+
+
+def sandbox_host_uid() -> int | None:
+    """A fresh unprivileged host uid for one sandbox when we are root, else None."""
+    if os.geteuid() != 0 or os.environ.get("FORGE_SANDBOX_UID", "").strip() == "keep":
+        return None
+    return UID_BASE + secrets.randbelow(UID_SPAN)
+
+
+@dataclass
+class Launch:
+    """How to start bwrap: as which uid, and where it finds the interpreter's prefix."""
+
+    uid: int | None
+    binds: list[tuple[str, str]]  # (source seen by bwrap, path inside the sandbox)
+    _mounts: list[tuple[bytes, bytes]]
+
+    def preexec(self):
+        """The Popen preexec_fn (None when nothing needs doing in the child)."""
+        if self.uid is None:
+            return None
+        uid, mounts = self.uid, self._mounts
+        libc = ctypes.CDLL(None, use_errno=True) if mounts else None
+        unshare = libc.unshare if libc else None
+        mount = libc.mount if libc else None
+
+        def child() -> None:  # after fork, before exec: no imports, no locks
+            if mounts:
+                if unshare(_CLONE_NEWNS) != 0:
+                    raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+                if mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+                    raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+                for src, dst in mounts:
+                    if mount(src, dst, None, _MS_BIND | _MS_REC, None) != 0:
+                        raise OSError(ctypes.get_errno(), "bind mount of the python prefix")
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+
+        return child
+
+
+def plan_launch(stage_dir: str, uid: int | None) -> Launch:
+    """Decide how bwrap reaches the interpreter; ``stage_dir`` is ours, mode 0711."""
+    binds: list[tuple[str, str]] = []
+    mounts: list[tuple[bytes, bytes]] = []
+    for i, prefix in enumerate(python_prefixes()):
+        if uid is None or _traversable_by_anyone(prefix):
+            binds.append((prefix, prefix))
+            continue
+        point = os.path.join(stage_dir, f"prefix{i}")
+        os.mkdir(point, 0o755)
+        mounts.append((prefix.encode(), point.encode()))
+        binds.append((point, prefix))
+    return Launch(uid, binds, mounts)
 
 
 def write_etc(etc_dir: str, network: str) -> None:
@@ -114,6 +208,7 @@ def build_argv(
     info_fd: int,
     block_fd: int,
     command: list[str],
+    python_binds: list[tuple[str, str]],
 ) -> list[str]:
     """The full bwrap command line for one candidate."""
     argv = [
@@ -124,8 +219,9 @@ def build_argv(
         "--hostname", SANDBOX_HOSTNAME,
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         *system_binds(),
-        *python_binds(),
     ]
+    for src, dest in python_binds:
+        argv += ["--ro-bind", src, dest]
     argv += ["--unshare-net"] if not share_host_net else ["--share-net"]
     for name in GENERATED_ETC:
         argv += ["--ro-bind", os.path.join(etc_dir, name), f"/etc/{name}"]
@@ -153,6 +249,7 @@ class Probe:
     ok: bool
     bwrap: str | None
     reason: str  # why not (for the warning), or "ok"
+    drop_uid: bool = False  # run bwrap as a fresh unprivileged uid (we are root)
 
 
 @functools.lru_cache(maxsize=1)
@@ -165,22 +262,42 @@ def probe() -> Probe:
     path = shutil.which("bwrap")
     if path is None:
         return Probe(False, None, "bwrap not found on PATH")
-    argv = [
-        path,
-        "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-        "--disable-userns",
-        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
-        "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        *system_binds(), *python_binds(),
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-        "--", candidate_python(), "-S", "-c", "print('forge-ok')",
-    ]
+    uid = sandbox_host_uid()
+    problem = _try(path, uid)
+    if problem is None:
+        return Probe(True, path, "ok", drop_uid=uid is not None)
+    if uid is not None and _try(path, None) is None:
+        # e.g. unprivileged user namespaces disabled: bwrap as root still works.
+        return Probe(True, path, f"ok (running as root: {problem})", drop_uid=False)
+    return Probe(False, path, problem)
+
+
+def _try(path: str, uid: int | None) -> str | None:
+    """Run the candidate interpreter in a minimal sandbox; None if that works."""
+    stage = tempfile.mkdtemp(prefix="forge-probe-")
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return Probe(False, path, f"bwrap failed to start: {exc}")
+        os.chmod(stage, 0o711)
+        launch = plan_launch(stage, uid)
+        argv = [
+            path,
+            "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            "--disable-userns",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            *system_binds(),
+        ]
+        for src, dest in launch.binds:
+            argv += ["--ro-bind", src, dest]
+        argv += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                 "--", candidate_python(), "-S", "-c", "print('forge-ok')"]
+        done = subprocess.run(argv, capture_output=True, timeout=20,
+                              env={"PATH": "/usr/bin:/bin"}, preexec_fn=launch.preexec())
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"bwrap failed to start: {exc}"
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     if done.returncode != 0 or b"forge-ok" not in done.stdout:
         err = done.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = err[-1] if err else f"exit code {done.returncode}"
-        return Probe(False, path, f"bwrap cannot create namespaces here: {detail}")
-    return Probe(True, path, "ok")
+        return f"bwrap cannot create namespaces here: {detail}"
+    return None

@@ -71,12 +71,17 @@ def _rlimits(limits: Limits, timeout: int) -> list[tuple[int, int, int]]:
 class Cgroups:
     """Best-effort per-sandbox pids and memory cgroups (v1 or v2), under our own cgroup."""
 
-    def __init__(self, name: str, pids_max: int, memory_bytes: int):
+    def __init__(self, name: str, pids_max: int, memory_bytes: int,
+                 controllers: tuple[str, ...] = ("pids", "memory")):
         self.dirs: dict[str, str] = {}
+        self.pids_max = pids_max
+        self.memory_bytes = memory_bytes
         if _truthy("FORGE_NO_CGROUPS"):
             return
         wanted = {"pids": pids_max, "memory": memory_bytes}
         for controller, value in wanted.items():
+            if controller not in controllers:
+                continue
             base = _cgroup_base(controller)
             if base is None:
                 continue
@@ -99,8 +104,6 @@ class Cgroups:
                 _rmdir(path)
                 continue
             self.dirs[controller] = path
-        self.pids_max = pids_max
-        self.memory_bytes = memory_bytes
 
     def describe(self) -> str:
         parts = []
@@ -136,14 +139,14 @@ class Cgroups:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            time.sleep(0.01)
+            time.sleep(0.002)
 
     def remove(self) -> None:
         for path in self.dirs.values():
             for _ in range(100):
                 if _rmdir(path):
                     break
-                time.sleep(0.01)
+                time.sleep(0.005)
         self.dirs = {}
 
 
@@ -204,18 +207,23 @@ class _BaseSandbox:
 
     isolation: str
 
-    def __init__(self, request: SandboxRequest, root: str, workdir: str):
+    def __init__(self, request: SandboxRequest, root: str, workdir: str,
+                 host_uid: int | None = None, controllers: tuple[str, ...] = ("pids", "memory")):
         self.request = request
+        self.host_uid = host_uid
         self.id = f"local-{uuid.uuid4().hex[:12]}"
         self.root = root
         self.host_workdir = os.path.join(root, "work")
         os.mkdir(self.host_workdir, 0o700)
+        if host_uid is not None:
+            os.chown(self.host_workdir, host_uid, host_uid)
         self.workdir = workdir  # as the candidate sees it
         self.tmpfs_bytes = max(request.limits.max_file_mb, 16) * MiB
         self.cgroups = Cgroups(
             f"forge-{self.id}",
             request.limits.max_processes,
             request.limits.memory_mb * MiB + 2 * self.tmpfs_bytes,
+            controllers,
         )
 
     # -- paths: only inside the workdir, never through a symlink, parents included
@@ -249,6 +257,8 @@ class _BaseSandbox:
             finally:
                 os.close(dfd)
             with os.fdopen(fd, "wb") as fh:
+                if self.host_uid is not None:
+                    os.fchown(fh.fileno(), self.host_uid, self.host_uid)
                 fh.write(content)
         except OSError as exc:
             raise SandboxError("Upload", f"could not write {path!r}: {exc}", self.id) from exc
@@ -349,7 +359,12 @@ class BwrapSandbox(_BaseSandbox):
                 net = "host"
                 log("[Warn] Network isolation is OFF: slirp4netns unavailable; the candidate "
                     "shares the worker's network, loopback services included")
-        super().__init__(request, root, bwrap.INSIDE_WORKDIR)
+        host_uid = bwrap.sandbox_host_uid() if probe.drop_uid else None
+        # RLIMIT_NPROC is ignored for host uid 0: then only a pids cgroup caps processes.
+        as_host_root = host_uid is None and os.geteuid() == 0
+        super().__init__(request, root, bwrap.INSIDE_WORKDIR, host_uid,
+                         ("pids", "memory") if as_host_root else ("memory",))
+        self.launch = bwrap.plan_launch(root, host_uid)
         self.net = net
         self.bwrap = probe.bwrap or "bwrap"
         self.etc_dir = os.path.join(root, "etc")
@@ -360,9 +375,15 @@ class BwrapSandbox(_BaseSandbox):
             "slirp4netns": "net ns + slirp4netns outbound-only (no host loopback)",
             "host": "HOST NETWORK (slirp4netns missing)",
         }[self.net]
+        if host_uid is not None:
+            who = f"host uid {host_uid}"
+        elif as_host_root:
+            who = "host uid 0 without capabilities"
+        else:
+            who = f"host uid {os.geteuid()}"
         extra = self.cgroups.describe()
         self.isolation = (
-            "bubblewrap: fs ro + private /sandbox, user/pid/ipc/uts ns, "
+            f"bubblewrap: fs ro + private /sandbox, user ns ({who}), pid/ipc/uts ns, "
             f"{net_words}, rlimits" + (f", {extra}" if extra else "")
         )
 
@@ -380,6 +401,7 @@ class BwrapSandbox(_BaseSandbox):
             info_fd=info_w,
             block_fd=block_r,
             command=command,
+            python_binds=self.launch.binds,
         )
         buffer = TailBuffer(output_cap)
         t0 = time.monotonic()
@@ -393,8 +415,9 @@ class BwrapSandbox(_BaseSandbox):
                 env=self._env(bwrap.INSIDE_WORKDIR, "/tmp"),
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=self.launch.preexec(),
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             for fd in (info_r, info_w, block_r, block_w, out_r, out_w):
                 os.close(fd)
             raise SandboxError("Execution", f"could not start bwrap: {exc}", self.id) from exc

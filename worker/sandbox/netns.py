@@ -104,10 +104,7 @@ class Slirp:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        self.proc.wait()  # SIGKILL: prompt (a timeout here would poll in 50 ms naps)
         if self.proc.stderr is not None:
             try:
                 self.proc.stderr.close()

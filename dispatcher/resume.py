@@ -1,0 +1,168 @@
+"""``forge resume RUN_ID``: finish an interrupted run, re-running only what has no result.
+
+The run record (``dispatcher.runs``) holds the run as it was published. Candidates with
+a stored SUCCESS result are kept (read back by task id in the chord body); the rest are
+published again under their own task ids, in a new chord whose body also receives the
+kept task ids. A run whose competition definition changed since (manifest scripts,
+objective, judge, deadlines) is refused: its kept results would not be comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from dispatcher import runs
+from dispatcher.plan import RunPlan
+
+
+class ResumeRefused(Exception):
+    """Resuming would be wrong; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    full: RunPlan  # every task of the run (what the tracker follows)
+    missing: RunPlan  # the tasks published again
+    kept_task_ids: tuple[str, ...]
+
+
+def _current_sha(record: runs.RunRecord) -> str:
+    """The definition fingerprint of the record's run, re-planned from today's files."""
+    from dispatcher.manifest import load_manifest
+    from dispatcher.plan import plan_run
+    from worker.records import Limits
+
+    spec, src = record.spec, record.source
+    if not src.get("manifest"):
+        raise ResumeRefused(f"run {spec.run_id} has no manifest path in its record; "
+                            "start a new run with 'forge run'")
+    manifest = load_manifest(src["manifest"])
+    env_allow = src.get("env_allow")
+    plan = plan_run(
+        spec.objective, manifest, execution_mode=spec.execution_mode,
+        artifacts_dir=spec.artifacts_dir, run_id=spec.run_id, timeout=src.get("timeout"),
+        network=src.get("network"), env_allow=None if env_allow is None else tuple(env_allow),
+        judge=src.get("judge"), post_to_discord=spec.post_to_discord,
+        competition=spec.competition,
+        limits=Limits.from_dict(src["limits"]) if src.get("limits") else None,
+    )
+    return plan.run.definition_sha256
+
+
+def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
+    from worker.records import CandidateTask
+
+    spec = record.spec
+    now = _current_sha(record)
+    if now != spec.definition_sha256:
+        raise ResumeRefused(
+            f"run {spec.run_id}'s competition definition changed since it was dispatched "
+            f"(definition sha256 {spec.definition_sha256[:12]} then, {now[:12]} now: the "
+            f"manifest {record.source.get('manifest')}, a script or the objective differs). "
+            "Its kept results would not be comparable; start a new run with 'forge run'.")
+    tasks = [CandidateTask.from_dict(t) for t in record.tasks]
+    metas = runs.task_metas(app, [t.task_id for t in tasks])
+    kept = [t for t in tasks if (metas.get(t.task_id) or {}).get("status") == "SUCCESS"]
+    missing = [t for t in tasks if t not in kept]
+    if not force and record.status == "published" and missing:
+        busy = {t.task_id for t in missing
+                if (metas.get(t.task_id) or {}).get("status") in ("STARTED", "PROGRESS")}
+        busy |= runs.queued_task_ids(app, {t.task_id for t in missing})
+        if busy:
+            raise ResumeRefused(
+                f"run {spec.run_id} is still in progress ({len(busy)} candidate(s) queued "
+                "or running): nothing was lost. Follow it with 'forge status "
+                f"{spec.run_id}', or pass --force to publish them again.")
+    return ResumePlan(full=RunPlan(run=spec, tasks=tuple(tasks), source=record.source),
+                      missing=RunPlan(run=spec, tasks=tuple(missing), source=record.source),
+                      kept_task_ids=tuple(t.task_id for t in kept))
+
+
+def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
+    """Publish the missing candidates plus a body that also reads the kept ones."""
+    from dispatcher.dispatch import body_task_id, build_chord
+    from worker.tasks import collect_results
+
+    record.status, record.resumes, record.published_at = "publishing", record.resumes + 1, None
+    runs.save(app, record)
+    kept = list(rp.kept_task_ids)
+    if rp.missing.tasks:
+        canvas = build_chord(rp.missing)
+        canvas.body.kwargs["kept_task_ids"] = kept
+        result = canvas.apply_async()
+    else:  # every candidate finished; only the body was lost
+        result = collect_results.apply_async(
+            ([], record.run), {"kept_task_ids": kept}, task_id=body_task_id(record.run_id))
+    runs.after_publish(app, record)
+    return result
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from dispatcher import console as ui
+    from dispatcher import dispatch
+    from dispatcher.manifest import ManifestError
+    from worker import config
+    from worker.app import app
+    from worker.rundir import read_summary
+
+    err = Console(stderr=True, highlight=False)
+
+    def refuse(message: str) -> int:
+        err.print(f"forge: error: {message}", markup=False)
+        return 2
+
+    if not config.is_distributed():
+        return refuse("resume needs the broker the run was dispatched to: set "
+                      "CELERY_BROKER_URL (embedded runs end with their process)")
+    try:
+        dispatch.check_broker()
+        record = runs.load(app, args.run_id)
+        if record is None:
+            return refuse(f"no record of run {args.run_id!r} in the result backend (never "
+                          "dispatched here, or older than FORGE_RESULT_EXPIRES)")
+        spec = record.spec
+        if read_summary(spec.artifacts_dir, spec.run_id) is not None:
+            print(f"run {spec.run_id} already finished: see 'forge status {spec.run_id}'")
+            return 0
+        rp = plan_resume(app, record, force=args.force)
+        publish_resume(app, record, rp)
+    except (ResumeRefused, ManifestError, config.ConfigError) as exc:
+        return refuse(str(exc))
+    out = Console(stderr=args.json, highlight=False)
+    out.print(f"Resuming run {spec.run_id}: re-running {len(rp.missing.tasks)} of "
+              f"{len(rp.full.tasks)} candidates, keeping {len(rp.kept_task_ids)} results",
+              markup=False)
+    if args.detach:
+        print(spec.run_id)
+        return 0
+    t0 = time.monotonic()
+    try:
+        result = dispatch.wait(rp.full)
+    except config.ConfigError as exc:
+        return refuse(str(exc))
+    except RuntimeError as exc:
+        err.print(f"forge: run failed: {exc}", markup=False)
+        return 1
+    ui.summary(out, result, time.monotonic() - t0)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "resume", help="finish an interrupted run (re-run only candidates without a result)",
+        description="Re-run only the candidates of an interrupted or partial distributed run "
+                    "that have no result, keep the rest, and write the run directory. "
+                    "Refused (exit 2) if the competition definition changed since.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--detach", action="store_true", help="publish and return at once")
+    p.add_argument("--force", action="store_true",
+                   help="publish missing candidates even if some are still queued or running")
+    p.add_argument("--json", action="store_true", help="print the ForgeResult as JSON")
+    p.set_defaults(func=cmd_resume)
