@@ -12,6 +12,7 @@ The lifecycle variants include everything a candidate costs: temp dir, cgroups, 
 run, artifact download and deletion. Prints a table; writes JSON to bench/results/.
 
     python bench/sandbox_overhead.py [-n 30]
+    FORGE_NO_CGROUPS=1 python bench/sandbox_overhead.py   # without the memory/pids cgroup
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def main() -> None:
     probe = bwrap.probe()
     if not probe.ok:
         raise SystemExit(f"bubblewrap unavailable: {probe.reason}")
+    print(f"{args.n} runs per variant; per-sandbox cgroups "
+          f"{'OFF (FORGE_NO_CGROUPS)' if os.environ.get('FORGE_NO_CGROUPS') else 'on'}")
     workdir = tempfile.mkdtemp(prefix="forge-bench-sub-")
     with open(os.path.join(workdir, "script.py"), "w") as fh:
         fh.write(SCRIPT)
@@ -117,6 +120,8 @@ def main() -> None:
     path = out_dir / f"sandbox_overhead-{stamp}.json"
     path.write_text(json.dumps({
         "runs_per_variant": args.n,
+        "cgroups": os.environ.get("FORGE_NO_CGROUPS", "") not in ("1", "true", "yes", "on"),
+        "host_uid_drop": probe.drop_uid,
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version()},
         "variants": table,

@@ -9,7 +9,7 @@ from dispatcher.manifest import Manifest, load_manifest
 from dispatcher.plan import RunPlan, plan_run
 from dispatcher.tracker import LogCallback, RunTracker
 from worker import config
-from worker.records import DEFAULT_OBJECTIVE, ForgeResult
+from worker.records import DEFAULT_OBJECTIVE, ForgeResult, Limits
 
 FALLBACK_NOTE = "(Daytona not configured, falling back to local)"
 MAX_EMBEDDED_CONCURRENCY = 32
@@ -29,6 +29,7 @@ def prepare(
     judge: str | None = None,
     post: bool | None = None,
     competition: str | None = None,
+    limits: Limits | None = None,
 ) -> RunPlan:
     """Load and validate everything a run needs; raises ManifestError/ConfigError."""
     if not objective or not objective.strip():
@@ -54,6 +55,7 @@ def prepare(
         judge=judge,
         post_to_discord=want_post,
         competition=competition,
+        limits=limits,
         notes=notes,
     )
 
@@ -93,6 +95,6 @@ def run_forge(
     ``log_callback(candidate_id, message)`` receives each candidate's lifecycle lines
     as they happen. ``options`` are those of :func:`prepare` (``candidates``,
     ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
-    ``post``).
+    ``post``, ``limits``).
     """
     return execute(prepare(objective, use_daytona, **options), log_callback)

@@ -111,7 +111,8 @@ class World:
                 "victim_dirs": [str(self.victim)],
                 "delete": [str(self.victim_file)],
             },
-            "read_secrets": {"secret_files": [str(self.secret_file)]},
+            "read_secrets": {"secret_files": [str(self.secret_file), str(REPO / "pyproject.toml"),
+                                              str(REPO / ".env"), str(self.artifacts)]},
             "symlink_artifact": {"target": str(self.secret_file)},
             "daemon": {"heartbeat": str(self.heartbeat), "marker": self.marker},
             "loopback": {"port": self.server.port},
@@ -285,6 +286,8 @@ def check_read_secrets(r, w, lim):
     assert "read /etc/shadow" not in everything
     assert "read /etc/gshadow" not in everything
     assert "LISTED /etc/ssl/private" not in everything
+    assert f"read {REPO}" not in everything, "the repository is visible"
+    assert f"LISTED {w.artifacts}" not in everything, "the artifacts directory is visible"
     # The allow-listed variable does get through (the allow-list works, not just "nothing").
     assert f"allowed-{w.tag}" in everything
 
@@ -400,7 +403,7 @@ def test_hostile_lifecycle(world):
     watch = ProcWatch()
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
-        results = dict(zip(cases, pool.map(one, cases)))
+        results = dict(zip(cases, pool.map(one, cases), strict=True))
     elapsed = time.monotonic() - t0
     grew = watch.stop()
     check_all(results, world, LIMITS, cases)

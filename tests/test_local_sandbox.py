@@ -348,3 +348,94 @@ def test_isolation_words_are_short():
 
 def test_candidate_python_is_outside_the_venv():
     assert ".venv" not in local.candidate_python()
+
+
+def test_candidate_is_not_host_root():
+    """As root, the candidate runs as a fresh unprivileged host uid (seen from the host)."""
+    require_bwrap()
+    if os.geteuid() != 0 or not bwrap.probe().drop_uid:
+        pytest.skip("only when the worker is root and may switch uid (not FORGE_SANDBOX_UID=keep)")
+    import threading
+
+    marker = f"forge-uid-marker-{os.getpid()}-{time.monotonic_ns()}"
+    seen: list[str] = []
+
+    def scan() -> None:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline and not seen:
+            for path in glob.glob("/proc/[0-9]*/cmdline"):
+                try:
+                    if marker.encode() in open(path, "rb").read():
+                        status = open(path.replace("cmdline", "status")).read()
+                        seen.append(next(x for x in status.splitlines() if x.startswith("Uid")))
+                        return
+                except (OSError, StopIteration):
+                    pass
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=scan)
+    watcher.start()
+    r, _ = run(task(f"""
+        import subprocess, sys
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5)", "{marker}"])
+        open(sys.argv[2], "w").write("# ok")
+    """))
+    watcher.join()
+    assert r.success, r.error_message
+    assert seen, "candidate process not found from the host"
+    uids = {int(x) for x in seen[0].split()[1:]}
+    assert 0 not in uids, seen
+    assert f"host uid {uids.pop()}" in r.isolation
+
+
+def test_leftovers_of_a_dead_worker_are_swept(tmp_path):
+    """A sandbox root whose owner process is gone is removed by the next backend."""
+    import subprocess
+    import sys
+    import tempfile
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tempfile.mkdtemp(prefix="forge-stale-")
+    with open(os.path.join(stale, local.OWNER_FILE), "w") as fh:
+        fh.write(f"{dead}:1")
+    alive = tempfile.mkdtemp(prefix="forge-alive-")
+    with open(os.path.join(alive, local.OWNER_FILE), "w") as fh:
+        fh.write(local._identity(os.getpid()))
+    try:
+        local._swept = False
+        r, _ = run(task(WRITE_ARGS))
+        assert r.success
+        assert not os.path.exists(stale)
+        assert os.path.exists(alive)
+    finally:
+        import shutil
+
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)
+
+
+def test_memory_cgroup_caps_the_whole_sandbox():
+    """Four processes of 200 MB each under a 256 MB limit: the cgroup OOM-kills some."""
+    require_bwrap()
+    if local._cgroup_base("memory") is None or os.environ.get("FORGE_NO_CGROUPS"):
+        pytest.skip("no writable memory cgroup here (optional layer)")
+    r, _ = run(task("""
+        import os, sys, time
+        kids = []
+        for i in range(4):
+            pid = os.fork()
+            if pid == 0:
+                blocks = [bytearray(50 * 1024 * 1024) for _ in range(4)]
+                for b in blocks:
+                    for j in range(0, len(b), 4096):
+                        b[j] = 1
+                time.sleep(1.5)
+                os._exit(0)
+            kids.append(pid)
+        killed = sum(os.waitpid(pid, 0)[1] & 0x7F == 9 for pid in kids)
+        open(sys.argv[2], "w").write(str(killed))
+    """, timeout=10))
+    assert "memory cgroup" in r.isolation
+    assert r.success, (r.error_message, r.output)
+    assert int(r.artifact_content) >= 2, "the memory cgroup did not hold"

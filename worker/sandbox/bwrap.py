@@ -8,8 +8,8 @@ What the sandbox sees (everything else of the host is absent, not merely read-on
   generated per sandbox, so no host account or resolver detail leaks in;
 * the candidate interpreter's installation prefix (``sys.base_prefix``), read-only;
 * ``/sandbox``: the private working directory (script + output), the only writable
-  host directory; ``/tmp`` and ``/dev/shm``: size-capped tmpfs; a fresh ``/proc`` for
-  the sandbox's own PID namespace (bwrap keeps ``/proc/sys`` read-only); minimal ``/dev``.
+  host directory; ``/tmp`` and ``/dev/shm``: size-capped tmpfs; a fresh, read-only
+  ``/proc`` for the sandbox's own PID namespace; minimal ``/dev``.
 
 Namespaces: user (uid 65534, all capabilities dropped, no nested user namespaces),
 PID, IPC, UTS, cgroup (when possible) and network (always new; see ``netns``).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import resource
 import secrets
 import shutil
 import stat
@@ -143,11 +144,16 @@ class Launch:
     binds: list[tuple[str, str]]  # (source seen by bwrap, path inside the sandbox)
     _mounts: list[tuple[bytes, bytes]]
 
-    def preexec(self):
-        """The Popen preexec_fn (None when nothing needs doing in the child)."""
+    def preexec(self, rlimits: list[tuple[int, int, int]] | None = None):
+        """The Popen preexec_fn (None when nothing needs doing in the child).
+
+        With a fresh uid, the rlimits are set here, before bwrap starts: root may not
+        prlimit() another uid's process on every kernel, and the uid is this sandbox's
+        alone, so even RLIMIT_NPROC counts only the sandbox's processes.
+        """
         if self.uid is None:
             return None
-        uid, mounts = self.uid, self._mounts
+        uid, mounts, limits = self.uid, self._mounts, list(rlimits or ())
         libc = ctypes.CDLL(None, use_errno=True) if mounts else None
         unshare = libc.unshare if libc else None
         mount = libc.mount if libc else None
@@ -161,6 +167,8 @@ class Launch:
                 for src, dst in mounts:
                     if mount(src, dst, None, _MS_BIND | _MS_REC, None) != 0:
                         raise OSError(ctypes.get_errno(), "bind mount of the python prefix")
+            for which, soft, hard in limits:
+                resource.setrlimit(which, (soft, hard))
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)

@@ -21,6 +21,7 @@ and a warning is logged. ``FORGE_REQUIRE_ISOLATION=1`` turns that into an error.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import resource
@@ -353,28 +354,35 @@ class BwrapSandbox(_BaseSandbox):
                 if _truthy("FORGE_REQUIRE_ISOLATION"):
                     raise SandboxError(
                         "Sandbox creation",
-                        "network isolation unavailable: slirp4netns not found and "
+                        "network isolation unavailable: slirp4netns (or /dev/net/tun) missing and "
                         f"FORGE_REQUIRE_ISOLATION=1; fix: {INSTALL_HINT}",
                     )
                 net = "host"
-                log("[Warn] Network isolation is OFF: slirp4netns unavailable; the candidate "
-                    "shares the worker's network, loopback services included")
+                log("[Warn] Network isolation is OFF: slirp4netns or /dev/net/tun unavailable; "
+                    "the candidate shares the worker's network, loopback services included")
         host_uid = bwrap.sandbox_host_uid() if probe.drop_uid else None
         # RLIMIT_NPROC is ignored for host uid 0: then only a pids cgroup caps processes.
         as_host_root = host_uid is None and os.geteuid() == 0
         super().__init__(request, root, bwrap.INSIDE_WORKDIR, host_uid,
                          ("pids", "memory") if as_host_root else ("memory",))
-        self.launch = bwrap.plan_launch(root, host_uid)
-        self.net = net
-        self.bwrap = probe.bwrap or "bwrap"
-        self.etc_dir = os.path.join(root, "etc")
-        os.mkdir(self.etc_dir, 0o755)
-        bwrap.write_etc(self.etc_dir, self.net)
+        try:
+            self.launch = bwrap.plan_launch(root, host_uid)
+            self.net = net
+            self.bwrap = probe.bwrap or "bwrap"
+            self.etc_dir = os.path.join(root, "etc")
+            os.mkdir(self.etc_dir, 0o755)
+            bwrap.write_etc(self.etc_dir, self.net)
+        except BaseException:
+            self.cgroups.remove()
+            raise
         net_words = {
             "none": "net ns (no network)",
             "slirp4netns": "net ns + slirp4netns outbound-only (no host loopback)",
             "host": "HOST NETWORK (slirp4netns missing)",
         }[self.net]
+        if as_host_root and "pids" not in self.cgroups.dirs:
+            log("[Warn] No process cap: the sandbox runs as host uid 0 (RLIMIT_NPROC does not "
+                "apply) and no pids cgroup is writable; a fork bomb runs until the deadline")
         if host_uid is not None:
             who = f"host uid {host_uid}"
         elif as_host_root:
@@ -403,6 +411,7 @@ class BwrapSandbox(_BaseSandbox):
             command=command,
             python_binds=self.launch.binds,
         )
+        limits = _rlimits(self.request.limits, timeout)
         buffer = TailBuffer(output_cap)
         t0 = time.monotonic()
         try:
@@ -415,7 +424,7 @@ class BwrapSandbox(_BaseSandbox):
                 env=self._env(bwrap.INSIDE_WORKDIR, "/tmp"),
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=self.launch.preexec(),
+                preexec_fn=self.launch.preexec(limits),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in (info_r, info_w, block_r, block_w, out_r, out_w):
@@ -437,8 +446,9 @@ class BwrapSandbox(_BaseSandbox):
                     self.id)
             pidfd = os.pidfd_open(child)
             self.cgroups.add(child)
-            for which, soft, hard in _rlimits(self.request.limits, timeout):
-                resource.prlimit(child, which, (soft, hard))
+            if self.launch.uid is None:  # else set by the launch, before bwrap started
+                for which, soft, hard in limits:
+                    resource.prlimit(child, which, (soft, hard))
             if self.net == "slirp4netns":
                 try:
                     slirp = netns.Slirp(child)
@@ -586,11 +596,63 @@ class PlainSandbox(_BaseSandbox):
         return self._finish(proc, reader, buffer, t0, timed_out)
 
 
+# --------------------------------------------------------------------------- leftovers
+#
+# A worker killed with SIGKILL never runs ``delete``: its sandboxes' processes die with it
+# (--die-with-parent), but their directories and cgroups stay. Each sandbox root holds
+# its owner's pid and start time; the first sandbox a process creates sweeps the roots
+# whose owner is gone, and empty forge cgroups older than ten minutes.
+
+OWNER_FILE = ".forge-owner"
+_swept = False
+
+
+def _identity(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat_line = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    return f"{pid}:{fields[19]}" if len(fields) > 19 else None
+
+
+def _sweep_leftovers() -> None:
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for owner in glob.glob(os.path.join(tempfile.gettempdir(), "forge-*", OWNER_FILE)):
+        try:
+            with open(owner) as fh:
+                recorded = fh.read().strip()
+            pid = int(recorded.split(":")[0])
+        except (OSError, ValueError):
+            continue
+        if _identity(pid) != recorded:
+            shutil.rmtree(os.path.dirname(owner), ignore_errors=True)
+    now = time.time()
+    for controller in ("pids", "memory"):
+        base = _cgroup_base(controller)
+        if base is None:
+            continue
+        for path in glob.glob(os.path.join(base, "forge-local-*")):
+            try:
+                if now - os.stat(path).st_mtime > 600:
+                    _rmdir(path)  # refused while any process is still inside
+            except OSError:
+                pass
+
+
 class LocalBackend:
     name = "local"
     label = "Local"
 
     def create(self, request: SandboxRequest, log: LogFn) -> BwrapSandbox | PlainSandbox:
+        try:
+            _sweep_leftovers()
+        except Exception:  # noqa: BLE001 - housekeeping must never stop a run
+            pass
         probe = bwrap.probe()
         if not probe.ok and _truthy("FORGE_REQUIRE_ISOLATION"):
             raise SandboxError(
@@ -602,6 +664,10 @@ class LocalBackend:
         try:
             root = tempfile.mkdtemp(prefix=f"forge-{_safe(request.candidate_id)}-")
             os.chmod(root, 0o711)
+            me = _identity(os.getpid())
+            if me:
+                with open(os.path.join(root, OWNER_FILE), "w") as fh:
+                    fh.write(me)
             if probe.ok:
                 return BwrapSandbox(request, root, probe, log)
             sandbox = PlainSandbox(request, root, f"bubblewrap unavailable ({probe.reason})")

@@ -21,11 +21,15 @@ import os
 import select
 import shutil
 import subprocess
+import threading
 import time
 
 
 @functools.lru_cache(maxsize=1)
 def slirp4netns_path() -> str | None:
+    """slirp4netns, if installed and usable here (it needs /dev/net/tun)."""
+    if not os.path.exists("/dev/net/tun"):
+        return None
     return shutil.which("slirp4netns")
 
 
@@ -60,8 +64,12 @@ class Slirp:
             raise OSError("slirp4netns not found on PATH")
         _wait_for_loopback(pid, timeout)
         ready_r, ready_w = os.pipe()
+        # slirp4netns exits when this pipe closes: when we stop it, or when the worker
+        # process holding the write end dies (SIGKILL, OOM), so it never outlives us.
+        exit_r, self._exit_w = os.pipe()
         argv = [
             path,
+            f"--exit-fd={exit_r}",
             "--configure",
             "--mtu=65520",
             "--disable-host-loopback",
@@ -76,7 +84,7 @@ class Slirp:
         try:
             self.proc = subprocess.Popen(
                 argv,
-                pass_fds=(ready_w,),
+                pass_fds=(ready_w, exit_r),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -85,28 +93,36 @@ class Slirp:
             )
         finally:
             os.close(ready_w)
+            os.close(exit_r)
         try:
             ready, _, _ = select.select([ready_r], [], [], timeout)
             got = os.read(ready_r, 1) if ready else b""
         finally:
             os.close(ready_r)
         if got != b"1":
-            self.stop()
+            if self.proc.poll() is None:
+                self.proc.kill()
             err = b""
             if self.proc.stderr is not None:
                 try:
                     err = self.proc.stderr.read() or b""
                 except (OSError, ValueError):
                     pass
+            self.stop()
             detail = err.decode("utf-8", "replace").strip().splitlines()
             raise OSError(f"slirp4netns did not come up: {detail[-1] if detail else 'no reason'}")
 
     def stop(self) -> None:
+        """Kill it; reap it in the background (with --enable-sandbox its exit tears down a
+        mount namespace, ~25 ms nobody needs to wait for)."""
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait()  # SIGKILL: prompt (a timeout here would poll in 50 ms naps)
+        if self._exit_w is not None:
+            os.close(self._exit_w)
+            self._exit_w = None
         if self.proc.stderr is not None:
             try:
                 self.proc.stderr.close()
             except OSError:
                 pass
+        threading.Thread(target=self.proc.wait, name="slirp4netns-reaper", daemon=True).start()
