@@ -129,7 +129,7 @@ class DaytonaEmulator:
         class Handler(_Handler):
             emu = emulator
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server = _Server((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="daytona-emu",
@@ -305,6 +305,13 @@ class DaytonaEmulator:
         reader.join(timeout=5)
         output = b"".join(chunks).decode("utf-8", errors="replace")
         return (None if timed_out else proc.returncode), output
+
+
+class _Server(ThreadingHTTPServer):
+    # The stdlib's listen backlog of 5 resets connections when dozens of workers
+    # create sandboxes at once; the real service accepts them.
+    request_queue_size = 512
+    daemon_threads = True
 
 
 def _error(status: int, message: str, code: str, source: str = "DAYTONA_API") -> dict[str, Any]:
