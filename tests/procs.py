@@ -6,6 +6,7 @@ is a loud failure, not a skip: CI installs what the suite needs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -176,3 +177,25 @@ def run_forge_cli(args: list[str], env: dict[str, str], timeout: float = 180,
                   **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dispatcher.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def call_task(redis_server, name: str, *args, timeout: float = 30):
+    """Send a task through the real broker; read its result straight from Redis."""
+    from celery import Celery
+
+    app = Celery("test-client", broker=redis_server.url, set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    task_id = app.send_task(name, args=args).id
+    app.close()
+    r = redis_server.client()
+    deadline = time.monotonic() + timeout
+    while True:
+        raw = r.get(f"celery-task-meta-{task_id}")
+        meta = json.loads(raw) if raw else {}
+        if meta.get("status") in ("SUCCESS", "FAILURE"):
+            if meta["status"] != "SUCCESS":
+                raise AssertionError(meta)
+            return meta["result"]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}{args} did not finish")
+        time.sleep(0.1)

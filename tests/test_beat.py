@@ -27,7 +27,7 @@ from dispatcher.competitions import (
     validate_crontab,
 )
 from tests.manifests import write_manifest
-from tests.procs import ROOT, forge_env, run_forge_cli, stop_process
+from tests.procs import ROOT, call_task, forge_env, run_forge_cli, stop_process
 from worker.schedule import build_beat_schedule
 
 QUICK = """import sys
@@ -277,24 +277,6 @@ def wait_for_runs(artifacts: Path, prefix: str, n: int, timeout: float = 75) -> 
 def align_to_period(period: int, offset: float = 0.3) -> None:
     """Start just after a slot boundary, so beats started together fire in one slot."""
     time.sleep((offset - time.time()) % period)
-
-
-def call_task(redis_server, name: str, *args, timeout: float = 30):
-    """Send a task through the real broker; read its result straight from Redis."""
-    app = Celery("test-client", broker=redis_server.url, set_as_current=False)
-    app.conf.update(task_serializer="json", accept_content=["json"])
-    task_id = app.send_task(name, args=args).id
-    app.close()
-    r = redis_server.client()
-    deadline = time.monotonic() + timeout
-    while True:
-        raw = r.get(f"celery-task-meta-{task_id}")
-        meta = json.loads(raw) if raw else {}
-        if meta.get("status") in ("SUCCESS", "FAILURE"):
-            assert meta["status"] == "SUCCESS", meta
-            return meta["result"]
-        assert time.monotonic() < deadline, f"{name}{args} did not finish"
-        time.sleep(0.1)
 
 
 def test_beat_fires_the_competition_and_runs_land_in_run_directories(

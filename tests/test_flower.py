@@ -17,8 +17,7 @@ import urllib.request
 import pytest
 
 from tests.manifests import write_manifest
-from tests.procs import ROOT, forge_env, free_port, stop_process
-from tests.test_beat import call_task
+from tests.procs import ROOT, call_task, forge_env, free_port, stop_process
 
 MARKER = "SCRIPT-BODY-MARKER-5be1c0"
 SECRET = "tok-never-in-flower-93d7e2"
