@@ -37,15 +37,11 @@ import uuid
 from worker.records import Limits
 from worker.sandbox import bwrap, netns
 from worker.sandbox.base import Download, ExecResult, LogFn, SandboxError, SandboxRequest
+from worker.sandbox.bwrap import candidate_python
 from worker.sandbox.capture import TailBuffer, pump
 
 MiB = 1024 * 1024
 INSTALL_HINT = "apt-get install bubblewrap slirp4netns (or dnf install bubblewrap slirp4netns)"
-
-
-def candidate_python() -> str:
-    """The worker's base interpreter, outside any virtualenv (candidates get no packages)."""
-    return bwrap.candidate_python()
 
 
 def _truthy(name: str) -> bool:
