@@ -18,8 +18,10 @@ from rich.table import Table
 from worker.records import DEFAULT_OBJECTIVE
 
 # Modules that add a subcommand: each has register(subparsers) setting func=handler.
-EXTRA_COMMANDS: list[str] = ["dispatcher.resume"]
+EXTRA_COMMANDS: list[str] = []
 EXTRA_COMMANDS.append("dispatcher.reap")
+EXTRA_COMMANDS.append("dispatcher.resume")
+EXTRA_COMMANDS.append("dispatcher.competitions_cli")
 
 
 def _positive_int(text: str) -> int:

@@ -96,7 +96,7 @@ def plan_run(
         definition_sha256=definition_sha256(objective, tasks, judge_name),
         notes=list(notes or []),
     )
-    source = {"manifest": str(manifest.path), "timeout": timeout, "network": network,
+    source = {"manifest": os.path.abspath(manifest.path), "timeout": timeout, "network": network,
               "env_allow": None if env_allow is None else list(env_allow), "judge": judge,
               "limits": limits.to_dict() if limits else None}
     return RunPlan(run=run, tasks=tuple(tasks), source=source)

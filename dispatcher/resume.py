@@ -31,8 +31,8 @@ class ResumePlan:
     kept_task_ids: tuple[str, ...]
 
 
-def _current_sha(record: runs.RunRecord) -> str:
-    """The definition fingerprint of the record's run, re-planned from today's files."""
+def _replan(record: runs.RunRecord) -> RunPlan:
+    """The record's run planned again from today's files (same run id and overrides)."""
     from dispatcher.manifest import load_manifest
     from dispatcher.plan import plan_run
     from worker.records import Limits
@@ -51,21 +51,21 @@ def _current_sha(record: runs.RunRecord) -> str:
         competition=spec.competition,
         limits=Limits.from_dict(src["limits"]) if src.get("limits") else None,
     )
-    return plan.run.definition_sha256
+    return plan
 
 
 def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
-    from worker.records import CandidateTask
-
     spec = record.spec
-    now = _current_sha(record)
+    replanned = _replan(record)
+    now = replanned.run.definition_sha256
     if now != spec.definition_sha256:
         raise ResumeRefused(
             f"run {spec.run_id}'s competition definition changed since it was dispatched "
             f"(definition sha256 {spec.definition_sha256[:12]} then, {now[:12]} now: the "
             f"manifest {record.source.get('manifest')}, a script or the objective differs). "
             "Its kept results would not be comparable; start a new run with 'forge run'.")
-    tasks = [CandidateTask.from_dict(t) for t in record.tasks]
+    # Same fingerprint: the re-planned tasks are the published ones (scripts by sha256).
+    tasks = list(replanned.tasks)
     metas = runs.task_metas(app, [t.task_id for t in tasks])
     kept = [t for t in tasks if (metas.get(t.task_id) or {}).get("status") == "SUCCESS"]
     missing = [t for t in tasks if t not in kept]
@@ -85,19 +85,23 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
 
 def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
     """Publish the missing candidates plus a body that also reads the kept ones."""
+    from celery.result import denied_join_result
+
     from dispatcher.dispatch import body_task_id, build_chord
     from worker.tasks import collect_results
 
     record.status, record.resumes, record.published_at = "publishing", record.resumes + 1, None
     runs.save(app, record)
     kept = list(rp.kept_task_ids)
-    if rp.missing.tasks:
-        canvas = build_chord(rp.missing)
-        canvas.body.kwargs["kept_task_ids"] = kept
-        result = canvas.apply_async()
-    else:  # every candidate finished; only the body was lost
-        result = collect_results.apply_async(
-            ([], record.run), {"kept_task_ids": kept}, task_id=body_task_id(record.run_id))
+    with denied_join_result():  # we poll the backend; never subscribe per task
+        if rp.missing.tasks:
+            canvas = build_chord(rp.missing)
+            canvas.body.kwargs["kept_task_ids"] = kept
+            result = canvas.apply_async()
+        else:  # every candidate finished; only the body was lost
+            result = collect_results.apply_async(
+                ([], record.run), {"kept_task_ids": kept},
+                task_id=body_task_id(record.run_id))
     runs.after_publish(app, record)
     return result
 

@@ -28,7 +28,7 @@ FANOUT_GRACE = config.env_int("FORGE_FANOUT_GRACE", 60)
 @dataclass
 class RunRecord:
     run: dict[str, Any]  # RunSpec.to_dict()
-    tasks: list[dict[str, Any]]  # CandidateTask.to_dict(), scripts included
+    tasks: list[dict[str, Any]]  # CandidateTask.to_dict() less the script (sha256 kept)
     source: dict[str, Any] = field(default_factory=dict)  # RunPlan.source
     status: str = "publishing"  # publishing | published
     created_at: float = 0.0  # epoch seconds
@@ -84,7 +84,8 @@ def load(app, run_id: str) -> RunRecord | None:
 
 
 def record_for(plan) -> RunRecord:
-    return RunRecord(run=plan.run.to_dict(), tasks=[t.to_dict() for t in plan.tasks],
+    tasks = [{k: v for k, v in t.to_dict().items() if k != "script"} for t in plan.tasks]
+    return RunRecord(run=plan.run.to_dict(), tasks=tasks,
                      source=dict(getattr(plan, "source", {}) or {}), created_at=time.time())
 
 
