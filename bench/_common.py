@@ -29,20 +29,21 @@ from rich.table import Table  # noqa: E402
 from tests.procs import CeleryWorker, RedisServer, forge_env  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-TRIVIAL = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n\\nobjective: ' + sys.argv[1] + '\\n')\n"
+TRIVIAL = ("import sys\n"
+           "open(sys.argv[2], 'w').write('# hi\\n\\nobjective: ' + sys.argv[1] + '\\n')\n")
 
 
 class Cluster:
     """A private redis-server and ``workers`` celery worker processes (prefork)."""
 
     def __init__(self, workers: int = 2, concurrency: int = 4, pool: str = "prefork",
-                 extra_env: dict[str, str] | None = None, loglevel: str = "WARNING"):
-        self.tmp = Path(tempfile.mkdtemp(prefix="forge-bench-"))
+                 extra_env: dict[str, str] | None = None, start_workers: bool = True):
+        self.tmp = Path(tempfile.mkdtemp(prefix="forge-perf-"))
         self.artifacts = self.tmp / "artifacts"
         self.artifacts.mkdir()
         self.n, self.concurrency, self.pool = workers, concurrency, pool
         self.extra_env = dict(extra_env or {})
-        self.loglevel = loglevel
+        self.start_workers_now = start_workers
         self.redis: RedisServer | None = None
         self.workers: list[CeleryWorker] = []
 
@@ -51,20 +52,30 @@ class Cluster:
         return self.n * self.concurrency
 
     def __enter__(self) -> Cluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _start(self) -> Cluster:
         self.redis = RedisServer(self.tmp / "redis").start()
         self.env = forge_env(self.redis.url, self.artifacts, **self.extra_env)
         for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "FORGE_ARTIFACTS_DIR"):
             os.environ[k] = self.env[k]
         for k, v in self.extra_env.items():
             os.environ[k] = v
-        self.workers = [CeleryWorker(self.env, f"b{i + 1}", self.tmp, self.concurrency, self.pool,
-                                     ("--loglevel", self.loglevel))
+        if self.start_workers_now:
+            self.start_workers()
+        return self
+
+    def start_workers(self) -> None:
+        self.workers = [CeleryWorker(self.env, f"b{i + 1}", self.tmp, self.concurrency, self.pool)
                         for i in range(self.n)]
         for w in self.workers:
             w.start(wait_ready=False)
         for w in self.workers:
             w.wait_ready(120)
-        return self
 
     def __exit__(self, *exc) -> None:
         for w in self.workers:
@@ -80,6 +91,50 @@ class Cluster:
             for pid in [w.proc.pid, *w.child_pids()]:
                 out[f"{w.name}:{pid}"] = _vm_hwm(pid)
         return out
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(own CPU s, CPU s of its waited-for children) of a process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime) / tick, (cutime + cstime) / tick
+
+
+class CpuMeter:
+    """CPU seconds used by each part of the cluster between ``start()`` and ``stop()``.
+
+    On a 2-core machine a run is CPU-bound, so CPU per candidate says where time goes:
+    the worker main processes (Celery's consumer), the pool processes (the task code),
+    the sandboxes (bwrap, slirp4netns, the candidates: waited-for children of the pool
+    processes), redis-server, and this dispatcher process.
+    """
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    def _snap(self) -> dict[str, float]:
+        out = {"worker main": 0.0, "pool processes": 0.0, "sandboxes + candidates": 0.0}
+        for w in self.cluster.workers:
+            out["worker main"] += cpu_times(w.proc.pid)[0]
+            for pid in w.child_pids():
+                own, children = cpu_times(pid)
+                out["pool processes"] += own
+                out["sandboxes + candidates"] += children
+        out["redis-server"] = sum(cpu_times(self.cluster.redis.proc.pid))
+        t = os.times()
+        out["dispatcher (this process)"] = t.user + t.system
+        return out
+
+    def start(self) -> None:
+        self.before = self._snap()
+
+    def stop(self) -> dict[str, float]:
+        after = self._snap()
+        return {k: round(after[k] - self.before[k], 3) for k in after}
 
 
 def _vm_hwm(pid: int) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,7 +42,9 @@ def baseline(manifest: Path, n: int) -> float:
         done = run_seed_style(str(manifest.parent / f"s{i:03d}.py"), OBJECTIVE,
                               str(out / f"s{i:03d}.md"))
         assert done.returncode == 0, done.stderr
-    return now() - t0
+    wall = now() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return wall
 
 
 def forge(manifest: Path, artifacts: Path, n: int) -> float:

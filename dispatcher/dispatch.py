@@ -8,20 +8,29 @@ script or the environment.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 
 from celery import chord, group
+from celery.result import denied_join_result
 
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import LogCallback, RunTracker
 from worker.app import app
 from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
 from worker.records import ForgeResult
-from worker.tasks import collect_results, run_candidate
+from worker.tasks import collect_results, run_candidate, spec_key
 
 # Celery time limits are only a backstop: the sandbox layer enforces deadlines.
 BACKSTOP_MARGIN = 120
+
+
+# Runs with more candidates pass the chord body a stored RunSpec by reference, and
+# publish their header in pipelined batches.
+SPEC_INLINE_MAX = 64
 
 
 def body_task_id(run_id: str) -> str:
@@ -55,6 +64,21 @@ def check_broker(timeout: float = 8.0) -> None:
             ) from None
 
 
+def _body_run_data(run) -> dict:
+    """The RunSpec for the chord body, or for a large run a reference to a stored copy.
+
+    Every header task's message carries the body signature, so an inline RunSpec (one
+    entry per candidate) would make publishing O(N^2): 5,000 candidates, 3.6 GB. Large
+    runs store it once in the result backend (same TTL as results) instead.
+    """
+    data = run.to_dict()
+    if len(run.candidates) <= SPEC_INLINE_MAX:
+        return data
+    key = spec_key(run.run_id)
+    app.backend.set(key, json.dumps(data, ensure_ascii=False))
+    return {"run_id": run.run_id, "spec_key": key}
+
+
 def build_chord(plan: RunPlan):
     run = plan.run
     header = group(
@@ -67,12 +91,37 @@ def build_chord(plan: RunPlan):
         for t in plan.tasks
     )
     body = collect_results.signature(
-        (run.to_dict(),),
+        (_body_run_data(run),),
         task_id=body_task_id(run.run_id),
         argsrepr=f"(run={run.run_id}, candidates={len(plan.tasks)})",
         kwargsrepr="{}",
     )
     return chord(header, body)
+
+
+@contextmanager
+def _batched_producer(max_size: int = 500):
+    """Publish through one producer whose Redis commands are pipelined (kombu >= 5.7).
+
+    Celery's chord publishes its header one task at a time through a producer it takes
+    from the pool (a round trip per task message and per task-sent event); chord does
+    not pass a producer through, so for this thread only, the app hands out ours.
+    Unlike single publishes a batch is not retried: a large run's publish that fails
+    part-way is the cut-short run ``forge resume`` finishes.
+    """
+    owner = threading.get_ident()
+    original = app.producer_or_acquire
+    with original() as producer, producer.batch(max_size):
+        def producer_or_acquire(given=None):
+            if given is None and threading.get_ident() == owner:
+                return nullcontext(producer)
+            return original(given)
+
+        app.producer_or_acquire = producer_or_acquire
+        try:
+            yield
+        finally:
+            app.__dict__.pop("producer_or_acquire", None)
 
 
 def publish(plan: RunPlan):
@@ -84,9 +133,27 @@ def publish(plan: RunPlan):
     from dispatcher import runs
 
     record = runs.before_publish(app, plan)
-    result = build_chord(plan).apply_async()
+    # We never join a task (wait() polls the backend): without this the Redis backend
+    # SUBSCRIBEs to every task's result channel, one round trip per task, and Redis
+    # then buffers every PROGRESS update for a client that never reads them.
+    batched = _batched_producer() if len(plan.tasks) > SPEC_INLINE_MAX else nullcontext()
+    with denied_join_result(), batched:
+        result = build_chord(plan).apply_async()
     runs.after_publish(app, record)
     return result
+
+
+def _body_state(body) -> tuple[str, object]:
+    """The chord body's state and result, read once: in distributed mode without the
+    backend's retry loop, so an outage reaches wait()'s broker_grace instead of hanging."""
+    if broker_url() is None:
+        return body.state, body.result
+    backend = app.backend
+    raw = backend.get(backend.get_key_for_task(body.id))
+    if not raw:
+        return "PENDING", None
+    meta = backend.decode_result(raw)
+    return meta.get("status", "PENDING"), meta.get("result")
 
 
 def wait(
@@ -106,12 +173,15 @@ def wait(
         broker_grace = float(env_int("FORGE_BROKER_GRACE", 60))
     tracker = RunTracker(app, {t.candidate_id: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
-    interval = poll_interval or (0.1 if len(plan.tasks) <= 200 else 0.5)
+    interval = poll_interval or 0.1
     lost_since: float | None = None
     while True:
         try:
+            t_poll = time.monotonic()
             tracker.poll()
-            state = body.state
+            if not poll_interval:  # adaptive: polling takes at most ~1/25 of the time
+                interval = min(2.0, max(0.1, 25 * (time.monotonic() - t_poll)))
+            state, outcome = _body_state(body)
             lost_since = None
         except Exception as exc:  # noqa: BLE001 - broker/backend connection trouble
             lost_since = lost_since or time.monotonic()
@@ -129,7 +199,7 @@ def wait(
             tracker.poll()
             if on_tick is not None:
                 on_tick(tracker)
-            return ForgeResult.from_dict(body.result)
+            return ForgeResult.from_dict(outcome)
         if state in ("FAILURE", "REVOKED"):
-            raise RuntimeError(f"the run's callback failed: {body.result!r}")
+            raise RuntimeError(f"the run's callback failed: {outcome!r}")
         time.sleep(interval)

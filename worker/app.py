@@ -17,11 +17,18 @@ config.load_dotenv_once()
 # or Redis redelivers a task that is still running (it would run twice).
 MAX_DEADLINE = config.env_int("FORGE_MAX_DEADLINE", 3600)
 VISIBILITY_TIMEOUT = config.env_int("FORGE_VISIBILITY_TIMEOUT", MAX_DEADLINE + 300)
+# How often each worker looks for unacked tasks past the visibility timeout (a dead
+# node's tasks): kombu's default scans every 100 s; a cheap ZRANGE every few seconds
+# redelivers them within VISIBILITY_TIMEOUT + RESTORE_INTERVAL.
+RESTORE_INTERVAL = config.env_int("FORGE_RESTORE_INTERVAL",
+                                  max(1, min(10, VISIBILITY_TIMEOUT // 2)))
 # A run can wait behind a long backlog; its chord state must outlive that wait.
 RESULT_EXPIRES = config.env_int("FORGE_RESULT_EXPIRES", 7 * 24 * 3600)
 MAX_ATTEMPTS = config.env_int("FORGE_MAX_ATTEMPTS", 3)
+# A scheduled slot missed by more than this is skipped, not run late (worker/scheduling.py).
+SCHEDULE_GRACE = config.env_int("FORGE_SCHEDULE_GRACE", 3600)
 
-app = Celery("dream_foundry", include=["worker.tasks", "worker.maintenance"])
+app = Celery("dream_foundry", include=["worker.tasks", "worker.maintenance", "worker.scheduling"])
 
 _broker = config.broker_url()
 _backend = config.result_backend_url()
@@ -44,6 +51,8 @@ app.conf.update(
     result_compression=None,
     broker_transport_options={
         "visibility_timeout": VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": RESTORE_INTERVAL,
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 5,
         "socket_timeout": 30,
         # Embedded mode's memory broker is polled: a short poll starts a run at once.
@@ -53,6 +62,12 @@ app.conf.update(
         "visibility_timeout": VISIBILITY_TIMEOUT,
         "retry_policy": {"timeout": 30.0},
     },
+    # A Redis restart must not turn a finished candidate into a FAILURE: backend writes
+    # retry connection errors with backoff (FORGE_BACKEND_RETRIES tries, ~40 s in all).
+    result_backend_always_retry=True,
+    result_backend_max_retries=config.env_int("FORGE_BACKEND_RETRIES", 20),
+    result_backend_base_sleep_between_retries_ms=100,
+    result_backend_max_sleep_between_retries_ms=5000,
     redis_socket_connect_timeout=5,
     redis_socket_timeout=30,
     redis_retry_on_timeout=True,
@@ -68,4 +83,9 @@ app.conf.update(
     task_routes={"worker.tasks.*": {"queue": "celery"}},
     timezone="UTC",
     enable_utc=True,
+    # Beat: entries come from forge.toml (worker/schedule.py), its state file lives on a
+    # volume, and a crontab slot missed by more than the grace is not caught up late.
+    beat_scheduler="worker.schedule:CompetitionScheduler",
+    beat_schedule_filename=config.env("FORGE_BEAT_SCHEDULE", "celerybeat-schedule"),
+    beat_cron_starting_deadline=SCHEDULE_GRACE,
 )

@@ -72,6 +72,13 @@ def run_lifecycle(
     label = backend.label
     t0 = time.monotonic()
     sandbox = None
+    mark = [t0]
+
+    def phase(name: str) -> None:
+        """Seconds since the previous mark go to ``name`` (log calls included)."""
+        t = time.monotonic()
+        result.timings[name] = round(result.timings.get(name, 0.0) + t - mark[0], 6)
+        mark[0] = t
 
     def fail(message: str) -> CandidateResult:
         result.error_message = message
@@ -96,6 +103,7 @@ def run_lifecycle(
         except SandboxError as exc:
             result.sandbox_id = exc.sandbox_id
             return fail(f"Sandbox creation failed: {exc}")
+        phase("create")
         result.sandbox_id = sandbox.id
         result.isolation = sandbox.isolation
         log(f"[{label}] Sandbox ready: {sandbox.id[:8]}...")
@@ -105,6 +113,7 @@ def run_lifecycle(
                            task.upload_timeout)
         except SandboxError as exc:
             return fail(f"Upload failed: {exc}")
+        phase("upload")
         log(f"[{label}] Script uploaded")
 
         if task.requirements:
@@ -119,6 +128,7 @@ def run_lifecycle(
                 why = (f"timed out after {task.install_timeout}s" if install.timed_out
                        else f"exit code {install.exit_code}")
                 return fail(f"Installing requirements failed ({why})")
+            phase("install")
 
         log("[Run] Executing...")
         ran = sandbox.exec(
@@ -126,6 +136,7 @@ def run_lifecycle(
             task.timeout,
             task.limits.output_bytes,
         )
+        phase("exec")
         result.output = ran.output
         result.output_dropped_bytes = ran.output_dropped_bytes
         result.exit_code = ran.exit_code
@@ -138,6 +149,7 @@ def run_lifecycle(
 
         got = sandbox.download(f"{sandbox.workdir}/{OUTPUT_NAME}", task.limits.artifact_bytes,
                                task.retrieve_timeout)
+        phase("collect")
         if got.problem:
             result.warnings.append(got.problem)
             log(f"[Warn] {got.problem}")
@@ -160,6 +172,7 @@ def run_lifecycle(
         return fail(f"Internal error ({type(exc).__name__}): {exc}")
     finally:
         if sandbox is not None:
+            phase("collect")
             log(f"[{label}] Cleaning up...")
             try:
                 sandbox.delete()
@@ -167,6 +180,7 @@ def run_lifecycle(
                 warning = f"Cleanup failed for sandbox {sandbox.id}: {exc}"
                 result.warnings.append(warning)
                 log(f"[Warn] {warning}")
+            phase("delete")
         result.runtime_seconds = round(time.monotonic() - t0, 3)
         result.finished_at = _now()
         if result.success:

@@ -125,6 +125,9 @@ class CandidateResult:
     warnings: list[str] = field(default_factory=list)
     isolation: str | None = None
     log: list[str] = field(default_factory=list)  # the lifecycle's lines, in order
+    # Seconds per phase (create, upload, exec, collect, delete, ...) and the epoch the
+    # task started: where a candidate's overhead goes (bench/overhead.py reads it).
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,14 +8,17 @@ and distributed mode alike.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from typing import Any
 
 from celery import shared_task
 
-from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES
+from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
 from worker.lifecycle import worker_name
+from worker.progress import ProgressWriter
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
 
 logger = logging.getLogger("dream_foundry")
@@ -47,10 +50,34 @@ def _finished_before(task) -> dict[str, Any] | None:
     return None
 
 
+def _first_finished(task, result: dict[str, Any]) -> dict[str, Any]:
+    """Of deliveries of one task that ran at the same time, the first to finish wins.
+
+    Celery's own "never overwrite SUCCESS" is read-then-write; a SET NX here is atomic,
+    so every delivery returns (and stores) the same record and the chord body, a re-sent
+    body and ``forge resume`` all read one result. Kept while a duplicate could still run.
+    """
+    from celery.backends.redis import RedisBackend
+
+    if not isinstance(task.backend, RedisBackend):  # embedded: one process, no duplicates
+        earlier = _finished_before(task)
+        return result if earlier is None else earlier
+    client = task.backend.client
+    key = f"forge-first:{task.request.id}"
+    try:
+        if client.set(key, json.dumps(result), nx=True, ex=2 * VISIBILITY_TIMEOUT + 60):
+            return result
+        raw = client.get(key)
+    except Exception:  # noqa: BLE001 - Redis blip: Celery's own check still applies
+        return result
+    return json.loads(raw) if raw else result
+
+
 @shared_task(bind=True, name="worker.tasks.run_candidate", acks_late=True,
              reject_on_worker_lost=True)
 def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     """Run one candidate in a fresh sandbox; always return a CandidateResult dict."""
+    entered, t_enter = time.time(), time.monotonic()
     task = CandidateTask.from_dict(task_data)
     if self.request.id:
         earlier = _finished_before(self)
@@ -61,18 +88,36 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     attempt = _attempt(self) if self.request.id else 1
     me = self.request.hostname or worker_name()  # the Celery node name, e.g. w1@host
     lines: list[str] = []
+    progress_s = [0.0]  # time spent storing PROGRESS meta
 
-    def log(message: str) -> None:
-        lines.append(message)
-        logger.info("[%s] %s %s", task.run_id, task.candidate_id, message)
-        if self.request.id and not self.request.is_eager:
-            self.update_state(state="PROGRESS", meta={
+    request = self.request  # thread-local: the progress timer thread has none of its own
+
+    def store_progress() -> None:
+        t = time.monotonic()
+        try:  # progress is best effort: no retries, a Redis blip must not fail the task
+            # update_state() with this task's own request, from any thread
+            self.backend.store_result(request.id, state="PROGRESS", request=request,
+                                      max_retries=0, result={
                 "candidate_id": task.candidate_id,
                 "seq": len(lines),
                 "log": lines[-LOG_WINDOW:],
                 "worker": me,
                 "attempt": attempt,
             })
+        except Exception as exc:  # noqa: BLE001 - e.g. redis ConnectionError
+            logger.warning("[%s] %s progress not stored: %s", task.run_id,
+                           task.candidate_id, type(exc).__name__)
+        progress_s[0] += time.monotonic() - t
+
+    # Coalesces bursts of lines into one write (worker/progress.py); closed before the
+    # result is returned so no PROGRESS write can land after it.
+    progress = ProgressWriter(store_progress)
+
+    def log(message: str) -> None:
+        lines.append(message)
+        logger.info("[%s] %s %s", task.run_id, task.candidate_id, message)
+        if self.request.id and not self.request.is_eager:
+            progress.line_added()
 
     if attempt > MAX_ATTEMPTS:
         result = CandidateResult(
@@ -86,6 +131,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
             ),
         )
         log(f"[Error] {result.error_message}")
+        progress.close()
         result.log = lines
         return result.to_dict()
 
@@ -102,17 +148,17 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     else:
         from worker.lifecycle import run_lifecycle
 
+        t_life = time.monotonic()
         result = run_lifecycle(backend, task, log, owner=me)
+        result.timings["pre"] = round(t_life - t_enter, 6)
+    progress.close()
+    result.timings["entered_at"] = round(entered, 6)
+    result.timings["progress"] = round(progress_s[0], 6)
+    result.timings["task"] = round(time.monotonic() - t_enter, 6)
     result.worker = me
     result.attempt = attempt
     result.log = lines
-    if self.request.id:
-        # A duplicate delivery ran alongside and stored first: the first result stands,
-        # so the chord body and a later re-read see one and the same record.
-        earlier = _finished_before(self)
-        if earlier is not None:
-            return earlier
-    return result.to_dict()
+    return _first_finished(self, result.to_dict()) if self.request.id else result.to_dict()
 
 
 def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResult:
@@ -196,13 +242,16 @@ def collect_results(self, results: list[dict[str, Any]],
     """
     from worker.rundir import write_run_dir
 
-    run = RunSpec.from_dict(run_data)
+    entered, t0 = time.time(), time.monotonic()
+    run = RunSpec.from_dict(_load_run_data(self.backend, run_data))
     if kept_task_ids:
         results = _stored_results(self.backend, kept_task_ids) + list(results)
     forge = build_forge_result(results, run)
+    t_scored = time.monotonic()
     if run.execution_mode == "daytona":
         forge.sandboxes_alive = _sandboxes_alive(run.run_id, forge.notes)
     run_path = write_run_dir(forge, run.artifacts_dir)
+    t_written = time.monotonic()
     logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)
     if run.post_to_discord:
         from worker import config
@@ -210,4 +259,34 @@ def collect_results(self, results: list[dict[str, Any]],
 
         # Claimed once per run directory: a redelivered callback does not post again.
         forge.discord = post_winner(forge, run_path, config.discord_webhook_url())
-    return forge.to_dict()
+    out = forge.to_dict()
+    # Not part of summary.json (it varies per delivery): ForgeResult.from_dict drops it.
+    out["body_timings"] = {"entered_at": entered, "score": t_scored - t0,
+                           "write": t_written - t_scored, "total": time.monotonic() - t0,
+                           "maxrss_mb": _maxrss_mb()}
+    return out
+
+
+def spec_key(run_id: str) -> str:
+    """Result-backend key of a large run's RunSpec (see dispatch._body_run_data)."""
+    return f"forge-runspec:{run_id}"
+
+
+def _load_run_data(backend, run_data: dict[str, Any]) -> dict[str, Any]:
+    """The RunSpec dict: inline, or stored by the dispatcher under ``spec_key``."""
+    if "spec_key" not in run_data:
+        return run_data
+    raw = backend.get(run_data["spec_key"])
+    if raw is None:
+        raise RuntimeError(f"run {run_data.get('run_id')}: its stored RunSpec "
+                           f"{run_data['spec_key']} is gone (expired?)")
+    import json
+
+    return json.loads(raw)
+
+
+def _maxrss_mb() -> float:
+    """Peak resident memory of this (pool) process so far, in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,175 @@
+"""Per-candidate overhead: trivial candidates through the whole distributed path.
+
+Forge: Redis, 2 prefork workers x concurrency 4, the local backend's bubblewrap sandbox
+(its default), the judge and the run directory. Baseline: the same scripts run by a
+plain process pool of the same width, each ``subprocess.run`` writing the same file.
+Both sides run in every repetition, interleaved. The forge's time is broken down from
+the results' phase timings (``CandidateResult.timings``) and the chord body's.
+
+    .venv/bin/python bench/overhead.py [-n 200] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    TRIVIAL,
+    Cluster,
+    CpuMeter,
+    forge_api,
+    machine,
+    median,
+    now,
+    parse_ts,
+    run_seed_style,
+    table,
+    write_json,
+)
+
+from tests.manifests import write_manifest  # noqa: E402
+
+OBJECTIVE = "bench: overhead"
+PHASES = ("pre", "create", "upload", "exec", "collect", "delete", "progress", "task")
+
+
+def _one(args: tuple[str, str]) -> int:
+    script, out = args
+    return run_seed_style(script, OBJECTIVE, out).returncode
+
+
+def baseline(manifest: Path, n: int, width: int) -> tuple[float, float]:
+    """(wall s, CPU s of the pool and its candidates)."""
+    import resource
+
+    out = Path(tempfile.mkdtemp(prefix="forge-perf-pool-"))
+    jobs = [(str(manifest.parent / f"c{i:04d}.py"), str(out / f"c{i:04d}.md")) for i in range(n)]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = now()
+    with ProcessPoolExecutor(width) as pool:
+        codes = list(pool.map(_one, jobs))
+    wall = now() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    shutil.rmtree(out, ignore_errors=True)
+    assert codes == [0] * n
+    return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+
+
+def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None) -> dict:
+    """One run, driven like ``runner.execute`` in distributed mode, with timestamps."""
+    import time
+
+    runner, dispatch = forge_api()
+    from worker.app import app
+
+    if meter:
+        meter.start()
+    t0 = now()
+    plan = runner.prepare(OBJECTIVE, candidates=str(manifest), artifacts_dir=str(artifacts),
+                          post=False)
+    t_prepared = now()
+    dispatch.publish(plan)
+    t_published, published_epoch = now(), time.time()
+    result = dispatch.wait(plan)
+    wall = now() - t0
+    cpu = meter.stop() if meter else {}
+    assert sum(r.success for r in result.results) == n, \
+        [r.error_message for r in result.results if not r.success][:3]
+    body = app.AsyncResult(dispatch.body_task_id(plan.run.run_id)).result or {}
+    bt = body.get("body_timings", {})
+    tim = [r.timings for r in result.results]
+    last_finish = max(parse_ts(r.finished_at) for r in result.results)
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "prepare_s": t_prepared - t0,
+        "publish_s": t_published - t_prepared,
+        "queue_wait_median_s": median([t["entered_at"] - published_epoch for t in tim]),
+        "first_start_s": min(t["entered_at"] for t in tim) - published_epoch,
+        "phase_median_s": {p: median([t.get(p, 0.0) for t in tim]) for p in PHASES},
+        "phase_sum_s": {p: sum(t.get(p, 0.0) for t in tim) for p in PHASES},
+        "last_finish_to_body_s": bt.get("entered_at", last_finish) - last_finish,
+        "body_score_s": bt.get("score"), "body_write_s": bt.get("write"),
+        "body_total_s": bt.get("total"),
+        "body_end_to_result_s": (published_epoch + (wall - (t_published - t0)))
+        - (bt.get("entered_at", 0) + (bt.get("total") or 0)),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--no-network", action="store_true",
+                    help="candidates without network (no slirp4netns per sandbox)")
+    ap.add_argument("--sandbox", choices=("bwrap", "plain"), default="bwrap",
+                    help="plain: FORGE_SANDBOX=plain, no isolation (to size the sandbox's share)")
+    ap.add_argument("--progress-interval-ms", type=int, default=None,
+                    help="FORGE_PROGRESS_INTERVAL_MS for the workers (0: store every line)")
+    args = ap.parse_args()
+    info = machine()
+    extra = {"FORGE_SANDBOX": "plain"} if args.sandbox == "plain" else {}
+    if args.progress_interval_ms is not None:
+        extra["FORGE_PROGRESS_INTERVAL_MS"] = str(args.progress_interval_ms)
+    with Cluster(args.workers, args.concurrency, extra_env=extra) as cluster:
+        manifest = write_manifest(cluster.tmp / "cands",
+                                  {f"c{i:04d}": TRIVIAL for i in range(args.n)},
+                                  "network = false" if args.no_network else "")
+        forge(manifest, cluster.artifacts, args.n)  # warm-up
+        reps = []
+        for _ in range(args.reps):
+            b, b_cpu = baseline(manifest, args.n, cluster.slots)
+            f = forge(manifest, cluster.artifacts, args.n, CpuMeter(cluster))
+            reps.append({"baseline_s": b, "baseline_cpu_s": b_cpu, "forge": f})
+    base = median([r["baseline_s"] for r in reps])
+    best = sorted(reps, key=lambda r: r["forge"]["wall_s"])[len(reps) // 2]["forge"]
+    wall = best["wall_s"]
+    width = args.workers * args.concurrency
+    data = {**info, "n": args.n, "width": width, "reps": reps, "sandbox": args.sandbox,
+            "network": not args.no_network, "progress_interval_ms": args.progress_interval_ms,
+            "baseline_s": base, "forge_s": wall,
+            "baseline_per_s": args.n / base, "forge_per_s": args.n / wall,
+            "ratio": base / wall, "target_ratio": 0.6, "aim_ratio": 0.8, "median_rep": best}
+    table(f"Overhead: {args.n} trivial candidates, width {width}, sandbox {args.sandbox}, "
+          f"network {'off' if args.no_network else 'on'} (median of {args.reps})",
+          ["measure", "value"],
+          [["baseline pool wall s", base], ["forge wall s", wall],
+           ["baseline candidates/s", args.n / base], ["forge candidates/s", args.n / wall],
+           ["ratio forge/baseline (target >= 0.6)", base / wall]])
+    ph = best["phase_median_s"]
+    sums = best["phase_sum_s"]
+    table("Forge time breakdown (median run)", ["part", "per candidate (median) s", "sum s"],
+          [["prepare (manifest, plan)", best["prepare_s"], "-"],
+           ["dispatch (publish the chord)", best["publish_s"], "-"],
+           ["first task starts after publish", best["first_start_s"], "-"],
+           ["queue wait (publish -> task start)", best["queue_wait_median_s"], "-"],
+           *[[f"task: {p}", ph[p], sums[p]] for p in PHASES],
+           ["last result -> body start", best["last_finish_to_body_s"], "-"],
+           ["body: score", best["body_score_s"], "-"],
+           ["body: write run dir", best["body_write_s"], "-"],
+           ["body end -> dispatcher has result", best["body_end_to_result_s"], "-"]])
+    name = "overhead" + ("_plain" if args.sandbox == "plain" else "") + \
+        ("_nonet" if args.no_network else "") + \
+        (f"_progress{args.progress_interval_ms}" if args.progress_interval_ms is not None else "")
+    base_cpu = median([r["baseline_cpu_s"] for r in reps])
+    cpu = best["cpu_s"]
+    table("CPU per candidate (ms): where a CPU-bound run's time goes",
+          ["part", "forge ms / candidate", "baseline ms / candidate"],
+          [*[[k, 1000 * v / args.n, "-"] for k, v in cpu.items()],
+           ["total", 1000 * sum(cpu.values()) / args.n, 1000 * base_cpu / args.n]])
+    data["baseline_cpu_s"] = base_cpu
+    print(f"JSON: {write_json(name, data)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
