@@ -33,6 +33,9 @@ BACKSTOP_MARGIN = 120
 SPEC_INLINE_MAX = 64
 
 
+BODY_POLL = 0.02  # seconds between reads of the chord body's state at the end of a run
+
+
 def body_task_id(run_id: str) -> str:
     return f"{run_id}:collect"
 
@@ -202,4 +205,5 @@ def wait(
             return ForgeResult.from_dict(outcome)
         if state in ("FAILURE", "REVOKED"):
             raise RuntimeError(f"the run's callback failed: {outcome!r}")
-        time.sleep(interval)
+        # Once every candidate is in, only the body's key is read: poll it closely.
+        time.sleep(BODY_POLL if tracker.finished else interval)

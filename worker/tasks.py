@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_process_init, worker_ready
 
 from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
 from worker.lifecycle import worker_name
@@ -24,6 +25,19 @@ from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
 logger = logging.getLogger("dream_foundry")
 
 LOG_WINDOW = 40  # newest log lines kept in the task's PROGRESS meta
+
+
+@worker_process_init.connect
+@worker_ready.connect
+def _warm_up(**_kwargs) -> None:
+    """Probe bubblewrap once per pool process at start, not in a candidate's time."""
+    try:
+        from worker.sandbox import bwrap, get_backend
+
+        get_backend("local")
+        bwrap.probe()
+    except Exception as exc:  # noqa: BLE001 - the first candidate will report it properly
+        logger.warning("sandbox warm-up failed: %s", exc)
 
 
 def _attempt(task) -> int:
@@ -280,8 +294,6 @@ def _load_run_data(backend, run_data: dict[str, Any]) -> dict[str, Any]:
     if raw is None:
         raise RuntimeError(f"run {run_data.get('run_id')}: its stored RunSpec "
                            f"{run_data['spec_key']} is gone (expired?)")
-    import json
-
     return json.loads(raw)
 
 
