@@ -17,6 +17,10 @@ def test_two_workers_share_the_run_and_every_result_is_there_once(
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert "distributed" in done.stderr
+    # Lifecycle lines reach the dispatcher through Celery task state, as in embedded mode.
+    for line in ("[s000] [Run] Starting...", "[s000] [Run] Executing...",
+                 "[s007] [Run] Exit code: 0"):
+        assert line in done.stderr, line
     ids = [r["candidate_id"] for r in result["results"]]
     assert sorted(ids) == [f"s{i:03d}" for i in range(8)]
     assert all(r["success"] for r in result["results"]), result["results"]
