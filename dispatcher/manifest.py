@@ -13,6 +13,9 @@ description = "The Speed Demon"
 script = "agent_alpha.py"    # relative to this file
 timeout = 30                 # optional
 requirements = ["requests"]  # optional, installed in the sandbox first
+upload_timeout = 30          # optional phase deadlines (also allowed at the top level):
+retrieve_timeout = 10        #   upload 30 s, retrieve 10 s, install 120 s by default
+install_timeout = 120
 ```
 """
 
@@ -44,6 +47,7 @@ class Candidate:
     script_sha256: str
     timeout: int | None = None
     requirements: tuple[str, ...] = ()
+    phase_timeouts: dict[str, int] = field(default_factory=dict)
 
     @property
     def script_name(self) -> str:
@@ -59,6 +63,7 @@ class Manifest:
     env: tuple[str, ...] = ()
     judge: str = "events"
     extra: dict = field(default_factory=dict)
+    phase_timeouts: dict[str, int] = field(default_factory=dict)
 
 
 def resolve_manifest_path(path: str | Path | None) -> Path:
@@ -94,6 +99,22 @@ def _str_list(where: str, entry: dict, key: str) -> tuple[str, ...]:
     if not all(isinstance(v, str) and v for v in value):
         raise ManifestError(f"{where}: field '{key}' must be a list of non-empty strings")
     return tuple(value)
+
+
+# Per-phase deadlines besides the run's own `timeout` (defaults: the seed's 30 s upload
+# and 10 s retrieve; 120 s to install requirements).
+PHASE_TIMEOUTS = ("upload_timeout", "retrieve_timeout", "install_timeout")
+
+
+def _phase_timeouts(where: str, entry: dict) -> dict[str, int]:
+    out = {}
+    for key in PHASE_TIMEOUTS:
+        value = _field(where, entry, key, int)
+        if value is not None:
+            if not 1 <= value <= 86400:
+                raise ManifestError(f"{where}: field '{key}' must be between 1 and 86400 seconds")
+            out[key] = value
+    return out
 
 
 def _timeout(where: str, entry: dict) -> int | None:
@@ -156,8 +177,10 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
             script_sha256=sha256_text(script),
             timeout=_timeout(where, entry),
             requirements=_str_list(where, entry, "requirements"),
+            phase_timeouts=_phase_timeouts(where, entry),
         ))
     network = _field(top, data, "network", bool, default=True)
     judge = _field(top, data, "judge", str, default="events")
     return Manifest(path=p, candidates=tuple(candidates), timeout=_timeout(top, data),
-                    network=network, env=env_names, judge=judge)
+                    network=network, env=env_names, judge=judge,
+                    phase_timeouts=_phase_timeouts(top, data))

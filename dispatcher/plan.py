@@ -78,6 +78,7 @@ def plan_run(
             env_allow=tuple(env),
             requirements=c.requirements,
             limits=limits or Limits(),
+            **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
         for c in manifest.candidates
     ]

@@ -73,3 +73,24 @@ def test_bad_manifests_are_refused_naming_entry_and_field(tmp_path, toml, words)
 def test_missing_manifest_names_the_fix(tmp_path):
     with pytest.raises(ManifestError, match="no such manifest"):
         load_manifest(tmp_path / "missing.toml")
+
+
+def test_phase_deadlines_per_competition_and_per_candidate(tmp_path):
+    from dispatcher.plan import plan_run
+
+    path = write(tmp_path, 'upload_timeout = 5\nretrieve_timeout = 4\n'
+                 '[[candidate]]\nid = "a"\nscript = "a.py"\nretrieve_timeout = 2\n'
+                 'install_timeout = 9\n'
+                 '[[candidate]]\nid = "b"\nscript = "a.py"\n')
+    tasks = {t.candidate_id: t for t in plan_run("o", load_manifest(path),
+                                                 artifacts_dir=str(tmp_path)).tasks}
+    assert (tasks["a"].upload_timeout, tasks["a"].retrieve_timeout,
+            tasks["a"].install_timeout) == (5, 2, 9)
+    assert (tasks["b"].upload_timeout, tasks["b"].retrieve_timeout,
+            tasks["b"].install_timeout) == (5, 4, 120)  # the seed's defaults otherwise
+
+
+def test_bad_phase_deadline_is_refused(tmp_path):
+    path = write(tmp_path, '[[candidate]]\nid = "a"\nscript = "a.py"\nupload_timeout = 0\n')
+    with pytest.raises(ManifestError, match="candidate 'a': field 'upload_timeout'"):
+        load_manifest(path)
