@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,26 @@ for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DISCORD_WEBHOOK_URL
               "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_BASE_URL"):
     os.environ.pop(_name, None)
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(autouse=True)
+def daytona_audit(request: pytest.FixtureRequest):
+    """In every test with a Daytona emulator (``emu``): nothing it created is left alive,
+    and the API key never reached a sandbox (environment, uploads) or a call body."""
+    if "emu" not in request.fixturenames:
+        yield
+        return
+    emulator = request.getfixturevalue("emu")
+    emulator.reset_faults()
+    before = len(emulator.created)
+    yield
+    emulator.reset_faults()
+    alive = set(emulator.alive())
+    assert [i for i in emulator.created[before:] if i in alive] == []
+    key = emulator.api_key
+    assert key not in json.dumps(emulator.exec_envs)
+    assert key not in json.dumps(emulator.calls)
+    assert all(key.encode() not in content for _, _, content in emulator.uploads)
 
 
 @pytest.fixture
