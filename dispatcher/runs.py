@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker import config
+from worker import config, states
 from worker.records import CandidateResult, RunSpec
 
 PREFIX = "forge-run:"
@@ -111,24 +111,12 @@ def after_publish(app, record: RunRecord | None) -> None:
 
 def task_metas(app, task_ids: list[str]) -> dict[str, dict[str, Any]]:
     """task id -> its meta in the result backend (absent: no state at all)."""
-    backend = app.backend
-    keys = [backend.get_key_for_task(t) for t in task_ids]
-    out: dict[str, dict[str, Any]] = {}
-    for i in range(0, len(keys), 1000):
-        chunk = keys[i:i + 1000]
-        raw = backend.mget(chunk)
-        values = [dict(raw).get(k) for k in chunk] if hasattr(raw, "items") else list(raw)
-        for tid, value in zip(task_ids[i:i + 1000], values, strict=True):
-            if value is not None:
-                out[tid] = backend.decode_result(value)
-    return out
+    return states.task_metas(app.backend, task_ids)
 
 
 def kept_results(app, task_ids: list[str]) -> list[dict[str, Any]]:
     """The stored CandidateResult dicts of the tasks that finished (SUCCESS meta)."""
-    metas = task_metas(app, task_ids)
-    return [m["result"] for m in metas.values()
-            if m.get("status") == "SUCCESS" and isinstance(m.get("result"), dict)]
+    return states.stored_results(app.backend, task_ids)
 
 
 def queued_task_ids(app, wanted: set[str]) -> set[str]:

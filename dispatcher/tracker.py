@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.records import CandidateResult
+from worker.states import task_metas
 
 LogCallback = Callable[[str, str], None]
 
@@ -40,21 +41,12 @@ class RunTracker:
         self.backend = app.backend
         self.states = {cid: CandidateState(cid, tid) for cid, tid in task_ids.items()}
         self.on_log = on_log
-        self._keys = {cid: self.backend.get_key_for_task(tid) for cid, tid in task_ids.items()}
 
     def _fetch(self, ids: list[str]) -> dict[str, Any]:
-        keys = [self._keys[c] for c in ids]
-        raw = self.backend.mget(keys)
-        if hasattr(raw, "items"):
-            by_key = dict(raw)
-            values = [by_key.get(k) for k in keys]
-        else:
-            values = list(raw)
-        out = {}
-        for cid, value in zip(ids, values, strict=True):
-            if value is not None:
-                out[cid] = self.backend.decode_result(value)
-        return out
+        """candidate id -> its task's meta, for the candidates that have one."""
+        by_task = {self.states[c].task_id: c for c in ids}
+        metas = task_metas(self.backend, list(by_task))
+        return {by_task[tid]: meta for tid, meta in metas.items()}
 
     def _emit(self, st: CandidateState, line: str) -> None:
         st.last_line = line

@@ -231,20 +231,6 @@ def _sandboxes_alive(run_id: str, notes: list[str]) -> int | None:
         return None
 
 
-def _stored_results(backend, task_ids: list[str]) -> list[dict[str, Any]]:
-    """The SUCCESS results of ``task_ids`` in the result backend, one mget per 1000."""
-    out: list[dict[str, Any]] = []
-    for i in range(0, len(task_ids), 1000):
-        keys = [backend.get_key_for_task(t) for t in task_ids[i:i + 1000]]
-        raw = backend.mget(keys)
-        values = [dict(raw).get(k) for k in keys] if hasattr(raw, "items") else list(raw)
-        for value in values:
-            meta = backend.decode_result(value) if value is not None else {}
-            if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
-                out.append(meta["result"])
-    return out
-
-
 @shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True)
 def collect_results(self, results: list[dict[str, Any]],
                     run_data: dict[str, Any],
@@ -259,7 +245,9 @@ def collect_results(self, results: list[dict[str, Any]],
     entered, t0 = time.time(), time.monotonic()
     run = RunSpec.from_dict(_load_run_data(self.backend, run_data))
     if kept_task_ids:
-        results = _stored_results(self.backend, kept_task_ids) + list(results)
+        from worker.states import stored_results
+
+        results = stored_results(self.backend, kept_task_ids) + list(results)
     forge = build_forge_result(results, run)
     t_scored = time.monotonic()
     if run.execution_mode == "daytona":

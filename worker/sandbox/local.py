@@ -473,15 +473,20 @@ class BwrapSandbox(_BaseSandbox):
                     pass
                 os.close(pidfd)
             if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                _kill_group(proc.pid)
             proc.wait()
             self.cgroups.kill_all()
             if slirp is not None:
                 slirp.stop()
         return self._finish(proc, reader, buffer, t0, timed_out)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL a process group that may already be gone."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> bool:
@@ -583,10 +588,7 @@ class PlainSandbox(_BaseSandbox):
         try:
             timed_out = not _wait(proc, timeout)
         finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _kill_group(proc.pid)
             proc.wait()
             self.cgroups.kill_all()
         return self._finish(proc, reader, buffer, t0, timed_out)
