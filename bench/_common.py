@@ -29,6 +29,14 @@ from rich.table import Table  # noqa: E402
 from tests.procs import CeleryWorker, RedisServer, forge_env  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+
+# Scratch space (Redis, candidates, artifacts, the baselines' output) beside the real
+# artifacts directory, for both sides alike: on this machine creating a file under /tmp
+# costs ~0.5 ms against ~0.05 ms elsewhere on the same disk, which would measure /tmp.
+SCRATCH = ROOT / "artifacts" / ".bench-tmp"
+SCRATCH.mkdir(parents=True, exist_ok=True)
+tempfile.tempdir = str(SCRATCH)
+os.environ["TMPDIR"] = str(SCRATCH)
 TRIVIAL = ("import sys\n"
            "open(sys.argv[2], 'w').write('# hi\\n\\nobjective: ' + sys.argv[1] + '\\n')\n")
 
@@ -185,10 +193,32 @@ def table(title: str, columns: list[str], rows: list[list]) -> None:
     Console(width=140).print(t)
 
 
-def run_seed_style(script: str, objective: str, output: str) -> subprocess.CompletedProcess:
+def run_seed_style(script: str, objective: str, output: str,
+                   python: str = sys.executable) -> subprocess.CompletedProcess:
     """Exactly what the seed did per candidate: a plain subprocess, no sandbox."""
-    return subprocess.run([sys.executable, script, objective, output], capture_output=True,
+    return subprocess.run([python, script, objective, output], capture_output=True,
                           text=True, timeout=120)
+
+
+def sandbox_python(directory: Path) -> str:
+    """The interpreter environment a local sandbox gives a candidate (the base interpreter
+    without the host's site-packages), made under ``directory`` for a baseline to use."""
+    from worker.sandbox.local import _make_python_env
+
+    env = directory / "python"
+    if not env.exists():
+        _make_python_env(str(env), None)
+    return str(env / "bin" / "python3")
+
+
+def machine_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine so far (/proc/stat): every process, the
+    kernel's work for them included, which per-process accounting misses (namespace
+    teardown, reaped grandchildren)."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def now() -> float:

@@ -26,10 +26,12 @@ from _common import (  # noqa: E402
     CpuMeter,
     forge_api,
     machine,
+    machine_cpu_s,
     median,
     now,
     parse_ts,
     run_seed_style,
+    sandbox_python,
     table,
     write_json,
 )
@@ -40,26 +42,30 @@ OBJECTIVE = "bench: overhead"
 PHASES = ("pre", "create", "upload", "exec", "collect", "delete", "progress", "task")
 
 
-def _one(args: tuple[str, str]) -> int:
-    script, out = args
-    return run_seed_style(script, OBJECTIVE, out).returncode
+def _one(args: tuple[str, str, str]) -> int:
+    script, out, python = args
+    return run_seed_style(script, OBJECTIVE, out, python).returncode
 
 
-def baseline(manifest: Path, n: int, width: int) -> tuple[float, float]:
-    """(wall s, CPU s of the pool and its candidates)."""
+def baseline(manifest: Path, n: int, width: int,
+             python: str = sys.executable) -> tuple[float, float, float]:
+    """(wall s, CPU s of the pool and its candidates, machine busy CPU s)."""
     import resource
 
     out = Path(tempfile.mkdtemp(prefix="forge-perf-pool-"))
-    jobs = [(str(manifest.parent / f"c{i:04d}.py"), str(out / f"c{i:04d}.md")) for i in range(n)]
+    jobs = [(str(manifest.parent / f"c{i:04d}.py"), str(out / f"c{i:04d}.md"), python)
+            for i in range(n)]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    m0 = machine_cpu_s()
     t0 = now()
     with ProcessPoolExecutor(width) as pool:
         codes = list(pool.map(_one, jobs))
     wall = now() - t0
+    machine = machine_cpu_s() - m0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(out, ignore_errors=True)
     assert codes == [0] * n
-    return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), machine
 
 
 def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None) -> dict:
@@ -71,6 +77,7 @@ def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None
 
     if meter:
         meter.start()
+    m0 = machine_cpu_s()
     t0 = now()
     plan = runner.prepare(OBJECTIVE, candidates=str(manifest), artifacts_dir=str(artifacts),
                           post=False)
@@ -79,6 +86,7 @@ def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None
     t_published, published_epoch = now(), time.time()
     result = dispatch.wait(plan)
     wall = now() - t0
+    machine_cpu = machine_cpu_s() - m0
     cpu = meter.stop() if meter else {}
     assert sum(r.success for r in result.results) == n, \
         [r.error_message for r in result.results if not r.success][:3]
@@ -89,6 +97,7 @@ def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None
     return {
         "wall_s": wall,
         "cpu_s": cpu,
+        "machine_cpu_s": machine_cpu,
         "prepare_s": t_prepared - t0,
         "publish_s": t_published - t_prepared,
         "queue_wait_median_s": median([t["entered_at"] - published_epoch for t in tim]),
@@ -125,12 +134,17 @@ def main() -> int:
                                   {f"c{i:04d}": TRIVIAL for i in range(args.n)},
                                   "network = false" if args.no_network else "")
         forge(manifest, cluster.artifacts, args.n)  # warm-up
+        same_python = sandbox_python(cluster.tmp)
         reps = []
         for _ in range(args.reps):
-            b, b_cpu = baseline(manifest, args.n, cluster.slots)
+            b, b_cpu, b_machine = baseline(manifest, args.n, cluster.slots)
+            s, _, s_machine = baseline(manifest, args.n, cluster.slots, same_python)
             f = forge(manifest, cluster.artifacts, args.n, CpuMeter(cluster))
-            reps.append({"baseline_s": b, "baseline_cpu_s": b_cpu, "forge": f})
+            reps.append({"baseline_s": b, "baseline_cpu_s": b_cpu,
+                         "baseline_machine_cpu_s": b_machine, "same_python_s": s,
+                         "same_python_machine_cpu_s": s_machine, "forge": f})
     base = median([r["baseline_s"] for r in reps])
+    same = median([r["same_python_s"] for r in reps])
     best = sorted(reps, key=lambda r: r["forge"]["wall_s"])[len(reps) // 2]["forge"]
     wall = best["wall_s"]
     width = args.workers * args.concurrency
@@ -138,13 +152,17 @@ def main() -> int:
             "network": not args.no_network, "progress_interval_ms": args.progress_interval_ms,
             "baseline_s": base, "forge_s": wall,
             "baseline_per_s": args.n / base, "forge_per_s": args.n / wall,
-            "ratio": base / wall, "target_ratio": 0.6, "aim_ratio": 0.8, "median_rep": best}
+            "ratio": base / wall, "target_ratio": 0.6, "aim_ratio": 0.8, "median_rep": best,
+            "same_python_s": same, "ratio_same_python": same / wall}
     table(f"Overhead: {args.n} trivial candidates, width {width}, sandbox {args.sandbox}, "
           f"network {'off' if args.no_network else 'on'} (median of {args.reps})",
           ["measure", "value"],
           [["baseline pool wall s", base], ["forge wall s", wall],
            ["baseline candidates/s", args.n / base], ["forge candidates/s", args.n / wall],
-           ["ratio forge/baseline (target >= 0.6)", base / wall]])
+           ["ratio forge/baseline (target >= 0.6)", base / wall],
+           ["pool with the sandbox's python (no host site-packages) candidates/s",
+            args.n / same],
+           ["ratio forge/that pool", same / wall]])
     ph = best["phase_median_s"]
     sums = best["phase_sum_s"]
     table("Forge time breakdown (median run)", ["part", "per candidate (median) s", "sum s"],
@@ -162,11 +180,17 @@ def main() -> int:
         (f"_progress{args.progress_interval_ms}" if args.progress_interval_ms is not None else "")
     base_cpu = median([r["baseline_cpu_s"] for r in reps])
     cpu = best["cpu_s"]
+    b_machine = median([r["baseline_machine_cpu_s"] for r in reps])
+    s_machine = median([r["same_python_machine_cpu_s"] for r in reps])
     table("CPU per candidate (ms): where a CPU-bound run's time goes",
           ["part", "forge ms / candidate", "baseline ms / candidate"],
           [*[[k, 1000 * v / args.n, "-"] for k, v in cpu.items()],
-           ["total", 1000 * sum(cpu.values()) / args.n, 1000 * base_cpu / args.n]])
+           ["total of the above", 1000 * sum(cpu.values()) / args.n, 1000 * base_cpu / args.n],
+           ["whole machine (/proc/stat)", 1000 * best["machine_cpu_s"] / args.n,
+            1000 * b_machine / args.n],
+           ["whole machine, pool with the sandbox's python", "-", 1000 * s_machine / args.n]])
     data["baseline_cpu_s"] = base_cpu
+    data["baseline_machine_cpu_s"] = b_machine
     print(f"JSON: {write_json(name, data)}")
     return 0
 

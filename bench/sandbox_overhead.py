@@ -3,7 +3,9 @@
 Runs the same trivial candidate (write a one-line artifact, exit 0) N times per variant,
 interleaved so that every variant sees the same machine load:
 
-* ``subprocess``   : ``subprocess.run([python, script, objective, out])``, nothing else;
+* ``subprocess``   : ``subprocess.run([python3, script, objective, out])``, nothing else
+  (the same interpreter environment a sandbox gets: the base interpreter without the
+  host's site-packages, so only the sandbox is measured);
 * ``plain``        : the full lifecycle with the no-bubblewrap fallback sandbox;
 * ``bwrap``        : the full lifecycle, bubblewrap, network off;
 * ``bwrap+net``    : the full lifecycle, bubblewrap, slirp4netns outbound-only network.
@@ -34,14 +36,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from worker.lifecycle import run_lifecycle  # noqa: E402
 from worker.records import CandidateTask, sha256_text  # noqa: E402
 from worker.sandbox import bwrap  # noqa: E402
-from worker.sandbox.local import LocalBackend, PlainSandbox, candidate_python  # noqa: E402
+from worker.sandbox.local import (  # noqa: E402
+    LocalBackend,
+    PlainSandbox,
+    _make_python_env,
+    sandbox_parent,
+)
 
 SCRIPT = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n')\n"
 
 
 class PlainBackend(LocalBackend):
     def create(self, request, log):
-        root = tempfile.mkdtemp(prefix="forge-bench-")
+        root = tempfile.mkdtemp(prefix="forge-bench-", dir=sandbox_parent())
         return PlainSandbox(request, root, "bench")
 
 
@@ -55,7 +62,8 @@ def run_subprocess(workdir: str) -> float:
     script = os.path.join(workdir, "script.py")
     out = os.path.join(workdir, "out.md")
     t0 = time.perf_counter()
-    subprocess.run([candidate_python(), script, "bench", out], check=True,
+    subprocess.run([os.path.join(workdir, "python", "bin", "python3"), script, "bench", out],
+                   check=True,
                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return time.perf_counter() - t0
 
@@ -88,7 +96,8 @@ def main() -> None:
         raise SystemExit(f"bubblewrap unavailable: {probe.reason}")
     print(f"{args.n} runs per variant; per-sandbox cgroups "
           f"{'OFF (FORGE_NO_CGROUPS)' if os.environ.get('FORGE_NO_CGROUPS') else 'on'}")
-    workdir = tempfile.mkdtemp(prefix="forge-bench-sub-")
+    workdir = tempfile.mkdtemp(prefix="forge-bench-sub-", dir=sandbox_parent())
+    _make_python_env(os.path.join(workdir, "python"), None)
     with open(os.path.join(workdir, "script.py"), "w") as fh:
         fh.write(SCRIPT)
     variants = {

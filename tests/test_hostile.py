@@ -374,9 +374,9 @@ def check_all(results: dict[str, CandidateResult], w: World, lim: Limits,
 
 
 def leftover_sandboxes(tag: str) -> list[str]:
-    import tempfile
+    from worker.sandbox.local import sandbox_parent
 
-    return glob.glob(os.path.join(tempfile.gettempdir(), f"forge-h{tag}-*"))
+    return glob.glob(os.path.join(sandbox_parent(), f"forge-h{tag}-*"))
 
 
 # --------------------------------------------------------------------------- drivers

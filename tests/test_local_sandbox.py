@@ -82,6 +82,7 @@ def test_what_the_candidate_sees():
         import os, sys
         info = {
             "uid": os.getuid(), "cwd": os.getcwd(), "root": sorted(os.listdir("/")),
+            "opt": sorted(os.listdir("/opt")),
             "workdir": sorted(os.listdir(os.path.dirname(sys.argv[2]))),
             "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
             "home": os.environ["HOME"], "tmpdir": os.environ["TMPDIR"],
@@ -111,7 +112,8 @@ def test_what_the_candidate_sees():
     assert info["workdir"] == ["script.py"]
     assert info["home"] == "/sandbox" and info["tmpdir"] == "/tmp"
     assert "SECRET" not in info["env"] and "SANDBOX_VISIBLE" in info["env"]
-    assert not ({"home", "work", "opt", "var", "srv", "mnt"} & set(info["root"])), info["root"]
+    assert not ({"home", "work", "var", "srv", "mnt"} & set(info["root"])), info["root"]
+    assert info["opt"] == ["python"]  # the sandbox's own python environment, no host /opt
     assert "shadow" not in info["etc"] and "gshadow" not in info["etc"]
     assert max(info["pids"]) < 10, info["pids"]  # own PID namespace
     assert "tap0" not in info["ifaces"] and "eth0" not in info["ifaces"]
@@ -131,6 +133,69 @@ def test_rlimits_applied():
     got = eval(r.artifact_content)  # noqa: S307
     assert got == {"AS": 256 << 20, "CPU": 14, "FSIZE": 8 << 20, "NOFILE": 256,
                    "NPROC": 32, "CORE": 0}
+
+
+LAUNCH_PROBE = r"""
+import json, subprocess, sys
+from worker.sandbox import bwrap, local
+from worker.sandbox.base import SandboxRequest
+from worker.records import Limits
+
+spawned = []
+real_popen = subprocess.Popen
+
+def popen(*args, **kwargs):  # records how bwrap was started, then starts it
+    spawned.append({"argv0": args[0][0], "preexec": kwargs.get("preexec_fn") is not None})
+    return real_popen(*args, **kwargs)
+
+subprocess.Popen = popen
+local.prepare_process()  # what a pool process does at start, single-threaded
+sb = local.LocalBackend().create(SandboxRequest(
+    run_id="r", candidate_id="launch", timeout=7, network=False, env={},
+    limits=Limits(memory_mb=256, max_processes=32, max_file_mb=8)), print)
+try:
+    sb.upload(sys.argv[1].encode(), sb.workdir + "/s.py", 5)
+    got = sb.exec(["python3", sb.workdir + "/s.py"], 7, 65536)
+    owner = __import__("os").stat(sb.host_workdir + "/owned").st_uid  # as the host sees it
+finally:
+    sb.delete()
+print(json.dumps({"spawned": spawned[-1], "output": got.output, "exit": got.exit_code,
+                  "view": bwrap._process_view, "owner": owner}))
+"""
+
+SHOW_LIMITS = """
+import os, resource
+names = ["AS", "CPU", "FSIZE", "NOFILE", "NPROC", "CORE"]
+print(repr({n: resource.getrlimit(getattr(resource, "RLIMIT_" + n)) for n in names}))
+open("owned", "w").close()
+"""
+
+
+def test_pool_process_launch_vforks_with_the_same_limits():
+    """A single-threaded worker process starts bwrap without a preexec_fn (setpriv and
+    prlimit do the uid switch and the limits, so subprocess can vfork), and the
+    candidate still gets every rlimit, soft and hard, as a fresh unprivileged uid."""
+    require_bwrap()
+    import json
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not bwrap.probe().drop_uid:
+        pytest.skip("the uid switch happens only when the worker is root")
+    assert bwrap.launch_helpers(), "setpriv/prlimit missing: apt-get install util-linux"
+    done = subprocess.run([sys.executable, "-c", LAUNCH_PROBE, SHOW_LIMITS],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["exit"] == 0, out["output"]
+    assert out["spawned"] == {"argv0": bwrap.launch_helpers()[0], "preexec": False}
+    assert eval(out["output"]) == {  # noqa: S307 - our own repr
+        "AS": (256 << 20, 256 << 20), "CPU": (14, 15), "FSIZE": (8 << 20, 8 << 20),
+        "NOFILE": (256, 256), "NPROC": (32, 32), "CORE": (0, 0)}
+    assert out["owner"] >= bwrap.UID_BASE  # a fresh unprivileged host uid, not root
+    hidden = [p for p in bwrap.python_prefixes() if not bwrap._traversable_by_anyone(p)]
+    assert sorted(out["view"]) == sorted(hidden)  # an unreachable prefix: shown once
 
 
 def test_deadline_kills_grandchildren():
@@ -350,6 +415,80 @@ def test_candidate_python_is_outside_the_venv():
     assert ".venv" not in local.candidate_python()
 
 
+SEES_PACKAGES = """
+    import sys, importlib.util
+    found = [m for m in ("celery", "redis", "rich", "pip") if importlib.util.find_spec(m)]
+    with open(sys.argv[2], "w") as fh:
+        fh.write(repr((sys.prefix, found, [p for p in sys.path if "site-packages" in p])))
+    exit(0)  # site's builtins are there: the interpreter starts with its usual site
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "plain"])
+def test_candidate_python_has_no_host_packages(mode, request):
+    """python3 in a sandbox sees the standard library and its own environment only: none
+    of the worker's packages (nor pip), and no host site-packages on sys.path."""
+    if mode == "plain":
+        request.getfixturevalue("plain")
+    else:
+        require_bwrap()
+    r, _ = run(task(SEES_PACKAGES))
+    assert r.success, (r.error_message, r.output)
+    prefix, found, site_dirs = eval(r.artifact_content)  # noqa: S307 - our own repr
+    assert found == []
+    assert len(site_dirs) == 1 and site_dirs[0].startswith(prefix), site_dirs
+    assert ".venv" not in prefix and ".pyenv" not in site_dirs[0]
+
+
+def _tiny_wheel() -> bytes:
+    """A minimal pure-python wheel, built here: installs need no index."""
+    import io
+    import zipfile
+
+    files = {
+        "tiny_forge_pkg.py": "VALUE = 42\n",
+        "tiny_forge_pkg-1.0.dist-info/METADATA":
+            "Metadata-Version: 2.1\nName: tiny-forge-pkg\nVersion: 1.0\n",
+        "tiny_forge_pkg-1.0.dist-info/WHEEL":
+            "Wheel-Version: 1.0\nGenerator: forge-tests\nRoot-Is-Purelib: true\n"
+            "Tag: py3-none-any\n",
+    }
+    files["tiny_forge_pkg-1.0.dist-info/RECORD"] = "".join(f"{n},,\n" for n in files) + \
+        "tiny_forge_pkg-1.0.dist-info/RECORD,,\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "plain"])
+def test_requirements_install_into_the_sandbox_python(mode, request):
+    """``python3 -m pip install`` works in a sandbox and installs into its own
+    environment, where the candidate's next ``python3`` imports it."""
+    if mode == "plain":
+        request.getfixturevalue("plain")
+    else:
+        require_bwrap()
+    if bwrap.base_pip_dir() is None:
+        pytest.fail("the worker's base interpreter has no pip: requirements cannot install")
+    sb = LocalBackend().create(SandboxRequest(run_id="r", candidate_id="pip", timeout=60,
+                                              network=False, env={}, limits=SMALL), print)
+    try:
+        wheel = f"{sb.workdir}/tiny_forge_pkg-1.0-py3-none-any.whl"
+        sb.upload(_tiny_wheel(), wheel, 10)
+        got = sb.exec(["python3", "-m", "pip", "install", "--no-index", "--quiet", wheel],
+                      60, 65536)
+        assert got.exit_code == 0, got.output
+        got = sb.exec(["python3", "-c", "import tiny_forge_pkg as t; print(t.VALUE, t.__file__)"],
+                      30, 65536)
+        assert got.exit_code == 0, got.output
+        assert got.output.split()[0] == "42"
+        assert not os.path.exists(os.path.join(bwrap.base_pip_dir(), "tiny_forge_pkg.py"))
+    finally:
+        sb.delete()
+
+
 def test_candidate_is_not_host_root():
     """As root, the candidate runs as a fresh unprivileged host uid (seen from the host)."""
     require_bwrap()
@@ -396,10 +535,10 @@ def test_leftovers_of_a_dead_worker_are_swept(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    stale = tempfile.mkdtemp(prefix="forge-stale-")
+    stale = tempfile.mkdtemp(prefix="forge-stale-", dir=local.sandbox_parent())
     with open(os.path.join(stale, local.OWNER_FILE), "w") as fh:
         fh.write(f"{dead}:1")
-    alive = tempfile.mkdtemp(prefix="forge-alive-")
+    alive = tempfile.mkdtemp(prefix="forge-alive-", dir=local.sandbox_parent())
     with open(os.path.join(alive, local.OWNER_FILE), "w") as fh:
         fh.write(local._identity(os.getpid()))
     try:
@@ -439,3 +578,32 @@ def test_memory_cgroup_caps_the_whole_sandbox():
     assert "memory cgroup" in r.isolation
     assert r.success, (r.error_message, r.output)
     assert int(r.artifact_content) >= 2, "the memory cgroup did not hold"
+
+
+def test_many_files_add_up_to_the_memory_cap_at_most():
+    """Sandbox directories live on tmpfs, charged to the sandbox's memory cgroup: 64
+    files of 8 MB (512 MB, each under the file-size cap) do not fit a 256 MB sandbox."""
+    require_bwrap()
+    if local._cgroup_base("memory") is None or os.environ.get("FORGE_NO_CGROUPS"):
+        pytest.skip("no writable memory cgroup here (optional layer)")
+    assert local._is_tmpfs(local.sandbox_parent()), local.sandbox_parent()
+    r, _ = run(task("""
+        import os, sys
+        written = 0
+        block = b"x" * (1 << 20)
+        try:
+            for i in range(64):
+                with open(f"/sandbox/fill{i}", "wb") as fh:
+                    for _ in range(8):
+                        fh.write(block)
+                        fh.flush()
+                        written += 1
+        except OSError as exc:
+            print("stopped:", exc)
+        open(sys.argv[2], "w").write(str(written))
+    """, timeout=20))
+    written = int(r.artifact_content) if r.artifact_content else None
+    # Either the writes fail (no space) or the cgroup OOM-kills the candidate; never 512 MB.
+    assert (written is not None and written < 512) or r.exit_code not in (0, None), \
+        (written, r.exit_code, r.output[-300:])
+    assert not glob.glob(os.path.join(local.sandbox_parent(), "forge-c1-*"))

@@ -21,6 +21,7 @@ and a warning is logged. ``FORGE_REQUIRE_ISOLATION=1`` turns that into an error.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -37,7 +38,7 @@ import uuid
 from worker.records import Limits
 from worker.sandbox import bwrap, netns
 from worker.sandbox.base import Download, ExecResult, LogFn, SandboxError, SandboxRequest
-from worker.sandbox.bwrap import candidate_python
+from worker.sandbox.bwrap import candidate_python, python_env_files
 from worker.sandbox.capture import TailBuffer, pump
 
 MiB = 1024 * 1024
@@ -215,6 +216,10 @@ class _BaseSandbox:
         if host_uid is not None:
             os.chown(self.host_workdir, host_uid, host_uid)
         self.workdir = workdir  # as the candidate sees it
+        # The candidate's own python3: the base interpreter with no host site-packages.
+        self.host_python_env = os.path.join(root, "python")
+        _make_python_env(self.host_python_env, host_uid)
+        self.python_env = self.host_python_env  # as the candidate sees it
         self.tmpfs_bytes = max(request.limits.max_file_mb, 16) * MiB
         self.cgroups = Cgroups(
             f"forge-{self.id}",
@@ -307,10 +312,14 @@ class _BaseSandbox:
 
     # -- execution helpers
 
-    def _env(self, home: str, tmp: str) -> dict[str, str]:
+    def _env(self, home: str, tmp: str, command: list[str]) -> dict[str, str]:
         env = dict(self.request.env)  # the allow-list, filtered by the lifecycle
+        if command[1:3] == ["-m", "pip"] and bwrap.base_pip_dir():
+            # pip (alone, not the host's other packages) for the installer only, which
+            # installs into the sandbox's python environment.
+            env["PYTHONPATH"] = f"{self.python_env}/{PIP_SHIM}"
         env.update({
-            "PATH": f"{os.path.dirname(candidate_python())}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{self.python_env}/bin:/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
             "TMPDIR": tmp,
             "LANG": "C.UTF-8",
@@ -319,10 +328,9 @@ class _BaseSandbox:
         })
         return env
 
-    @staticmethod
-    def _argv(argv: list[str]) -> list[str]:
+    def _argv(self, argv: list[str]) -> list[str]:
         if argv and argv[0] == "python3":
-            return [candidate_python(), *argv[1:]]
+            return [f"{self.python_env}/bin/python3", *argv[1:]]
         return list(argv)
 
     def _finish(self, proc: subprocess.Popen, reader, buffer: TailBuffer, t0: float,
@@ -361,13 +369,12 @@ class BwrapSandbox(_BaseSandbox):
         as_host_root = host_uid is None and os.geteuid() == 0
         super().__init__(request, root, bwrap.INSIDE_WORKDIR, host_uid,
                          ("pids", "memory") if as_host_root else ("memory",))
+        self.python_env = bwrap.INSIDE_PYTHON_ENV
         try:
             self.launch = bwrap.plan_launch(root, host_uid)
             self.net = net
             self.bwrap = probe.bwrap or "bwrap"
-            self.etc_dir = os.path.join(root, "etc")
-            os.mkdir(self.etc_dir, 0o755)
-            bwrap.write_etc(self.etc_dir, self.net)
+            self.etc = bwrap.etc_binds(self.net, sandbox_parent(), _identity(os.getpid()))
         except BaseException:
             self.cgroups.remove()
             raise
@@ -399,15 +406,17 @@ class BwrapSandbox(_BaseSandbox):
         full = bwrap.build_argv(
             self.bwrap,
             host_workdir=self.host_workdir,
-            etc_dir=self.etc_dir,
+            etc=self.etc,
             share_host_net=self.net == "host",
             tmpfs_bytes=self.tmpfs_bytes,
             info_fd=info_w,
             block_fd=block_r,
             command=command,
             python_binds=self.launch.binds,
+            python_env=self.host_python_env,
         )
         limits = _rlimits(self.request.limits, timeout)
+        full, preexec = self.launch.spawn(full, limits)
         buffer = TailBuffer(output_cap)
         t0 = time.monotonic()
         try:
@@ -417,10 +426,10 @@ class BwrapSandbox(_BaseSandbox):
                 stdout=out_w,
                 stderr=out_w,
                 pass_fds=(info_w, block_r),
-                env=self._env(bwrap.INSIDE_WORKDIR, "/tmp"),
+                env=self._env(bwrap.INSIDE_WORKDIR, "/tmp", command),
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=self.launch.preexec(limits),
+                preexec_fn=preexec,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in (info_r, info_w, block_r, block_w, out_r, out_w):
@@ -479,6 +488,29 @@ class BwrapSandbox(_BaseSandbox):
             if slirp is not None:
                 slirp.stop()
         return self._finish(proc, reader, buffer, t0, timed_out)
+
+
+PIP_SHIM = "installer"  # in the python env: a directory holding only a link to the host's pip
+
+
+def _make_python_env(path: str, host_uid: int | None) -> None:
+    """A venv skeleton over the base interpreter: ``python3`` starts with the standard
+    library and whatever the candidate's requirements install here, nothing of the host's
+    site-packages (no host packages, no host ``.pth`` code at every start)."""
+    files = python_env_files()
+    for rel in files.dirs:
+        os.makedirs(os.path.join(path, rel), 0o755, exist_ok=True)
+    with open(os.path.join(path, "pyvenv.cfg"), "w", encoding="utf-8") as fh:
+        fh.write(files.pyvenv_cfg)
+    for name in ("python3", "python"):
+        os.symlink(candidate_python(), os.path.join(path, "bin", name))
+    pip_dir = bwrap.base_pip_dir()
+    if pip_dir:
+        os.mkdir(os.path.join(path, PIP_SHIM), 0o755)
+        os.symlink(os.path.join(pip_dir, "pip"), os.path.join(path, PIP_SHIM, "pip"))
+    if host_uid is not None:  # the installer runs as the sandbox's uid
+        for rel in ("", *files.dirs):
+            os.chown(os.path.join(path, rel), host_uid, host_uid)
 
 
 def _kill_group(pgid: int) -> None:
@@ -565,11 +597,12 @@ class PlainSandbox(_BaseSandbox):
         out_r, out_w = os.pipe()
         buffer = TailBuffer(output_cap)
         t0 = time.monotonic()
+        command = self._argv(argv)
         try:
             proc = subprocess.Popen(
-                self._argv(argv),
+                command,
                 cwd=self.host_workdir,
-                env=self._env(self.host_workdir, self.tmpdir),
+                env=self._env(self.host_workdir, self.tmpdir, command),
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=out_w,
@@ -602,6 +635,32 @@ class PlainSandbox(_BaseSandbox):
 # whose owner is gone, and empty forge cgroups older than ten minutes.
 
 OWNER_FILE = ".forge-owner"
+
+
+@functools.lru_cache(maxsize=1)
+def sandbox_parent() -> str:
+    """Where sandbox roots live: ``FORGE_SANDBOX_DIR``, else a tmpfs (``/dev/shm``) when
+    there is one, else the temp directory.
+
+    A sandbox is a few directories, files and links made and removed per candidate; on a
+    journaling disk that metadata was a fifth of a trivial candidate's cost. On tmpfs the
+    files a candidate writes are memory charged to its own memory cgroup, so its limit
+    covers them too.
+    """
+    chosen = os.environ.get("FORGE_SANDBOX_DIR", "").strip()
+    if chosen:
+        return chosen
+    if _is_tmpfs("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        return "/dev/shm"
+    return tempfile.gettempdir()
+
+
+def _is_tmpfs(path: str) -> bool:
+    try:
+        with open("/proc/self/mounts") as fh:
+            return any(line.split()[1:3] == [path, "tmpfs"] for line in fh)
+    except OSError:
+        return False
 _swept = False
 
 
@@ -620,7 +679,7 @@ def _sweep_leftovers() -> None:
     if _swept:
         return
     _swept = True
-    for owner in glob.glob(os.path.join(tempfile.gettempdir(), "forge-*", OWNER_FILE)):
+    for owner in glob.glob(os.path.join(sandbox_parent(), "forge-*", OWNER_FILE)):
         try:
             with open(owner) as fh:
                 recorded = fh.read().strip()
@@ -642,6 +701,15 @@ def _sweep_leftovers() -> None:
                 pass
 
 
+def prepare_process() -> None:
+    """Per-process set-up that must happen while the process is single-threaded (a pool
+    process calls it at start; later calls are cheap no-ops): see bwrap.share_prefixes."""
+    try:
+        bwrap.share_prefixes(sandbox_parent(), _identity(os.getpid()))
+    except OSError:
+        pass  # sandboxes then mount the prefix themselves, per launch
+
+
 class LocalBackend:
     name = "local"
     label = "Local"
@@ -652,6 +720,8 @@ class LocalBackend:
         except Exception:  # noqa: BLE001 - housekeeping must never stop a run
             pass
         probe = bwrap.probe()
+        if probe.drop_uid:
+            prepare_process()
         if not probe.ok and _truthy("FORGE_REQUIRE_ISOLATION"):
             raise SandboxError(
                 "Sandbox creation",
@@ -660,7 +730,8 @@ class LocalBackend:
             )
         root = None
         try:
-            root = tempfile.mkdtemp(prefix=f"forge-{_safe(request.candidate_id)}-")
+            root = tempfile.mkdtemp(prefix=f"forge-{_safe(request.candidate_id)}-",
+                                    dir=sandbox_parent())
             os.chmod(root, 0o711)
             me = _identity(os.getpid())
             if me:
