@@ -85,15 +85,13 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
 
 def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
     """Publish the missing candidates plus a body that also reads the kept ones."""
-    from celery.result import denied_join_result
-
-    from dispatcher.dispatch import body_task_id, build_chord
+    from dispatcher.dispatch import body_task_id, build_chord, never_joined
     from worker.tasks import collect_results
 
     record.status, record.resumes, record.published_at = "publishing", record.resumes + 1, None
     runs.save(app, record)
     kept = list(rp.kept_task_ids)
-    with denied_join_result():  # we poll the backend; never subscribe per task
+    with never_joined():  # we poll the backend; never subscribe per task
         if rp.missing.tasks:
             canvas = build_chord(rp.missing)
             canvas.body.kwargs["kept_task_ids"] = kept

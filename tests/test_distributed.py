@@ -64,3 +64,42 @@ def test_unreachable_broker_is_one_clear_line_and_exit_2(artifacts, tmp_path):
     assert "cannot reach the Celery broker" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+PUBLISH_AND_COUNT = """
+import json, sys
+import redis
+from dispatcher import dispatch, runner
+
+client = redis.Redis.from_url(sys.argv[2])
+out = {}
+for n, use_ours in ((3, True), (70, True), (3, False)):
+    plan = runner.prepare("subs", candidates=f"{sys.argv[1]}/m{n}/candidates.toml", post=False)
+    if use_ours:
+        result = dispatch.publish(plan)
+    else:  # the plain Celery way, to show what is being measured
+        result = dispatch.build_chord(plan).apply_async()
+    key = f"{n}-{'forge' if use_ours else 'celery'}"
+    out[key] = len(client.pubsub_channels("celery-task-meta-*"))
+print(json.dumps(out))
+"""
+
+
+def test_publishing_subscribes_to_no_result_channel(distributed_env, redis_server, tmp_path):
+    """The dispatcher polls the backend and never joins a task, so publishing (small runs
+    and batched large ones) leaves no Redis subscription per task; plain Celery would."""
+    import subprocess
+    import sys
+
+    from tests.manifests import write_manifest
+    from tests.procs import ROOT
+
+    for n in (3, 70):
+        write_manifest(tmp_path / f"m{n}", {f"c{i:03d}": "print(1)\n" for i in range(n)})
+    done = subprocess.run([sys.executable, "-c", PUBLISH_AND_COUNT, str(tmp_path),
+                           redis_server.url], cwd=ROOT, env=distributed_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["3-forge"] == 0 and counts["70-forge"] == 0, counts
+    assert counts["3-celery"] >= 3, counts  # the control: Celery's default subscribes

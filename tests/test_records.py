@@ -49,3 +49,24 @@ def test_unknown_keys_are_ignored_for_forward_compatibility():
                               "execution_mode": "local", "artifacts_dir": "/x",
                               "candidates": [{"id": "a", "name": "A", "extra": 1}]})
     assert spec.candidates[0] == CandidateInfo(id="a", name="A")
+
+
+def test_to_dict_equals_dataclasses_asdict_and_copies_containers():
+    """The fast to_dict gives what dataclasses.asdict gives, with fresh containers."""
+    import dataclasses
+
+    r = CandidateResult(candidate_id="a", success=True, output="x", log=["l1", "l2"],
+                        timings={"exec": 0.5}, warnings=["w"])
+    f = ForgeResult(run_id="r", objective="o", timestamp="t", execution_mode="local",
+                    candidates=[CandidateInfo(id="a", name="A")],
+                    scores=[Score(candidate_id="a", total_score=1.0, gates={"g": True})],
+                    results=[r], notes=["n"])
+    task = CandidateTask(run_id="r1", candidate_id="alpha", name="A", script_name="a.py",
+                         script="x", script_sha256=sha256_text("x"), objective="obj",
+                         limits=Limits(memory_mb=256))
+    for record in (r, f, task.limits):
+        assert record.to_dict() == dataclasses.asdict(record)
+    d = f.to_dict()
+    d["results"][0]["log"].append("changed")
+    d["scores"][0]["gates"]["g"] = False
+    assert r.log == ["l1", "l2"] and f.scores[0].gates == {"g": True}

@@ -17,10 +17,39 @@ T = TypeVar("T")
 DEFAULT_OBJECTIVE = "Generate weekly 'AI Events in San Francisco' post for Discord"
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build a dataclass from a dict, ignoring unknown keys (forward compatible)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = _names(cls)
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` without its deep copy of every leaf value: records hold
+    JSON values, records and lists of them, so new containers are copy enough. It was
+    most of the dispatcher's CPU when publishing thousands of tasks."""
+    return {name: _plain(getattr(obj, name)) for name in _names(type(obj))}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if dataclasses.is_dataclass(value):
+        return _to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def sha256_text(text: str) -> str:
@@ -40,7 +69,7 @@ class Limits:
     artifact_bytes: int = 1024 * 1024
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Limits:
@@ -78,7 +107,7 @@ class CandidateTask:
         return task_id_for(self.run_id, self.candidate_id)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = _to_dict(self)
         data["env_allow"] = list(self.env_allow)
         data["requirements"] = list(self.requirements)
         return data
@@ -130,7 +159,7 @@ class CandidateResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CandidateResult:
@@ -155,7 +184,7 @@ class Score:
     rank: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Score:
@@ -173,7 +202,7 @@ class CandidateInfo:
     artifact: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CandidateInfo:
@@ -198,7 +227,7 @@ class RunSpec:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
@@ -230,7 +259,7 @@ class ForgeResult:
     sandboxes_alive: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ForgeResult:
