@@ -30,9 +30,8 @@ from tests.procs import CeleryWorker, RedisServer, forge_env  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
-# Scratch space (Redis, candidates, artifacts, the baselines' output) beside the real
-# artifacts directory, for both sides alike: on this machine creating a file under /tmp
-# costs ~0.5 ms against ~0.05 ms elsewhere on the same disk, which would measure /tmp.
+# Scratch space (Redis, candidates, artifacts, the baselines' output), for both sides
+# alike, beside the real artifacts directory: the disk a run writes to by default.
 SCRATCH = ROOT / "artifacts" / ".bench-tmp"
 SCRATCH.mkdir(parents=True, exist_ok=True)
 tempfile.tempdir = str(SCRATCH)

@@ -104,8 +104,9 @@ def results_table(result: ForgeResult) -> Table:
                       ("Speed", "right"), ("TOTAL", "right"), ("Gates", "center"),
                       ("Time", "right"), ("Note", "left")):
         table.add_column(col, justify=just)
+    results = {r.candidate_id: r for r in reversed(result.results)}  # first one wins
     for s in sorted(result.scores, key=lambda s: s.rank):
-        r = result.result_for(s.candidate_id)
+        r = results.get(s.candidate_id)
         gate = Text("PASS", style="green") if s.qualified else Text("FAIL", style="red")
         note = s.disqualified_reason or ""
         table.add_row(

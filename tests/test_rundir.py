@@ -30,6 +30,21 @@ def forge_result(run_id: str = "run-1", winner_score: float = 80.0) -> ForgeResu
         results=[ok, bad])
 
 
+def test_summary_json_is_the_summary_dict_one_candidate_per_line(tmp_path):
+    """summary.json, encoded item by item, parses to exactly summary_dict (no bulk)."""
+    from worker.rundir import summary_dict
+
+    result = forge_result()
+    result.notes = ["a note"]
+    run = write_run_dir(result, tmp_path)
+    text = (run / "summary.json").read_text("utf-8")
+    assert json.loads(text) == summary_dict(result)
+    assert "output" not in json.loads(text)["results"][0]
+    lines = text.splitlines()
+    assert sum(1 for line in lines if line.lstrip().startswith('{"candidate_id"')) == 4
+    assert read_summary(tmp_path, "run-1") == ForgeResult.from_dict(summary_dict(result))
+
+
 def snapshot(path):
     return {str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(path.rglob("*")) if p.is_file()}

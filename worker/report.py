@@ -112,9 +112,11 @@ def _rows(result: ForgeResult) -> list[_Row]:
     infos = {c.id: c for c in result.candidates}
     ids = [c.id for c in result.candidates]
     ids += [s.candidate_id for s in result.scores if s.candidate_id not in infos]
-    ids += [r.candidate_id for r in result.results if r.candidate_id not in ids]
+    ids += [r.candidate_id for r in result.results]
     ids = list(dict.fromkeys(ids))
-    rows = [_Row(i, infos.get(i), result.score_for(i), result.result_for(i)) for i in ids]
+    scores = {s.candidate_id: s for s in reversed(result.scores)}  # first one wins
+    results = {r.candidate_id: r for r in reversed(result.results)}
+    rows = [_Row(i, infos.get(i), scores.get(i), results.get(i)) for i in ids]
     order = {i: n for n, i in enumerate(ids)}
 
     def key(row: _Row) -> tuple[int, int]:

@@ -7,13 +7,15 @@ content and changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from worker.records import ForgeResult
+from worker.records import CandidateResult, ForgeResult, _names, _plain
 
 SUMMARY = "summary.json"
 
@@ -23,34 +25,72 @@ def _json(data: object) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "replace")
 
 
+_BULK = ("output", "artifact_content")  # per-candidate bulk: in its own files only
+
+
 def summary_dict(result: ForgeResult) -> dict:
-    """summary.json: the ForgeResult, with per-candidate bulk (output, artifact) left to
-    each candidate's own files so the summary stays small at thousands of candidates."""
+    """summary.json's content: the ForgeResult, with per-candidate bulk (output, artifact)
+    left to each candidate's own files so the summary stays small at thousands of
+    candidates."""
     data = result.to_dict()
     for r in data["results"]:
-        r.pop("output", None)
-        r.pop("artifact_content", None)
+        for key in _BULK:
+            r.pop(key, None)
     return data
 
 
-def render_files(result: ForgeResult) -> dict[str, bytes]:
-    """Every file of the run directory, by relative path."""
+def _summary_json(result: ForgeResult) -> bytes:
+    """summary.json (= ``summary_dict``): top-level keys one per line, and each
+    candidate, score and result on a line of its own, encoded one at a time.
+
+    The standard encoder's indented output is pure Python and built whole in memory
+    (~100 MB of small strings at 5,000 candidates); this is the C encoder per item, the
+    records are never all converted at once, and one line per candidate greps well.
+    """
+    def enc(value: object) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    def item(record) -> str:
+        data = record.to_dict()
+        if isinstance(record, CandidateResult):
+            for key in _BULK:
+                data.pop(key, None)
+        return "    " + enc(data)
+
+    lines = []
+    for name in _names(ForgeResult):
+        value = getattr(result, name)
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            lines.append(f"  {enc(name)}: [\n" + ",\n".join(map(item, value)) + "\n  ]")
+        else:
+            lines.append(f"  {enc(name)}: {enc(_plain(value))}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8", "replace")
+
+
+def iter_files(result: ForgeResult) -> Iterator[tuple[str, bytes]]:
+    """Every file of the run directory as (relative path, bytes), one at a time: at
+    thousands of candidates the whole directory is never in memory at once."""
     from worker import report
 
-    files: dict[str, bytes] = {SUMMARY: _json(summary_dict(result))}
+    yield SUMMARY, _summary_json(result)
     for r in result.results:
         cid = r.candidate_id
-        files[f"{cid}/result.json"] = _json(r.to_dict())
-        files[f"{cid}/output.log"] = r.output.encode("utf-8", errors="replace")
+        yield f"{cid}/result.json", _json(r.to_dict())
+        yield f"{cid}/output.log", r.output.encode("utf-8", errors="replace")
         if r.artifact_content is not None:
-            files[f"{cid}/discord_post.md"] = r.artifact_content.encode("utf-8", errors="replace")
-    files["report.md"] = report.render_markdown(result).encode("utf-8")
-    files["report.html"] = report.render_html(result).encode("utf-8")
-    return files
+            yield f"{cid}/discord_post.md", r.artifact_content.encode("utf-8", errors="replace")
+    yield "report.md", report.render_markdown(result).encode("utf-8")
+    yield "report.html", report.render_html(result).encode("utf-8")
 
 
-def _same(directory: Path, files: dict[str, bytes]) -> bool:
-    for rel, data in files.items():
+def render_files(result: ForgeResult) -> dict[str, bytes]:
+    """Every file of the run directory, by relative path (all in memory: small runs)."""
+    return dict(iter_files(result))
+
+
+def _same(directory: Path, result: ForgeResult) -> bool:
+    """Does ``directory`` already hold exactly the files ``result`` renders to?"""
+    for rel, data in iter_files(result):
         try:
             if (directory / rel).read_bytes() != data:
                 return False
@@ -102,14 +142,13 @@ def write_run_dir(result: ForgeResult, artifacts_dir: str | os.PathLike) -> Path
     root = Path(artifacts_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / result.run_id
-    files = render_files(result)
-    if final.is_dir() and _same(final, files):
+    if final.is_dir() and _same(final, result):
         return final
     tmp = root / f".tmp-{result.run_id}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         made = {tmp}
-        for rel, data in sorted(files.items()):
+        for rel, data in iter_files(result):
             path = tmp / rel
             if path.parent not in made:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +157,7 @@ def write_run_dir(result: ForgeResult, artifacts_dir: str | os.PathLike) -> Path
                 fh.write(data)
         _sync_tree(tmp)
         if final.exists():
-            if _same(final, files):
+            if _same(final, result):
                 return final
             # Keep extra files the run directory gained since (e.g. the Discord record).
             for extra in final.iterdir():
@@ -135,7 +174,7 @@ def write_run_dir(result: ForgeResult, artifacts_dir: str | os.PathLike) -> Path
                 _fsync_dir(root)
             except OSError:
                 # Another callback got there first (duplicate delivery): same data wins.
-                if not _same(final, files):
+                if not _same(final, result):
                     raise
         return final
     finally:
