@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -238,6 +238,11 @@ def _details_md(details: Any) -> list[str]:
 
 def render_markdown(result: ForgeResult) -> str:
     """``report.md``: the same content as the HTML, readable as plain text."""
+    return "".join(markdown_parts(result))
+
+
+def markdown_parts(result: ForgeResult) -> Iterator[str]:
+    """``report.md`` as pieces to write one after another (no whole copy in memory)."""
     rows = _rows(result)
     win = _winner(result, rows)
     lines = [
@@ -299,7 +304,10 @@ def render_markdown(result: ForgeResult) -> str:
     lines += ["", "---", f"Run `{_md_cell(result.run_id)}` · judge `{_md_cell(result.judge)}`"
               + (f" · definition `{_md_cell(result.definition_sha256[:12])}`"
                  if result.definition_sha256 else ""), ""]
-    return "\n".join(lines)
+    for n, line in enumerate(lines):
+        if n:
+            yield "\n"
+        yield line
 
 
 # --------------------------------------------------------------------------- post markdown
@@ -708,6 +716,11 @@ def _candidate_html(row: _Row, is_winner: bool) -> str:
 
 def render_html(result: ForgeResult) -> str:
     """``report.html``: one self-contained page (inline CSS, no scripts, no fetches)."""
+    return "".join(html_parts(result))
+
+
+def html_parts(result: ForgeResult) -> Iterator[str]:
+    """``report.html`` as pieces to write one after another (no whole copy in memory)."""
     rows = _rows(result)
     win = _winner(result, rows)
     meta = [("Run", f'<span class="mono">{_e(result.run_id)}</span>'),
@@ -721,7 +734,7 @@ def render_html(result: ForgeResult) -> str:
     footer = f"Dream Foundry · run {_e(result.run_id)}"
     if result.definition_sha256:
         footer += f' · definition <span class="mono">{_e(result.definition_sha256[:12])}</span>'
-    page = (
+    head = (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
@@ -737,7 +750,8 @@ def render_html(result: ForgeResult) -> str:
         f"<section><h2>Winner</h2>{_winner_html(result, win)}</section>\n"
         f"<section><h2>Leaderboard</h2>{_board_html(rows, result.winner_id)}</section>\n"
         "<section><h2>Candidates</h2>"
-        + "\n".join(_candidate_html(row, win is not None and row is win) for row in rows)
-        + f"</section>\n<footer>{footer}</footer></main></body></html>\n"
     )
-    return page
+    yield head
+    for n, row in enumerate(rows):
+        yield ("\n" if n else "") + _candidate_html(row, win is not None and row is win)
+    yield f"</section>\n<footer>{footer}</footer></main></body></html>\n"

@@ -67,9 +67,10 @@ def _summary_json(result: ForgeResult) -> bytes:
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8", "replace")
 
 
-def iter_files(result: ForgeResult) -> Iterator[tuple[str, bytes]]:
-    """Every file of the run directory as (relative path, bytes), one at a time: at
-    thousands of candidates the whole directory is never in memory at once."""
+def iter_files(result: ForgeResult) -> Iterator[tuple[str, bytes | Iterator[str]]]:
+    """Every file of the run directory as (relative path, content), one at a time: at
+    thousands of candidates the whole directory is never in memory at once. Content is
+    bytes, or (the reports, megabytes at that size) text pieces made as they are written."""
     from worker import report
 
     yield SUMMARY, _summary_json(result)
@@ -79,20 +80,24 @@ def iter_files(result: ForgeResult) -> Iterator[tuple[str, bytes]]:
         yield f"{cid}/output.log", r.output.encode("utf-8", errors="replace")
         if r.artifact_content is not None:
             yield f"{cid}/discord_post.md", r.artifact_content.encode("utf-8", errors="replace")
-    yield "report.md", report.render_markdown(result).encode("utf-8")
-    yield "report.html", report.render_html(result).encode("utf-8")
+    yield "report.md", report.markdown_parts(result)
+    yield "report.html", report.html_parts(result)
+
+
+def _bytes(content: bytes | Iterator[str]) -> bytes:
+    return content if isinstance(content, bytes) else "".join(content).encode("utf-8")
 
 
 def render_files(result: ForgeResult) -> dict[str, bytes]:
     """Every file of the run directory, by relative path (all in memory: small runs)."""
-    return dict(iter_files(result))
+    return {rel: _bytes(content) for rel, content in iter_files(result)}
 
 
 def _same(directory: Path, result: ForgeResult) -> bool:
     """Does ``directory`` already hold exactly the files ``result`` renders to?"""
-    for rel, data in iter_files(result):
+    for rel, content in iter_files(result):
         try:
-            if (directory / rel).read_bytes() != data:
+            if (directory / rel).read_bytes() != _bytes(content):
                 return False
         except OSError:
             return False
@@ -148,13 +153,17 @@ def write_run_dir(result: ForgeResult, artifacts_dir: str | os.PathLike) -> Path
     tmp.mkdir()
     try:
         made = {tmp}
-        for rel, data in iter_files(result):
+        for rel, content in iter_files(result):
             path = tmp / rel
             if path.parent not in made:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 made.add(path.parent)
             with open(path, "wb") as fh:
-                fh.write(data)
+                if isinstance(content, bytes):
+                    fh.write(content)
+                else:
+                    for piece in content:
+                        fh.write(piece.encode("utf-8"))
         _sync_tree(tmp)
         if final.exists():
             if _same(final, result):

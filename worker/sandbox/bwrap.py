@@ -5,7 +5,8 @@ What the sandbox sees (everything else of the host is absent, not merely read-on
 * ``/usr`` and the ``/bin``, ``/sbin``, ``/lib*`` links or directories, read-only;
 * a short list of harmless ``/etc`` files (loader cache, TLS roots, nsswitch, time
   zone...), read-only; ``passwd``, ``group``, ``hosts`` and ``resolv.conf`` are
-  generated per sandbox, so no host account or resolver detail leaks in;
+  generated, so no host account or resolver detail leaks in (all of it one read-only
+  ``/etc`` skeleton per process and network mode, see ``etc_binds``);
 * the candidate interpreter's installation prefix (``sys.base_prefix``), read-only;
 * ``/sandbox``: the private working directory (script + output), and ``/opt/python``:
   the sandbox's own python environment (``python3`` without the host's site-packages,
