@@ -45,7 +45,10 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_track_started=True,
-    result_extended=True,
+    # Not result_extended: it re-encodes a task's arguments (a candidate's whole script)
+    # into every state it stores, and keeps them in Redis; nothing reads them back (Flower
+    # gets names and the short argsrepr from task events).
+    result_extended=False,
     result_expires=RESULT_EXPIRES,
     result_chord_expires=RESULT_EXPIRES,
     result_compression=None,

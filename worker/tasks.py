@@ -119,8 +119,10 @@ def _first_finished(task, result: dict[str, Any]) -> dict[str, Any]:
     return json.loads(raw) if raw else result
 
 
+# track_started off: its first PROGRESS write ("[Run] Starting...") follows at once and
+# says the same, so STARTED would be one more encode and Redis write per candidate.
 @shared_task(bind=True, name="worker.tasks.run_candidate", acks_late=True,
-             reject_on_worker_lost=True)
+             reject_on_worker_lost=True, track_started=False)
 def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     """Run one candidate in a fresh sandbox; always return a CandidateResult dict."""
     entered, t_enter = time.time(), time.monotonic()
