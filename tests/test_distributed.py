@@ -103,3 +103,27 @@ def test_publishing_subscribes_to_no_result_channel(distributed_env, redis_serve
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["3-forge"] == 0 and counts["70-forge"] == 0, counts
     assert counts["3-celery"] >= 3, counts  # the control: Celery's default subscribes
+
+
+def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, workers, tmp_path):
+    """Each pool process makes an /etc skeleton (and, for an interpreter the sandbox uid
+    cannot reach, a mount view) under the sandbox directory; a worker that stops cleanly
+    removes them, though pool processes leave through os._exit."""
+    import glob
+    import os
+
+    from worker.sandbox.local import sandbox_parent
+
+    def helpers() -> set[str]:
+        return {p for pat in ("forge-etc-*", "forge-view-*")
+                for p in glob.glob(os.path.join(sandbox_parent(), pat))}
+
+    before = helpers()
+    (w,) = workers(distributed_env, n=1, concurrency=2)
+    manifest = sleepers(tmp_path / "cands", 2, seconds=0.1)
+    done = run_forge_cli(["run", "--candidates", str(manifest), "--no-post"], distributed_env)
+    assert done.returncode == 0, done.stderr
+    during = helpers() - before
+    assert during, "the worker's pool processes made no /etc skeleton: nothing was tested"
+    w.stop()
+    assert not (helpers() & during), sorted(helpers() & during)

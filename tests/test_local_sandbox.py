@@ -607,3 +607,30 @@ def test_many_files_add_up_to_the_memory_cap_at_most():
     assert (written is not None and written < 512) or r.exit_code not in (0, None), \
         (written, r.exit_code, r.output[-300:])
     assert not glob.glob(os.path.join(local.sandbox_parent(), "forge-c1-*"))
+
+
+def test_sweeping_a_dead_processs_view_never_recurses(tmp_path):
+    """A forge-view-* directory holds a mount of the interpreter in its owner's mount
+    namespace: the sweep removes only empty directories there, never what lies below."""
+    import subprocess
+    import sys
+    import tempfile
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    view = tempfile.mkdtemp(prefix="forge-view-", dir=local.sandbox_parent())
+    empty, busy = os.path.join(view, "p0"), os.path.join(view, "p1")
+    os.mkdir(empty)
+    os.mkdir(busy)
+    keep = os.path.join(busy, "python3.11")  # stands for a file of the mounted prefix
+    open(keep, "w").close()
+    with open(os.path.join(view, local.OWNER_FILE), "w") as fh:
+        fh.write(f"{dead}:1")
+    try:
+        local._swept = False
+        local._sweep_leftovers()
+        assert os.path.exists(keep) and not os.path.exists(empty)
+    finally:
+        import shutil
+
+        shutil.rmtree(view, ignore_errors=True)

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
 from worker.lifecycle import worker_name
@@ -42,6 +42,14 @@ def _warm_up(**_kwargs) -> None:
     import gc
 
     gc.freeze()  # the modules loaded so far are never garbage: keep them out of every GC
+
+
+@worker_process_shutdown.connect
+def _release(**_kwargs) -> None:
+    """A pool process leaves through os._exit (no atexit): remove its sandbox helpers."""
+    from worker.sandbox import bwrap
+
+    bwrap.release_process()
 
 
 def _attempt(task) -> int:

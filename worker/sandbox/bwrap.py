@@ -168,7 +168,7 @@ def _make_etc(network: str, parent: str, owner: str | None) -> str:
     for root, dirs, _files in os.walk(etc):
         for d in dirs:
             os.chmod(os.path.join(root, d), 0o755)
-    atexit.register(shutil.rmtree, top, True)
+    _cleanup.append((os.getpid(), lambda: shutil.rmtree(top, ignore_errors=True)))
     return etc
 
 
@@ -317,6 +317,7 @@ _CLONE_FS_THREADS_HINT = "the process already runs threads"
 _MS_SLAVE = 1 << 19
 _MS_REMOUNT = 32
 _MS_RDONLY = 1
+_MNT_DETACH = 2
 
 
 @functools.lru_cache(maxsize=1)
@@ -357,11 +358,68 @@ def share_prefixes(parent: str, owner: str | None = None) -> str | None:
         point = os.path.join(top, f"p{i}")
         os.mkdir(point, 0o755)
         if libc.mount(prefix.encode(), point.encode(), None, _MS_BIND | _MS_REC, None) != 0:
+            os.rmdir(point)
             continue
-        libc.mount(b"none", point.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
+        if libc.mount(b"none", point.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY,
+                      None) != 0:  # never leave a writable view of the interpreter around
+            libc.umount2(point.encode(), _MNT_DETACH)
+            os.rmdir(point)
+            continue
         view[prefix] = point
     _process_view = view
+    _cleanup.append((os.getpid(), lambda: release_view(libc, top)))
     return None
+
+
+def release_view(libc, top: str) -> None:
+    """Undo ``share_prefixes`` (process exit): unmount, then remove the empty dirs. Never
+    a recursive delete: below a mount point lies the interpreter itself."""
+    global _process_view
+    for point in (_process_view or {}).values():
+        libc.umount2(point.encode(), _MNT_DETACH)
+    _process_view = {}
+    remove_view_dir(top)
+
+
+def remove_view_dir(top: str) -> None:
+    """Remove a ``forge-view-*`` directory (ours, or a dead process's) without recursing:
+    a mount point still in use somewhere stays, and nothing below one is touched."""
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(top, name)
+        try:
+            if name == ".forge-owner":
+                os.unlink(path)
+            else:
+                os.rmdir(path)
+        except OSError:
+            pass
+    try:
+        os.rmdir(top)
+    except OSError:
+        pass
+
+
+_cleanup: list[tuple[int, Callable[[], None]]] = []  # (pid that made it, undo)
+
+
+def release_process() -> None:
+    """Remove what this process made for its sandboxes (/etc skeletons, the prefix view);
+    run at exit, and by a Celery pool process when it shuts down (it leaves by _exit).
+    What a forked child inherited stays its parent's to remove."""
+    while _cleanup:
+        pid, undo = _cleanup.pop()
+        if pid == os.getpid():
+            try:
+                undo()
+            except OSError:
+                pass
+
+
+atexit.register(release_process)
 
 
 def _thread_count() -> int:

@@ -687,7 +687,11 @@ def _sweep_leftovers() -> None:
         except (OSError, ValueError):
             continue
         if _identity(pid) != recorded:
-            shutil.rmtree(os.path.dirname(owner), ignore_errors=True)
+            top = os.path.dirname(owner)
+            if os.path.basename(top).startswith("forge-view-"):
+                bwrap.remove_view_dir(top)  # never recursive: may hold a mount point
+            else:
+                shutil.rmtree(top, ignore_errors=True)
     now = time.time()
     for controller in ("pids", "memory"):
         base = _cgroup_base(controller)
