@@ -103,6 +103,25 @@ def build_chord(plan: RunPlan):
 
 
 @contextmanager
+def _for_this_thread(obj, name: str, replacement: Callable):
+    """Set ``obj.name`` to ``replacement`` for calls from this thread only; other
+    threads (an embedded worker, say) keep the original."""
+    owner = threading.get_ident()
+    original = getattr(obj, name)
+
+    def dispatch(*args, **kwargs):
+        if threading.get_ident() == owner:
+            return replacement(original, *args, **kwargs)
+        return original(*args, **kwargs)
+
+    setattr(obj, name, dispatch)
+    try:
+        yield
+    finally:
+        obj.__dict__.pop(name, None)
+
+
+@contextmanager
 def _batched_producer(max_size: int = 500):
     """Publish through one producer whose Redis commands are pipelined (kombu >= 5.7).
 
@@ -112,19 +131,12 @@ def _batched_producer(max_size: int = 500):
     Unlike single publishes a batch is not retried: a large run's publish that fails
     part-way is the cut-short run ``forge resume`` finishes.
     """
-    owner = threading.get_ident()
-    original = app.producer_or_acquire
-    with original() as producer, producer.batch(max_size):
-        def producer_or_acquire(given=None):
-            if given is None and threading.get_ident() == owner:
-                return nullcontext(producer)
-            return original(given)
+    with app.producer_or_acquire() as producer, producer.batch(max_size):
+        def ours(original, given=None):
+            return nullcontext(producer) if given is None else original(given)
 
-        app.producer_or_acquire = producer_or_acquire
-        try:
+        with _for_this_thread(app, "producer_or_acquire", ours):
             yield
-        finally:
-            app.__dict__.pop("producer_or_acquire", None)
 
 
 @contextmanager
@@ -136,21 +148,12 @@ def never_joined():
     SUBSCRIBE per task while publishing (and an UNSUBSCRIBE when each result object
     died), a fifth of the dispatcher's time at 5,000 tasks, for messages never read.
     """
-    backend = app.backend
-    owner = threading.get_ident()
-    original = backend.add_pending_result
+    def unregistered(_original, result, weak=False, start_drainer=True):
+        return result
 
-    def add_pending_result(result, weak=False, start_drainer=True):
-        if threading.get_ident() == owner:
-            return result
-        return original(result, weak=weak, start_drainer=start_drainer)
-
-    backend.add_pending_result = add_pending_result
-    try:
-        with denied_join_result():
-            yield
-    finally:
-        backend.__dict__.pop("add_pending_result", None)
+    with denied_join_result(), _for_this_thread(app.backend, "add_pending_result",
+                                                unregistered):
+        yield
 
 
 def publish(plan: RunPlan):

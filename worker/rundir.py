@@ -28,15 +28,30 @@ def _json(data: object) -> bytes:
 _BULK = ("output", "artifact_content")  # per-candidate bulk: in its own files only
 
 
+def _summary_fields(result: ForgeResult) -> Iterator[tuple[str, object]]:
+    """summary.json's content, field by field: the ForgeResult with per-candidate bulk
+    (output, artifact) left to each candidate's own files, so the summary stays small at
+    thousands of candidates. Lists of records come as iterators of dicts, made one at a
+    time."""
+    def plain(record) -> dict:
+        data = record.to_dict()
+        if isinstance(record, CandidateResult):
+            for key in _BULK:
+                data.pop(key, None)
+        return data
+
+    for name in _names(ForgeResult):
+        value = getattr(result, name)
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            yield name, map(plain, value)
+        else:
+            yield name, _plain(value)
+
+
 def summary_dict(result: ForgeResult) -> dict:
-    """summary.json's content: the ForgeResult, with per-candidate bulk (output, artifact)
-    left to each candidate's own files so the summary stays small at thousands of
-    candidates."""
-    data = result.to_dict()
-    for r in data["results"]:
-        for key in _BULK:
-            r.pop(key, None)
-    return data
+    """summary.json's content as one dict."""
+    return {name: list(value) if isinstance(value, map) else value
+            for name, value in _summary_fields(result)}
 
 
 def _summary_json(result: ForgeResult) -> bytes:
@@ -50,20 +65,13 @@ def _summary_json(result: ForgeResult) -> bytes:
     def enc(value: object) -> str:
         return json.dumps(value, ensure_ascii=False)
 
-    def item(record) -> str:
-        data = record.to_dict()
-        if isinstance(record, CandidateResult):
-            for key in _BULK:
-                data.pop(key, None)
-        return "    " + enc(data)
-
     lines = []
-    for name in _names(ForgeResult):
-        value = getattr(result, name)
-        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-            lines.append(f"  {enc(name)}: [\n" + ",\n".join(map(item, value)) + "\n  ]")
+    for name, value in _summary_fields(result):
+        if isinstance(value, map):
+            items = ",\n".join("    " + enc(v) for v in value)
+            lines.append(f"  {enc(name)}: [\n{items}\n  ]")
         else:
-            lines.append(f"  {enc(name)}: {enc(_plain(value))}")
+            lines.append(f"  {enc(name)}: {enc(value)}")
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8", "replace")
 
 

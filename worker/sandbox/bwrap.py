@@ -119,7 +119,7 @@ def system_binds() -> tuple[str, ...]:
 # skeleton is made once per process and network mode, and made again when a source
 # changes (a package upgrade rewriting ld.so.cache, say).
 
-_etc_cache: dict[str, tuple[tuple, str]] = {}
+_etc_cache: dict[str, tuple[tuple, str, list[str]]] = {}  # network: (sig, skeleton, args)
 
 
 def _etc_signature() -> tuple:
@@ -138,13 +138,13 @@ def etc_binds(network: str, parent: str, owner: str | None = None) -> list[str]:
     sig = _etc_signature()
     cached = _etc_cache.get(network)
     if cached is None or cached[0] != sig or not os.path.isdir(cached[1]):
-        _etc_cache[network] = (sig, _make_etc(network, parent, owner))
-    skeleton = _etc_cache[network][1]
-    args = ["--ro-bind", skeleton, "/etc"]
-    for path, mtime, _size in sig:
-        if mtime is not None and os.path.isdir(path) and not os.path.islink(path):
-            args += ["--ro-bind", path, path]
-    return args
+        skeleton = _make_etc(network, parent, owner)
+        args = ["--ro-bind", skeleton, "/etc"]
+        for path, mtime, _size in sig:
+            if mtime is not None and os.path.isdir(path) and not os.path.islink(path):
+                args += ["--ro-bind", path, path]
+        cached = _etc_cache[network] = (sig, skeleton, args)
+    return cached[2]
 
 
 def _make_etc(network: str, parent: str, owner: str | None) -> str:
@@ -246,8 +246,7 @@ class Launch:
         The preexec_fn is None whenever util-linux can do the work, so the caller vforks.
         """
         helpers = launch_helpers()
-        if self.uid is None or self._mounts or helpers is None \
-                or any(which not in _PRLIMIT_OPTS for which, _, _ in rlimits):
+        if self.uid is None or self._mounts or helpers is None:
             return argv, self.preexec(rlimits)
         setpriv, prlimit = helpers
         limits = [f"{_PRLIMIT_OPTS[which]}={soft}:{hard}" for which, soft, hard in rlimits]
@@ -291,7 +290,7 @@ def plan_launch(stage_dir: str, uid: int | None) -> Launch:
     binds: list[tuple[str, str]] = []
     mounts: list[tuple[bytes, bytes]] = []
     for i, prefix in enumerate(python_prefixes()):
-        if uid is None or _traversable_by_anyone(prefix):
+        if uid is None or prefix not in hidden_prefixes():
             binds.append((prefix, prefix))
         elif prefix in (_process_view or {}):
             binds.append((_process_view[prefix], prefix))
@@ -313,11 +312,16 @@ def plan_launch(stage_dir: str, uid: int | None) -> Launch:
 # host mounts still arrive, ours never leave), instead of once per sandbox.
 
 _process_view: dict[str, str] | None = None  # prefix -> where this process shows it
-_CLONE_FS_THREADS_HINT = "the process already runs threads"
 _MS_SLAVE = 1 << 19
 _MS_REMOUNT = 32
 _MS_RDONLY = 1
 _MNT_DETACH = 2
+
+
+@functools.lru_cache(maxsize=1)
+def hidden_prefixes() -> tuple[str, ...]:
+    """The interpreter prefixes an unrelated unprivileged uid cannot reach (computed once)."""
+    return tuple(p for p in python_prefixes() if not _traversable_by_anyone(p))
 
 
 @functools.lru_cache(maxsize=1)
@@ -334,27 +338,24 @@ def share_prefixes(parent: str, owner: str | None = None) -> str | None:
     global _process_view
     if _process_view is not None:
         return None
-    hidden = [p for p in python_prefixes() if not _traversable_by_anyone(p)]
-    if not hidden or os.geteuid() != 0:
+    if not hidden_prefixes() or os.geteuid() != 0:
         _process_view = {}
         return None
-    if _thread_count() > 1:
-        return _CLONE_FS_THREADS_HINT  # unshare(CLONE_NEWNS) refuses; try again later
+    if _thread_count() > 1:  # unshare(CLONE_NEWNS) refuses; try again later
+        return "the process already runs threads"
     libc = ctypes.CDLL(None, use_errno=True)
     top = tempfile.mkdtemp(prefix="forge-view-", dir=parent)
     os.chmod(top, 0o711)
+    _cleanup.append((os.getpid(), lambda: release_view(libc, top)))
     if owner:
         with open(os.path.join(top, ".forge-owner"), "w") as fh:
             fh.write(owner)
+    _process_view = {}
     if libc.unshare(_CLONE_NEWNS) != 0:
-        shutil.rmtree(top, ignore_errors=True)
-        _process_view = {}
         return f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}"
     if libc.mount(b"none", b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
-        _process_view = {}
         return f"mount --make-rslave /: {os.strerror(ctypes.get_errno())}"
-    view: dict[str, str] = {}
-    for i, prefix in enumerate(hidden):
+    for i, prefix in enumerate(hidden_prefixes()):
         point = os.path.join(top, f"p{i}")
         os.mkdir(point, 0o755)
         if libc.mount(prefix.encode(), point.encode(), None, _MS_BIND | _MS_REC, None) != 0:
@@ -365,9 +366,7 @@ def share_prefixes(parent: str, owner: str | None = None) -> str | None:
             libc.umount2(point.encode(), _MNT_DETACH)
             os.rmdir(point)
             continue
-        view[prefix] = point
-    _process_view = view
-    _cleanup.append((os.getpid(), lambda: release_view(libc, top)))
+        _process_view[prefix] = point
     return None
 
 

@@ -197,6 +197,32 @@ def _rmdir(path: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def sandbox_parent() -> str:
+    """Where sandbox roots live: ``FORGE_SANDBOX_DIR``, else a tmpfs (``/dev/shm``) when
+    there is one, else the temp directory.
+
+    A sandbox is a few directories, files and links made and removed per candidate; on a
+    journaling disk that metadata was a fifth of a trivial candidate's cost. On tmpfs the
+    files a candidate writes are memory charged to its own memory cgroup, so its limit
+    covers them too.
+    """
+    chosen = os.environ.get("FORGE_SANDBOX_DIR", "").strip()
+    if chosen:
+        return chosen
+    if _is_tmpfs("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        return "/dev/shm"
+    return tempfile.gettempdir()
+
+
+def _is_tmpfs(path: str) -> bool:
+    try:
+        with open("/proc/self/mounts") as fh:
+            return any(line.split()[1:3] == [path, "tmpfs"] for line in fh)
+    except OSError:
+        return False
+
+
 # --------------------------------------------------------------------------- sandboxes
 
 
@@ -374,7 +400,7 @@ class BwrapSandbox(_BaseSandbox):
             self.launch = bwrap.plan_launch(root, host_uid)
             self.net = net
             self.bwrap = probe.bwrap or "bwrap"
-            self.etc = bwrap.etc_binds(self.net, sandbox_parent(), _identity(os.getpid()))
+            self.etc = bwrap.etc_binds(self.net, sandbox_parent(), _own_identity())
         except BaseException:
             self.cgroups.remove()
             raise
@@ -636,31 +662,6 @@ class PlainSandbox(_BaseSandbox):
 
 OWNER_FILE = ".forge-owner"
 
-
-@functools.lru_cache(maxsize=1)
-def sandbox_parent() -> str:
-    """Where sandbox roots live: ``FORGE_SANDBOX_DIR``, else a tmpfs (``/dev/shm``) when
-    there is one, else the temp directory.
-
-    A sandbox is a few directories, files and links made and removed per candidate; on a
-    journaling disk that metadata was a fifth of a trivial candidate's cost. On tmpfs the
-    files a candidate writes are memory charged to its own memory cgroup, so its limit
-    covers them too.
-    """
-    chosen = os.environ.get("FORGE_SANDBOX_DIR", "").strip()
-    if chosen:
-        return chosen
-    if _is_tmpfs("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
-        return "/dev/shm"
-    return tempfile.gettempdir()
-
-
-def _is_tmpfs(path: str) -> bool:
-    try:
-        with open("/proc/self/mounts") as fh:
-            return any(line.split()[1:3] == [path, "tmpfs"] for line in fh)
-    except OSError:
-        return False
 _swept = False
 
 
@@ -672,6 +673,17 @@ def _identity(pid: int) -> str | None:
         return None
     fields = stat_line.rsplit(")", 1)[-1].split()
     return f"{pid}:{fields[19]}" if len(fields) > 19 else None
+
+
+_own: tuple[int, str | None] | None = None
+
+
+def _own_identity() -> str | None:
+    """This process's ``_identity``, read once per process (a fork gets its own)."""
+    global _own
+    if _own is None or _own[0] != os.getpid():
+        _own = (os.getpid(), _identity(os.getpid()))
+    return _own[1]
 
 
 def _sweep_leftovers() -> None:
@@ -709,7 +721,7 @@ def prepare_process() -> None:
     """Per-process set-up that must happen while the process is single-threaded (a pool
     process calls it at start; later calls are cheap no-ops): see bwrap.share_prefixes."""
     try:
-        bwrap.share_prefixes(sandbox_parent(), _identity(os.getpid()))
+        bwrap.share_prefixes(sandbox_parent(), _own_identity())
     except OSError:
         pass  # sandboxes then mount the prefix themselves, per launch
 
@@ -737,7 +749,7 @@ class LocalBackend:
             root = tempfile.mkdtemp(prefix=f"forge-{_safe(request.candidate_id)}-",
                                     dir=sandbox_parent())
             os.chmod(root, 0o711)
-            me = _identity(os.getpid())
+            me = _own_identity()
             if me:
                 with open(os.path.join(root, OWNER_FILE), "w") as fh:
                     fh.write(me)
