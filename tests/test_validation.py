@@ -20,7 +20,7 @@ import pytest
 from dispatcher import InvalidInput, run_forge
 from tests.discord_server import DiscordServer
 from tests.manifests import FIXTURES, write_manifest
-from tests.procs import ROOT, forge_env, publish_task, run_forge_cli
+from tests.procs import ROOT, CeleryWorker, RedisServer, forge_env, publish_task, run_forge_cli
 from tests.test_rundir import forge_result
 from worker import validation
 from worker.records import CandidateInfo, CandidateTask, RunSpec, sha256_text
@@ -332,10 +332,33 @@ def run_spec(site: Site, **changes) -> dict:
     return spec
 
 
+@dataclass
+class Cluster:
+    redis: RedisServer
+    worker: CeleryWorker
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """One real redis-server and one real worker for every hand-published message here:
+    each message names its own artifacts directory, so tests share them safely."""
+    base = tmp_path_factory.mktemp("cluster")
+    redis = RedisServer(base / "redis").start()
+    worker = CeleryWorker(forge_env(redis.url, base / "artifacts"), "v1", base, 2)
+    try:
+        worker.start()
+        yield Cluster(redis, worker)
+    finally:
+        worker.stop()
+        redis.stop()
+
+
 @pytest.fixture
-def cluster(site, redis_server, workers):
-    (worker,) = workers(forge_env(redis_server.url, site.art), n=1, concurrency=2)
-    return worker
+def cluster(site, shared_cluster):
+    """The shared cluster; after the test, its worker logged no traceback meanwhile."""
+    start = len(shared_cluster.worker.logtext())
+    yield shared_cluster
+    assert "Traceback" not in shared_cluster.worker.logtext()[start:]  # refusals, not crashes
 
 
 @pytest.mark.parametrize(("changes", "words"), [
@@ -347,8 +370,8 @@ def cluster(site, redis_server, workers):
     ({"script": None, "objective": None}, "Refused: the objective must be text"),
 ])
 def test_hand_published_candidate_task_breaking_a_rule_is_a_refused_result(
-        site, redis_server, cluster, changes, words):
-    meta = publish_task(redis_server, "worker.tasks.run_candidate", (candidate_task(**changes),))
+        site, cluster, changes, words):
+    meta = publish_task(cluster.redis, "worker.tasks.run_candidate", (candidate_task(**changes),))
     assert meta["status"] == "SUCCESS", meta  # never an exception into a chord
     result = meta["result"]
     assert result["success"] is False and result["error_message"].startswith(words), result
@@ -356,16 +379,16 @@ def test_hand_published_candidate_task_breaking_a_rule_is_a_refused_result(
     assert site.art_listing() == sorted([".old-a", ".tmp-a", "a", "link"])
 
 
-def test_hand_published_malformed_candidate_tasks_are_refused(site, redis_server, cluster):
+def test_hand_published_malformed_candidate_tasks_are_refused(site, cluster):
     for payload, words in (("oops", "not str"), ({"run_id": "x"}, "malformed candidate task")):
-        meta = publish_task(redis_server, "worker.tasks.run_candidate", (payload,))
+        meta = publish_task(cluster.redis, "worker.tasks.run_candidate", (payload,))
         assert meta["status"] == "SUCCESS", meta
         assert words in meta["result"]["error_message"], meta["result"]
 
 
-def test_hand_published_valid_candidate_task_runs(site, redis_server, cluster):
+def test_hand_published_valid_candidate_task_runs(site, cluster):
     """Control: the same message with plain ids runs the candidate."""
-    meta = publish_task(redis_server, "worker.tasks.run_candidate", (candidate_task(),))
+    meta = publish_task(cluster.redis, "worker.tasks.run_candidate", (candidate_task(),))
     assert meta["result"]["success"] is True, meta["result"]
     assert meta["result"]["artifact_content"] == "hand-published"
 
@@ -383,24 +406,23 @@ def test_hand_published_valid_candidate_task_runs(site, redis_server, cluster):
     ({"spec_key": "celery-task-meta-x"}, "is not this run's"),
 ])
 def test_hand_published_chord_body_breaking_a_rule_writes_nothing(
-        site, redis_server, cluster, changes, words):
+        site, cluster, changes, words):
     if changes.get("artifacts_dir") == "SITE":
         changes["artifacts_dir"] = str(site.root)
     listing = site.art_listing()
     results = [{"candidate_id": "echo", "success": True, "artifact_content": "# hi\n"}]
-    meta = publish_task(redis_server, "worker.tasks.collect_results",
+    meta = publish_task(cluster.redis, "worker.tasks.collect_results",
                         (results, run_spec(site, **changes)))
     assert meta["status"] == "FAILURE", meta
     assert meta["result"]["exc_type"] == "InvalidInput", meta["result"]
     assert words in meta["result"]["exc_message"][0], meta["result"]
     assert site.art_listing() == listing  # nothing written, renamed or removed
-    assert "Traceback" not in cluster.logtext()  # refused on one line, not a crash
 
 
-def test_hand_published_valid_chord_body_writes_its_run(site, redis_server, cluster):
+def test_hand_published_valid_chord_body_writes_its_run(site, cluster):
     """Control: a valid body from the same publisher writes inside the artifacts root."""
     results = [{"candidate_id": "echo", "success": True, "artifact_content": "# hi\n"}]
-    meta = publish_task(redis_server, "worker.tasks.collect_results",
+    meta = publish_task(cluster.redis, "worker.tasks.collect_results",
                         (results, run_spec(site)))
     assert meta["status"] == "SUCCESS", meta
     assert json.loads((site.art / "byhand" / "summary.json").read_text())["run_id"] == "byhand"
