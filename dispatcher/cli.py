@@ -25,13 +25,17 @@ EXTRA_COMMANDS.append("dispatcher.competitions_cli")
 
 
 def _positive_int(text: str) -> int:
+    from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_timeout
+
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1 second")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of seconds ({TIMEOUT_MIN}-{TIMEOUT_MAX})") from None
+    try:
+        return check_timeout(value)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,22 +158,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_target(args: argparse.Namespace) -> tuple[str, str]:
+    """(artifacts root, run id) of status/post, both checked: a run id is a plain name,
+    so the run directory stays inside the root (InvalidInput: exit 2)."""
+    from worker import config
+    from worker.validation import check_artifacts_dir, check_run_id
+
+    check_run_id(args.run_id)
+    return check_artifacts_dir(args.artifacts_dir or config.artifacts_dir()), args.run_id
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from dispatcher import console as ui
-    from worker import config
     from worker.rundir import SUMMARY, read_summary
+    from worker.validation import shorten
 
-    root = args.artifacts_dir or config.artifacts_dir()
-    result = read_summary(root, args.run_id)
+    root, run_id = _run_target(args)
+    result = read_summary(root, run_id)
     if result is None:
         from dispatcher.runs import status_pending  # a run still out on the workers
         from worker.app import app
 
-        pending = status_pending(app, args.run_id)
+        pending = status_pending(app, run_id)
         if pending is not None:
             print(pending[0])
             return pending[1]
-        return _err(f"no finished run {args.run_id!r} in {root} (no {args.run_id}/{SUMMARY}); "
+        return _err(f"no finished run {run_id!r} in {root} (no {run_id}/{SUMMARY}); "
                     "see 'forge list'")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
@@ -177,8 +191,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     out = _console()
     out.print(f"Run {result.run_id}  {result.timestamp}  {result.execution_mode.upper()}",
               markup=False)
-    out.print(f"Objective: {result.objective}", markup=False)
-    ui.summary(out, result, sum(r.runtime_seconds for r in result.results))
+    out.print(f"Objective: {shorten(result.objective)}", markup=False)
+    ui.summary(out, result, ui.run_time(result), wall_label=ui.RUN_TIME_LABEL)
     return 0
 
 
@@ -202,22 +216,21 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_post(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from worker import config
     from worker.discord import post_winner
     from worker.rundir import read_summary
+    from worker.validation import contained
 
-    root = args.artifacts_dir or config.artifacts_dir()
-    result = read_summary(root, args.run_id)
+    root, run_id = _run_target(args)
+    result = read_summary(root, run_id)
     if result is None:
-        return _err(f"no finished run {args.run_id!r} in {root}; see 'forge list'")
+        return _err(f"no finished run {run_id!r} in {root}; see 'forge list'")
     url = config.discord_webhook_url()
     if url is None:
         return _err("DISCORD_WEBHOOK_URL is not set (or is a placeholder); set it in .env")
-    record = post_winner(result, Path(root) / args.run_id, url, force=True)
+    record = post_winner(result, contained(root, run_id), url, force=True)
     if record.get("posted"):
-        print(f"Posted {record.get('messages', 0)} message(s) for run {args.run_id}")
+        print(f"Posted {record.get('messages', 0)} message(s) for run {run_id}")
         return 0
     reason = record.get("error") or record.get("skipped") or "unknown"
     Console(stderr=True).print(f"forge: not posted: {reason}", markup=False)
@@ -235,10 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = getattr(args, "func", None) or COMMANDS[args.command]
     from worker.config import ConfigError
+    from worker.validation import InvalidInput
 
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, InvalidInput) as exc:
         return _err(str(exc))
 
 

@@ -35,7 +35,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab, crontab_parser
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_objective
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a "\n" through
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCHEDULE = "0 9 * * 1"  # weekly, Monday 09:00
 DEFAULT_TIMEZONE = "America/Los_Angeles"
@@ -233,7 +235,7 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
     if not isinstance(entry, dict):
         raise CompetitionsError(f"{top}: competition #{index} is not a table")
     name = entry.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise CompetitionsError(
             f"{top}: competition #{index}: field 'name' = {name!r} is missing or invalid; use "
             "1-64 characters from a-z, 0-9, _ and -, starting with a letter or digit")
@@ -245,6 +247,10 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
     objective = _check(where, entry, "objective", str)
     if not objective or not objective.strip():
         raise CompetitionsError(f"{where}: field 'objective' is missing or empty")
+    try:
+        check_objective(objective)
+    except InvalidInput as exc:
+        raise CompetitionsError(f"{where}: field 'objective': {exc}") from None
     cand_rel = _check(where, entry, "candidates", str)
     if not cand_rel:
         raise CompetitionsError(f"{where}: field 'candidates' is missing; give the path of a "
@@ -260,8 +266,9 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
         raise CompetitionsError(f"{where}: field 'execution' = {execution!r}: must be one of "
                                 + ", ".join(EXECUTION_MODES))
     timeout = _check(where, entry, "timeout", int)
-    if timeout is not None and not 1 <= timeout <= 86400:
-        raise CompetitionsError(f"{where}: field 'timeout' = {timeout}: must be 1-86400 seconds")
+    if timeout is not None and not TIMEOUT_MIN <= timeout <= TIMEOUT_MAX:
+        raise CompetitionsError(f"{where}: field 'timeout' = {timeout}: must be "
+                                f"{TIMEOUT_MIN}-{TIMEOUT_MAX} seconds")
     env = _check(where, entry, "env", list)
     if env is not None:
         for item in env:

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
 def cmd_competitions(args: argparse.Namespace) -> int:
     from dispatcher.competitions import CompetitionsError, competitions_path, load_competitions
     from dispatcher.manifest import ManifestError, load_manifest
+    from worker.validation import shorten
 
     try:
         comps = load_competitions(args.file)
@@ -50,7 +51,7 @@ def cmd_competitions(args: argparse.Namespace) -> int:
             when = f"{local:%a %Y-%m-%d %H:%M:%S %Z} ({nxt:%Y-%m-%d %H:%M} UTC)"
         else:
             when = "disabled"
-        table.add_row(name, comp.describe_schedule(), when, comp.objective, str(counts[name]),
-                      comp.execution, "yes" if comp.post else "no")
+        table.add_row(name, comp.describe_schedule(), when, shorten(comp.objective),
+                      str(counts[name]), comp.execution, "yes" if comp.post else "no")
     console.print(table)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.live import Live
@@ -12,6 +13,7 @@ from rich.text import Text
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import RunTracker
 from worker.records import ForgeResult
+from worker.validation import shorten
 
 RULE = "=" * 60
 MAX_LOG_CANDIDATES = 50  # above this, per-line logs give way to counts
@@ -23,7 +25,7 @@ def header(console: Console, plan: RunPlan, mode_line: str) -> None:
     console.print(RULE, markup=False, highlight=False)
     console.print("DREAM FOUNDRY - Forge Loop", markup=False, highlight=False)
     console.print(RULE, markup=False, highlight=False)
-    console.print(f"Objective: {run.objective}", markup=False, highlight=False)
+    console.print(f"Objective: {shorten(run.objective)}", markup=False, highlight=False)
     console.print(f"Candidates: {len(plan.tasks)}", markup=False, highlight=False)
     console.print(f"Execution: {run.execution_mode.upper()}", markup=False, highlight=False)
     for note in run.notes:
@@ -118,7 +120,29 @@ def results_table(result: ForgeResult) -> Table:
     return table
 
 
-def summary(console: Console, result: ForgeResult, wall: float) -> None:
+RUN_TIME_LABEL = "Run time (first candidate start to last finish)"
+
+
+def run_time(result: ForgeResult) -> float | None:
+    """The run's elapsed time from its results: earliest ``started_at`` to latest
+    ``finished_at`` (candidates run in parallel, so their runtimes do not add up).
+    None when no result carries both times."""
+    def when(text: str | None) -> datetime | None:
+        try:
+            t = datetime.fromisoformat(text) if text else None
+        except (TypeError, ValueError):
+            return None
+        return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+    starts = [t for r in result.results if (t := when(r.started_at)) is not None]
+    ends = [t for r in result.results if (t := when(r.finished_at)) is not None]
+    if not starts or not ends:
+        return None
+    return max(0.0, (max(ends) - min(starts)).total_seconds())
+
+
+def summary(console: Console, result: ForgeResult, wall: float | None,
+            wall_label: str = "Wall time") -> None:
     console.print()
     console.print(results_table(result))
     names = {c.id: c for c in result.candidates}
@@ -136,4 +160,5 @@ def summary(console: Console, result: ForgeResult, wall: float) -> None:
                else f"Discord: not posted ({d.get('error') or d.get('skipped') or 'skipped'})")
         console.print(msg, markup=False, highlight=False)
     console.print(f"Artifacts: {result.artifacts_dir}", markup=False, highlight=False)
-    console.print(f"Wall time: {wall:.2f}s", markup=False, highlight=False)
+    shown = "unknown (no candidate start and finish times)" if wall is None else f"{wall:.2f}s"
+    console.print(f"{wall_label}: {shown}", markup=False, highlight=False)

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.records import sha256_text
+from worker.validation import CANDIDATE_ID_RE, CANDIDATE_ID_RULE, TIMEOUT_MAX, TIMEOUT_MIN
 
-ID_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+ID_RE = CANDIDATE_ID_RE  # the rule lives in worker/validation.py (the worker checks it too)
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "candidates" / "candidates.toml"
 MAX_SCRIPT_BYTES = 512 * 1024
 
@@ -111,16 +112,18 @@ def _phase_timeouts(where: str, entry: dict) -> dict[str, int]:
     for key in PHASE_TIMEOUTS:
         value = _field(where, entry, key, int)
         if value is not None:
-            if not 1 <= value <= 86400:
-                raise ManifestError(f"{where}: field '{key}' must be between 1 and 86400 seconds")
+            if not TIMEOUT_MIN <= value <= TIMEOUT_MAX:
+                raise ManifestError(f"{where}: field '{key}' must be between {TIMEOUT_MIN} and "
+                                    f"{TIMEOUT_MAX} seconds")
             out[key] = value
     return out
 
 
 def _timeout(where: str, entry: dict) -> int | None:
     t = _field(where, entry, "timeout", int)
-    if t is not None and not 1 <= t <= 86400:
-        raise ManifestError(f"{where}: field 'timeout' must be between 1 and 86400 seconds")
+    if t is not None and not TIMEOUT_MIN <= t <= TIMEOUT_MAX:
+        raise ManifestError(f"{where}: field 'timeout' must be between {TIMEOUT_MIN} and "
+                            f"{TIMEOUT_MAX} seconds")
     return t
 
 
@@ -145,11 +148,9 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
             raise ManifestError(f"{p}: candidate #{i} is not a table")
         where = f"{p}: candidate #{i}"
         cid = _field(where, entry, "id", str, required=True)
-        if not ID_RE.match(cid):
-            raise ManifestError(
-                f"{where}: field 'id' = {cid!r} is invalid; "
-                "use 1-64 characters from a-z, 0-9, _ and -"
-            )
+        if not ID_RE.fullmatch(cid):
+            raise ManifestError(f"{where}: field 'id' = {cid!r} is invalid; "
+                                f"use {CANDIDATE_ID_RULE}")
         where = f"{p}: candidate '{cid}'"
         if cid in seen:
             raise ManifestError(f"{where}: field 'id' is a duplicate; every id must be unique")

@@ -70,17 +70,27 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
     kept = [t for t in tasks if (metas.get(t.task_id) or {}).get("status") == "SUCCESS"]
     missing = [t for t in tasks if t not in kept]
     if not force and record.status == "published" and missing:
-        busy = {t.task_id for t in missing
-                if (metas.get(t.task_id) or {}).get("status") in ("STARTED", "PROGRESS")}
-        busy |= runs.queued_task_ids(app, {t.task_id for t in missing})
-        if busy:
-            raise ResumeRefused(
-                f"run {spec.run_id} is still in progress ({len(busy)} candidate(s) queued "
-                "or running): nothing was lost. Follow it with 'forge status "
-                f"{spec.run_id}', or pass --force to publish them again.")
+        where = runs.locate(app, {t.candidate_id: t.task_id for t in missing})
+        if where.queued or where.delivered:
+            raise ResumeRefused(_refusal(spec.run_id, where, len(missing)))
     return ResumePlan(full=RunPlan(run=spec, tasks=tuple(tasks), source=record.source),
                       missing=RunPlan(run=spec, tasks=tuple(missing), source=record.source),
                       kept_task_ids=tuple(t.task_id for t in kept))
+
+
+def _refusal(run_id: str, where: runs.Whereabouts, missing: int) -> str:
+    """Why resume waits, truthfully: what is lost, what is still queued or with a worker,
+    and what --force would do."""
+    force = (f"--force publishes all {missing} unfinished candidate(s) again now (one still "
+             "running may then run twice; the first result stored is kept)")
+    busy = runs.busy_text(where)
+    if not where.lost:
+        return (f"run {run_id} is still in progress and no candidate is lost: {busy}. Follow "
+                f"it with 'forge status {run_id}', or: {force}.")
+    return (f"run {run_id}: {len(where.lost)} candidate(s) lost, neither queued nor running "
+            f"({runs.some(where.lost)}; purged from the queue?), while {busy}. Run 'forge "
+            f"resume {run_id}' again once those have finished to re-run only the lost ones, "
+            f"or: {force}.")
 
 
 def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
@@ -111,13 +121,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from worker import config
     from worker.app import app
     from worker.rundir import read_summary
+    from worker.validation import InvalidInput, check_run_id, check_run_spec
 
     err = Console(stderr=True, highlight=False)
 
     def refuse(message: str) -> int:
-        err.print(f"forge: error: {message}", markup=False)
+        err.print(f"forge: error: {message}", markup=False, soft_wrap=True)  # one line
         return 2
 
+    try:
+        check_run_id(args.run_id)
+    except InvalidInput as exc:
+        return refuse(str(exc))
     if not config.is_distributed():
         return refuse("resume needs the broker the run was dispatched to: set "
                       "CELERY_BROKER_URL (embedded runs end with their process)")
@@ -127,13 +142,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if record is None:
             return refuse(f"no record of run {args.run_id!r} in the result backend (never "
                           "dispatched here, or older than FORGE_RESULT_EXPIRES)")
-        spec = record.spec
+        spec = check_run_spec(record.spec)  # read back from Redis: input like any other
+        if spec.run_id != args.run_id:
+            return refuse(f"the record of run {args.run_id!r} names run {spec.run_id!r}; "
+                          "refusing a record that is not the run's own")
         if read_summary(spec.artifacts_dir, spec.run_id) is not None:
             print(f"run {spec.run_id} already finished: see 'forge status {spec.run_id}'")
             return 0
         rp = plan_resume(app, record, force=args.force)
         publish_resume(app, record, rp)
-    except (ResumeRefused, ManifestError, config.ConfigError) as exc:
+    except (ResumeRefused, ManifestError, config.ConfigError, InvalidInput) as exc:
         return refuse(str(exc))
     out = Console(stderr=args.json, highlight=False)
     out.print(f"Resuming run {spec.run_id}: re-running {len(rp.missing.tasks)} of "

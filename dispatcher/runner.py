@@ -10,6 +10,7 @@ from dispatcher.plan import RunPlan, plan_run
 from dispatcher.tracker import LogCallback, RunTracker
 from worker import config
 from worker.records import DEFAULT_OBJECTIVE, ForgeResult, Limits
+from worker.validation import check_artifacts_dir, check_objective, check_run_id, check_timeout
 
 FALLBACK_NOTE = "(Daytona not configured, falling back to local)"
 MAX_EMBEDDED_CONCURRENCY = 32
@@ -31,9 +32,15 @@ def prepare(
     competition: str | None = None,
     limits: Limits | None = None,
 ) -> RunPlan:
-    """Load and validate everything a run needs; raises ManifestError/ConfigError."""
-    if not objective or not objective.strip():
-        raise config.ConfigError("the objective is empty; pass one, e.g. forge run \"...\"")
+    """Load and validate everything a run needs; raises InvalidInput (worker/validation.py:
+    the objective, run id, timeout, artifacts directory), ManifestError or ConfigError."""
+    check_objective(objective)
+    if run_id is not None:
+        check_run_id(run_id)
+    if timeout is not None:
+        check_timeout(timeout)
+    if artifacts_dir is not None:
+        check_artifacts_dir(artifacts_dir)
     manifest = manifest or load_manifest(candidates)
     notes = []
     mode = "local"
@@ -95,6 +102,7 @@ def run_forge(
     ``log_callback(candidate_id, message)`` receives each candidate's lifecycle lines
     as they happen. ``options`` are those of :func:`prepare` (``candidates``,
     ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
-    ``post``, ``limits``).
+    ``post``, ``limits``). Bad input raises ``InvalidInput`` (a ValueError) before
+    anything runs, with the same message the CLI prints (rules: worker/validation.py).
     """
     return execute(prepare(objective, use_daytona, **options), log_callback)

@@ -119,14 +119,14 @@ def kept_results(app, task_ids: list[str]) -> list[dict[str, Any]]:
     return states.stored_results(app.backend, task_ids)
 
 
-def queued_task_ids(app, wanted: set[str]) -> set[str]:
-    """Which of ``wanted`` sit in the broker: in the queue, or delivered but unacked."""
+def broker_task_ids(app, wanted: set[str]) -> tuple[set[str], set[str]]:
+    """Which of ``wanted`` sit in the broker: (in the queue, delivered to a worker but not
+    yet acknowledged: the unacked hash)."""
     client = _client(app)
     if client is None or not wanted:
-        return set()
-    found: set[str] = set()
+        return set(), set()
 
-    def look(raw: bytes) -> None:
+    def look(raw: bytes, found: set[str]) -> None:
         try:
             data = json.loads(raw)
             if isinstance(data, list):  # the unacked hash holds [message, exchange, key]
@@ -137,13 +137,80 @@ def queued_task_ids(app, wanted: set[str]) -> set[str]:
         if tid in wanted:
             found.add(tid)
 
+    queued: set[str] = set()
+    delivered: set[str] = set()
     queue = "celery"
     for start in range(0, int(client.llen(queue)), 500):
         for raw in client.lrange(queue, start, start + 499):
-            look(raw)
+            look(raw, queued)
     for raw in client.hvals("unacked"):
-        look(raw)
-    return found
+        look(raw, delivered)
+    return queued, delivered
+
+
+def queued_task_ids(app, wanted: set[str]) -> set[str]:
+    """Which of ``wanted`` sit in the broker: in the queue, or delivered but unacked."""
+    queued, delivered = broker_task_ids(app, wanted)
+    return queued | delivered
+
+
+RECHECK = 0.25  # seconds between the two looks that find a candidate lost
+
+
+@dataclass
+class Whereabouts:
+    """Where a run's unfinished candidates are (candidate ids)."""
+
+    queued: list[str] = field(default_factory=list)  # waiting in the broker's queue
+    delivered: list[str] = field(default_factory=list)  # with a worker, not acknowledged
+    lost: list[str] = field(default_factory=list)  # neither: purged, or the broker lost it
+
+
+def locate(app, unfinished: dict[str, str], recheck: float = RECHECK) -> Whereabouts:
+    """Find each unfinished candidate (candidate id -> task id) in the broker.
+
+    A message moves between the queue and the unacked hash in more than one step, and a
+    finishing task stores its result before it leaves the unacked hash, so one look can
+    miss a candidate that is there: it counts as lost only if a second look, ``recheck``
+    seconds later, finds it neither in the broker nor finished.
+    """
+    queued, delivered = broker_task_ids(app, set(unfinished.values()))
+    absent = {c: t for c, t in unfinished.items() if t not in queued and t not in delivered}
+    if absent:
+        time.sleep(recheck)
+        q2, d2 = broker_task_ids(app, set(absent.values()))
+        queued |= q2
+        finished = {t for t, m in task_metas(app, list(absent.values())).items()
+                    if (m or {}).get("status") == "SUCCESS"}
+        delivered |= d2 | (finished - q2)
+    out = Whereabouts()
+    for cid, tid in unfinished.items():
+        (out.queued if tid in queued else out.delivered if tid in delivered
+         else out.lost).append(cid)
+    return out
+
+
+def some(ids: list[str], shown: int = 10) -> str:
+    """``a, b, c`` or ``a, b, ... and 12 more``."""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
+
+
+def busy_text(where: Whereabouts) -> str:
+    """The queued and delivered candidates, said truthfully (the queue cannot tell a
+    running candidate from one whose worker died)."""
+    from worker.app import VISIBILITY_TIMEOUT
+
+    parts = []
+    if where.queued:
+        parts.append(f"{len(where.queued)} queued")
+    if where.delivered:
+        parts.append(
+            f"{len(where.delivered)} delivered to a worker and not yet acknowledged "
+            f"({some(where.delivered)}): running, or, if that worker died, handed out again "
+            f"after the visibility timeout ({VISIBILITY_TIMEOUT}s); the queue cannot tell "
+            "which")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -154,10 +221,12 @@ class RunProgress:
     total: int
     done: int = 0
     failed: int = 0
-    running: int = 0
+    running: int = 0  # delivered to a worker (published runs), or in a running state
     published: int = 0
     body_state: str | None = None
     missing: list[str] = field(default_factory=list)  # candidate ids without SUCCESS
+    queued: int | None = None  # published runs: waiting in the broker's queue
+    lost: list[str] = field(default_factory=list)  # published, unfinished, not in the broker
 
     @property
     def cut_short(self) -> bool:
@@ -188,6 +257,8 @@ def progress(app, record: RunRecord) -> RunProgress:
             stateless.add(tid)
     if record.status == "published":
         out.published = out.total
+        where = locate(app, {cid: ids[cid] for cid in out.missing})
+        out.queued, out.running, out.lost = len(where.queued), len(where.delivered), where.lost
     else:
         out.published = out.total - len(stateless) + len(queued_task_ids(app, stateless))
     from dispatcher.dispatch import body_task_id
@@ -211,8 +282,13 @@ def describe(p: RunProgress) -> tuple[str, int]:
     if p.record.status == "publishing":
         return (f"run {rid}: publishing ({p.published} of {p.total} candidates out so far, "
                 f"{finished} finished)"), 0
-    return (f"run {rid}: running ({finished} done / {p.total} total; {p.running} running, "
-            f"{p.total - finished - p.running} queued; {p.failed} failed)"), 0
+    queued = p.total - finished - p.running if p.queued is None else p.queued
+    line = (f"run {rid}: running ({finished} done / {p.total} total; {p.running} running, "
+            f"{queued} queued; {p.failed} failed)")
+    if p.lost:
+        return (f"{line}; {len(p.lost)} lost, neither queued nor running ({some(p.lost)}): "
+                f"re-run them with 'forge resume {rid}'"), 1
+    return line, 0
 
 
 def status_pending(app, run_id: str) -> tuple[str, int] | None:

@@ -179,13 +179,15 @@ def run_forge_cli(args: list[str], env: dict[str, str], timeout: float = 180,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-def call_task(redis_server, name: str, *args, timeout: float = 30):
-    """Send a task through the real broker; read its result straight from Redis."""
+def publish_task(redis_server, name: str, args: tuple = (), kwargs: dict | None = None,
+                 timeout: float = 30, **options) -> dict:
+    """Publish a task message by hand through the real broker (as anyone with access to
+    it could) and return its final meta (SUCCESS or FAILURE) read straight from Redis."""
     from celery import Celery
 
     app = Celery("test-client", broker=redis_server.url, set_as_current=False)
     app.conf.update(task_serializer="json", accept_content=["json"])
-    task_id = app.send_task(name, args=args).id
+    task_id = app.send_task(name, args=args, kwargs=kwargs or {}, **options).id
     app.close()
     r = redis_server.client()
     deadline = time.monotonic() + timeout
@@ -193,9 +195,15 @@ def call_task(redis_server, name: str, *args, timeout: float = 30):
         raw = r.get(f"celery-task-meta-{task_id}")
         meta = json.loads(raw) if raw else {}
         if meta.get("status") in ("SUCCESS", "FAILURE"):
-            if meta["status"] != "SUCCESS":
-                raise AssertionError(meta)
-            return meta["result"]
+            return meta
         if time.monotonic() > deadline:
             raise AssertionError(f"{name}{args} did not finish")
         time.sleep(0.1)
+
+
+def call_task(redis_server, name: str, *args, timeout: float = 30):
+    """Send a task through the real broker; read its result straight from Redis."""
+    meta = publish_task(redis_server, name, args, timeout=timeout)
+    if meta["status"] != "SUCCESS":
+        raise AssertionError(meta)
+    return meta["result"]

@@ -90,3 +90,24 @@ def test_json_output_is_the_forge_result(tmp_path):
     data = json.loads(done.stdout)
     assert data["run_id"] == "json-1" and data["objective"] == "hello"
     assert "DREAM FOUNDRY" in done.stderr  # human output moved out of the way
+
+
+def test_status_shows_the_runs_elapsed_time_not_the_sum_of_runtimes(tmp_path, capsys):
+    """Three 1.5 s candidates in parallel: the run took ~2 s, not the ~5 s they add up to."""
+    from datetime import datetime
+
+    from dispatcher import run_forge
+    from tests.manifests import sleepers
+
+    result = run_forge("parallel", candidates=str(sleepers(tmp_path / "c", 3, 1.5)),
+                       artifacts_dir=str(tmp_path / "art"), run_id="par", post=False)
+    total = sum(r.runtime_seconds for r in result.results)
+    starts = [datetime.fromisoformat(r.started_at) for r in result.results]
+    ends = [datetime.fromisoformat(r.finished_at) for r in result.results]
+    elapsed = (max(ends) - min(starts)).total_seconds()
+    assert max(r.runtime_seconds for r in result.results) <= elapsed + 0.01 < 0.75 * total
+    capsys.readouterr()
+    assert main(["status", "par", "--artifacts-dir", str(tmp_path / "art")]) == 0
+    out = capsys.readouterr().out
+    assert f"Run time (first candidate start to last finish): {elapsed:.2f}s" in out
+    assert "Wall time" not in out and f"{total:.2f}s" not in out

@@ -151,6 +151,13 @@ def test_flower_has_basic_auth_persistent_state_and_port():
     assert interpolate(flower["ports"][0]).endswith(":5555")
 
 
+def test_flower_is_published_on_loopback_by_default():
+    """Basic auth does not cover Flower's /metrics: by default only this host reaches it."""
+    (published,) = SERVICES["flower"]["ports"]
+    assert published.startswith("${FLOWER_BIND:-127.0.0.1}:")
+    assert interpolate(published) == "127.0.0.1:5555:5555"  # with .env.example's values
+
+
 @pytest.mark.parametrize("service", ["worker", "beat", "flower"])
 def test_every_command_line_exists_with_its_options(service):
     cmd = argv(SERVICES[service]["command"])

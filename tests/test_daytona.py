@@ -390,3 +390,49 @@ def test_concurrent_candidates_share_one_client(emu, backend):
     for task, result in zip(tasks, results, strict=True):
         if result.success:
             assert result.artifact_content == task.objective
+
+
+def test_seed_get_daytona_config_without_a_key_returns_the_default_url(tmp_path):
+    """The seed's contract: ``(None, "https://app.daytona.io/api")`` with no key set."""
+    code = ("from worker import get_daytona_config, is_daytona_configured;"
+            "print(repr(get_daytona_config()), is_daytona_configured())")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    assert out == "(None, 'https://app.daytona.io/api') False"
+    env["DAYTONA_API_KEY"] = "k-123"  # with a key: configured, same default URL
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    assert out == "('k-123', 'https://app.daytona.io/api') True"
+
+
+def test_seed_run_candidate_in_daytona_without_a_key_says_exactly_what_the_seed_says(
+        tmp_path, monkeypatch):
+    from worker.daytona_compat import run_candidate_in_daytona
+
+    monkeypatch.delenv("DAYTONA_API_KEY", raising=False)
+    script = tmp_path / "agent.py"
+    script.write_text(WRITE_OBJECTIVE)
+    out = tmp_path / "post.md"
+    seen: list[tuple[str, str]] = []
+    result = run_candidate_in_daytona("alpha", str(script), "obj", str(out),
+                                      lambda cid, msg: seen.append((cid, msg)))
+    assert result.success is False
+    assert result.error_message == "Daytona API key not configured"
+    assert seen == [("alpha", "[Error] Daytona API key not configured (set DAYTONA_API_KEY)")]
+    assert not out.exists()
+
+
+def test_seed_run_candidate_in_daytona_refuses_a_bad_objective_or_timeout(emu, tmp_path):
+    from worker.daytona_compat import run_candidate_in_daytona
+
+    script = tmp_path / "agent.py"
+    script.write_text(WRITE_OBJECTIVE)
+    created = len(emu.created)
+    for objective, timeout, words in (("a\x00b", 60, "contains a NUL character"),
+                                      ("obj", 0, "timeout must be a whole number")):
+        result = run_candidate_in_daytona("alpha", str(script), objective,
+                                          str(tmp_path / "post.md"), timeout=timeout)
+        assert result.success is False and words in result.error_message
+    assert len(emu.created) == created  # refused before any sandbox was made

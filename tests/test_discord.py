@@ -106,6 +106,28 @@ def test_emoji_count_as_discord_counts_them() -> None:
         assert len(m.encode("utf-16-le")) // 2 <= 2000
 
 
+def test_a_long_post_is_cut_at_max_messages_and_says_so(tmp_path: Path) -> None:
+    """An artifact needing ~55 messages: exactly MAX_MESSAGES go out, in order, the last
+    one saying how many were left out; the record says it too."""
+    post = make_post(300)
+    whole = discord._all_messages(make_result(post), discord.LIMIT)  # before the cap
+    assert len(whole) > 5 * discord.MAX_MESSAGES
+    with DiscordServer() as server:
+        record = discord.post_winner(make_result(post), tmp_path, server.url)
+    sent = server.delivered
+    assert len(server.requests) == len(sent) == discord.MAX_MESSAGES == record["messages"]
+    assert record["posted"] is True and record["sent"] == discord.MAX_MESSAGES
+    dropped = len(whole) - discord.MAX_MESSAGES
+    assert sent[-1].endswith(discord.cut_note(dropped)), sent[-1][-300:]
+    assert f"{dropped} more not sent" in record["cut"]
+    assert all(discord._len(m) <= discord.LIMIT for m in sent)
+    assert sent[:-1] == whole[:discord.MAX_MESSAGES - 1]  # the start, in order
+    # Control: a post that fits is sent whole, with no note and no "cut" in the record.
+    with DiscordServer() as server:
+        record = discord.post_winner(make_result(), tmp_path / "small", server.url)
+    assert "post cut" not in "".join(server.delivered) and "cut" not in record
+
+
 def test_no_winner_posts_nothing(tmp_path: Path) -> None:
     assert discord.announcement(make_result(winner=False)) == []
     with DiscordServer() as server:

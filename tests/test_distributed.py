@@ -127,3 +127,35 @@ def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, work
     assert during, "the worker's pool processes made no /etc skeleton: nothing was tested"
     w.stop()
     assert not (helpers() & during), sorted(helpers() & during)
+
+
+LOUD = """import sys
+print("CANDIDATE-STDOUT-5f1e " * 20)
+with open(sys.argv[2], "w", encoding="utf-8") as fh:
+    fh.write("# ARTIFACT-BODY-8c2d\\n\\n" + sys.argv[1] + "\\n")
+"""
+
+
+def test_worker_log_at_info_carries_no_task_return_value(distributed_env, workers, artifacts,
+                                                         tmp_path):
+    """Celery's success line keeps its shape, with a one-line summary for the value
+    (worker/tasklog.py): no candidate output, artifact or objective in the worker's log."""
+    from tests.manifests import write_manifest
+
+    (worker,) = workers(distributed_env, n=1, concurrency=2)
+    manifest = write_manifest(tmp_path / "c", {"loud": LOUD, "quiet": LOUD})
+    done = run_forge_cli(["run", "OBJECTIVE-TEXT-3a9b", "--candidates", str(manifest),
+                          "--run-id", "logs", "--no-post"], distributed_env)
+    assert done.returncode == 0, done.stderr
+    run = artifacts / "logs"
+    # Control: the markers are real, in the run directory where they belong.
+    assert "CANDIDATE-STDOUT-5f1e" in (run / "loud" / "output.log").read_text()
+    assert "ARTIFACT-BODY-8c2d" in (run / "loud" / "discord_post.md").read_text()
+    log = worker.logtext()
+    for marker in ("CANDIDATE-STDOUT-5f1e", "ARTIFACT-BODY-8c2d", "OBJECTIVE-TEXT-3a9b"):
+        assert marker not in log, marker
+    for cid in ("loud", "quiet"):
+        assert (f"worker.tasks.run_candidate[logs:{cid}] succeeded in" in log
+                and f"s: candidate {cid}: succeeded in " in log), log[-3000:]
+    assert "worker.tasks.collect_results[logs:collect] succeeded in" in log
+    assert "s: run logs: 2 candidates, winner " in log

@@ -15,6 +15,7 @@ from tests.procs import ROOT, forge_env, run_forge_cli
 from tests.test_faults import (
     FAST,
     assert_once,
+    dispatch_detached,
     meta,
     popen_forge,
     run_files,
@@ -178,3 +179,61 @@ def test_resume_refuses_a_run_it_does_not_know(redis_server, artifacts):
 def test_status_of_unknown_run_still_points_to_list(redis_server, artifacts):
     done = run_forge_cli(["status", "nope"], forge_env(redis_server.url, artifacts))
     assert done.returncode == 2 and "forge list" in done.stderr
+
+
+def test_resume_after_a_killed_worker_and_a_purged_queue_says_what_was_lost(
+        redis_server, workers, artifacts, tmp_path):
+    """Issue 18: the only worker SIGKILLed mid-run, then the queue purged. One candidate
+    is still in the unacked hash (its worker is dead: the queue cannot tell), two are
+    gone. resume and status must say so, not "nothing was lost" / "2 queued"."""
+    env = forge_env(redis_server.url, artifacts, **FAST)
+    client = redis_server.client()
+    ids = ["s00", "s01", "s02"]
+    dispatch_detached("purged", sleepers_with(tmp_path / "c", 3, 3.0), env)
+    # Before any worker: all queued, nothing lost, and that is what it says.
+    waiting = run_forge_cli(["resume", "purged"], env)
+    assert waiting.returncode == 2, waiting.stdout + waiting.stderr
+    said = " ".join(waiting.stderr.split())
+    assert "is still in progress and no candidate is lost: 3 queued." in said, said
+    assert "--force publishes all 3 unfinished candidate(s) again now" in said
+
+    (w1,) = workers(env, n=1, concurrency=1)
+
+    def executing() -> str | None:
+        for cid in ids:
+            m = meta(client, f"purged:{cid}")
+            if m and m["status"] == "PROGRESS" and "[Run] Executing..." in m["result"]["log"]:
+                return cid
+        return None
+
+    running = wait_for(executing, 60, "a candidate to run")
+    os.killpg(w1.proc.pid, signal.SIGKILL)
+    w1.proc.wait(10)
+    purge = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "purge", "-f"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert purge.returncode == 0, purge.stderr
+    assert client.llen("celery") == 0 and client.hlen("unacked") == 1
+    lost = [c for c in ids if c != running]
+
+    refused = run_forge_cli(["resume", "purged"], env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    said = " ".join(refused.stderr.split())
+    assert "nothing was lost" not in said and "no candidate is lost" not in said, said
+    assert f"2 candidate(s) lost, neither queued nor running ({', '.join(lost)};" in said
+    assert f"1 delivered to a worker and not yet acknowledged ({running})" in said
+    assert "the queue cannot tell which" in said
+    assert "--force publishes all 3 unfinished candidate(s) again now" in said
+    status = run_forge_cli(["status", "purged"], env)
+    assert status.returncode == 1, status.stdout + status.stderr
+    line = " ".join(status.stdout.split())
+    assert "(0 done / 3 total; 1 running, 0 queued; 0 failed)" in line, line
+    assert f"2 lost, neither queued nor running ({', '.join(lost)})" in line
+    assert "forge resume purged" in line
+
+    # --force does what it said: all three again, and the run completes, each once.
+    workers(env, n=1, concurrency=2, prefix="v")
+    forced = run_forge_cli(["resume", "purged", "--force", "--json"], env)
+    assert forced.returncode == 0, forced.stderr
+    assert "re-running 3 of 3 candidates" in forced.stderr
+    results = assert_once(wait_summary(artifacts, "purged"), ids)
+    assert all(r["success"] for r in results.values()), results

@@ -124,3 +124,14 @@ def test_flower_refuses_requests_without_credentials(flower):
     assert get(f"{flower}/", "user:pass")[0] == 200
     assert get(f"{flower}/healthcheck") == (200, "OK")  # what compose's health check calls
 
+
+
+def test_flower_metrics_answer_without_credentials_as_docs_security_says(flower):
+    """Flower's own behaviour, which docs/security.md states and compose's loopback-only
+    publishing answers: basic auth does not cover /metrics. If Flower ever guards it,
+    this fails and the documentation must change with it."""
+    status, body = get(f"{flower}/metrics")
+    assert status == 200 and "flower_" in body  # Prometheus text, no credentials
+    assert get(f"{flower}/api/workers")[0] == 401  # control: the API itself is guarded
+    doc = (ROOT / "docs" / "security.md").read_text()
+    assert "/metrics" in doc and "127.0.0.1" in doc

@@ -106,9 +106,14 @@ def artifacts_dir() -> str:
     return env("FORGE_ARTIFACTS_DIR", "artifacts") or "artifacts"
 
 
-def get_daytona_config() -> tuple[str | None, str | None]:
-    """``(api_key, base_url)``; the seed's ``DAYTONA_BASE_URL`` is accepted too."""
-    return env("DAYTONA_API_KEY"), env("DAYTONA_API_URL") or env("DAYTONA_BASE_URL")
+DEFAULT_DAYTONA_API_URL = "https://app.daytona.io/api"  # the seed's and the SDK's default
+
+
+def get_daytona_config() -> tuple[str | None, str]:
+    """``(api_key, base_url)`` as the seed documents it: the key is None when unset, the
+    URL is ``DAYTONA_API_URL`` (or the seed's ``DAYTONA_BASE_URL``), else the default."""
+    return env("DAYTONA_API_KEY"), (env("DAYTONA_API_URL") or env("DAYTONA_BASE_URL")
+                                    or DEFAULT_DAYTONA_API_URL)
 
 
 def is_daytona_configured() -> bool:

@@ -11,6 +11,7 @@ The dispatcher is imported inside the functions: ``import worker`` stays light.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+logger = logging.getLogger("dream_foundry")
+
 
 def run_candidate_in_daytona(
     candidate_id: str,
@@ -40,22 +43,39 @@ def run_candidate_in_daytona(
     timeout: int = 60,
 ) -> DaytonaResult:
     """Run one candidate script in a fresh Daytona sandbox; write its artifact to
-    ``output_file``. Never raises: every failure is a result with ``success=False``."""
+    ``output_file``. Never raises: every failure is a result with ``success=False``.
+
+    As in the seed, without a key the ``error_message`` is exactly ``Daytona API key not
+    configured``; the hint (which variable to set) goes to the log line."""
     from worker.lifecycle import run_lifecycle
     from worker.sandbox import get_backend
+    from worker.sandbox.daytona import NO_KEY, NO_KEY_MESSAGE
+    from worker.validation import InvalidInput, check_objective, check_timeout
 
     def log(message: str) -> None:
         if log_callback is not None:
             log_callback(candidate_id, message)
 
+    def failed(message: str, line: str | None = None) -> DaytonaResult:
+        result = DaytonaResult(candidate_id=candidate_id, execution_mode="daytona",
+                               error_message=message)
+        log(f"[Error] {line or message}")
+        logger.warning("%s: %s", candidate_id, line or message)
+        return result
+
+    if not is_daytona_configured():
+        return failed(NO_KEY_MESSAGE, NO_KEY)
+    try:
+        check_objective(objective)
+        check_timeout(timeout)
+    except InvalidInput as exc:
+        return failed(str(exc))
+
     try:
         with open(script_path, encoding="utf-8") as fh:
             script = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        result = DaytonaResult(candidate_id=candidate_id, execution_mode="daytona",
-                               error_message=f"Cannot read script {script_path}: {exc}")
-        log(f"[Error] {result.error_message}")
-        return result
+        return failed(f"Cannot read script {script_path}: {exc}")
 
     task = CandidateTask(
         run_id=f"compat-{uuid.uuid4().hex[:12]}",
@@ -108,7 +128,7 @@ def _as_candidate(candidate: Any) -> Any:
     if isinstance(candidate, Candidate):
         return candidate
     cid = _field(candidate, "id", "candidate_id")
-    if not isinstance(cid, str) or not ID_RE.match(cid):
+    if not isinstance(cid, str) or not ID_RE.fullmatch(cid):
         raise ManifestError(f"candidate {candidate!r}: 'id' must be 1-64 characters from "
                             "a-z, 0-9, _ and -")
     raw = _field(candidate, "script_path", "script")

@@ -2,6 +2,8 @@
 
 The chord body can run twice (a redelivered callback), so posting is claimed with an
 exclusive create of ``discord.claim`` in the run directory; only the claimant posts.
+A post is at most ``MAX_MESSAGES`` messages: a longer one is cut, and its last message
+and the record say so. The objective in the announcement is shown shortened.
 Failures become a record (``discord.json``), never an exception: a run is complete
 whether or not Discord answered. The webhook URL is a secret: it never reaches a
 record, a log line or an error message.
@@ -23,10 +25,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from worker.config import is_placeholder
 from worker.records import ForgeResult
+from worker.validation import contained, shorten
 
 logger = logging.getLogger("dream_foundry")
 
 LIMIT = 2000  # Discord's message limit, in characters
+MAX_MESSAGES = 10  # per run: a post needing more is cut (the run directory has it all)
 CLAIM = "discord.claim"
 RECORD = "discord.json"
 MAX_RETRIES = 5  # per message, for 429 and 5xx/network errors
@@ -117,8 +121,35 @@ def _winner_post(result: ForgeResult) -> str:
     return (r.artifact_content if r else None) or ""
 
 
-def announcement(result: ForgeResult, limit: int = LIMIT) -> list[str]:
-    """The messages announcing the winner, in order ([] when there is no winner)."""
+def cut_note(dropped: int) -> str:
+    return (f"*[post cut: {dropped} more message(s) not sent; the whole post is in the run "
+            "directory]*")
+
+
+def cap(messages: list[str], limit: int = LIMIT,
+        max_messages: int = MAX_MESSAGES) -> tuple[list[str], int]:
+    """At most ``max_messages`` messages, the last one ending with a note that the post
+    was cut; returns (messages, how many were dropped)."""
+    if len(messages) <= max_messages:
+        return messages, 0
+    dropped = len(messages) - max_messages
+    kept = messages[:max_messages]
+    note = cut_note(dropped)
+    last = kept[-1]
+    while last and _len(f"{last}\n\n{note}") > limit:
+        last = last[: max(0, len(last) - max(1, _len(f"{last}\n\n{note}") - limit))]
+    kept[-1] = f"{last}\n\n{note}" if last.strip() else note
+    return kept, dropped
+
+
+def announcement(result: ForgeResult, limit: int = LIMIT,
+                 max_messages: int = MAX_MESSAGES) -> list[str]:
+    """The messages announcing the winner, in order ([] when there is no winner), at most
+    ``max_messages`` of them."""
+    return cap(_all_messages(result, limit), limit, max_messages)[0]
+
+
+def _all_messages(result: ForgeResult, limit: int) -> list[str]:
     if not result.winner_id:
         return []
     name, description = _winner_name(result)
@@ -128,7 +159,7 @@ def announcement(result: ForgeResult, limit: int = LIMIT) -> list[str]:
         s = result.score_for(result.winner_id)
         score = s.total_score if s else None
     wins = f" wins with {score:.1f}/100" if isinstance(score, int | float) else " wins"
-    objective = " ".join(result.objective.split())
+    objective = shorten(result.objective)
     header = f"🏆 **{label}**{wins}" + (f"\n*{objective}*" if objective else "")
     return pack([header, *event_blocks(_winner_post(result))], limit)
 
@@ -209,21 +240,21 @@ def _send(url: str, content: str, timeout: float, stats: dict[str, Any]) -> str 
 
 
 def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    tmp = run_dir / f".{RECORD}.{uuid.uuid4().hex[:8]}"
+    tmp = contained(run_dir, f".{RECORD}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    os.replace(tmp, run_dir / RECORD)
+    os.replace(tmp, contained(run_dir, RECORD))
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(run_dir) / RECORD).read_text("utf-8"))
+    try:  # (InvalidInput is a ValueError: a record resolving elsewhere is not read)
+        return json.loads(contained(run_dir, RECORD).read_text("utf-8"))
     except (OSError, ValueError):
         return None
 
 
 def _claim(run_dir: Path) -> bool:
     try:
-        fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(contained(run_dir, CLAIM), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as fh:
@@ -244,7 +275,7 @@ def post_winner(result: ForgeResult, run_dir: str | os.PathLike, webhook_url: st
                               "forced": force}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        messages = announcement(result)
+        messages, dropped = cap(_all_messages(result, LIMIT))
         if not messages:
             record["skipped"] = "no winner"
         elif is_placeholder(webhook_url):
@@ -257,6 +288,9 @@ def post_winner(result: ForgeResult, run_dir: str | os.PathLike, webhook_url: st
         else:
             record.update(messages=len(messages), sizes=[_len(m) for m in messages],
                           message_ids=[], requests=0, rate_limited=0, retries=0)
+            if dropped:
+                record["cut"] = (f"post cut at {MAX_MESSAGES} messages: {dropped} more not "
+                                 "sent (the whole post is in the run directory)")
             try:
                 for n, content in enumerate(messages, start=1):
                     record["message_ids"].append(
@@ -276,6 +310,6 @@ def post_winner(result: ForgeResult, run_dir: str | os.PathLike, webhook_url: st
                     record["messages"])
     try:
         _write_record(run_dir, record)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: InvalidInput from contained()
         logger.warning("[%s] Discord: could not write %s: %s", result.run_id, RECORD, exc)
     return record

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from worker.records import CandidateInfo, CandidateResult, ForgeResult, Score
+from worker.validation import shorten
 
 TAIL_LINES = 60  # output lines shown per candidate
 MAX_LINE = 1000  # characters kept of one output line
@@ -248,7 +249,7 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
     lines = [
         f"# Dream Foundry report — {_md_cell(result.run_id)}",
         "",
-        f"- **Objective:** {_md_cell(result.objective, 1000)}",
+        f"- **Objective:** {_md_cell(shorten(result.objective), 1000)}",
         f"- **Run:** `{_md_cell(result.run_id)}`",
         f"- **Timestamp:** {_md_cell(result.timestamp)}",
         f"- **Execution mode:** {_md_cell(result.execution_mode)}",
@@ -742,7 +743,7 @@ def html_parts(result: ForgeResult) -> Iterator[str]:
         f"<title>Dream Foundry · {_e(result.run_id)}</title>"
         f"<style>{_CSS}</style></head>\n<body><main>"
         '<header class="top"><div class="kicker">Dream Foundry · run report</div>'
-        f"<h1>{_e(result.objective)}</h1><ul class=\"meta\">"
+        f"<h1>{_e(shorten(result.objective))}</h1><ul class=\"meta\">"
         + "".join(f"<li>{k} <b>{v}</b></li>" for k, v in meta)
         + "</ul>"
         + (f'<div class="notes">{notes}</div>' if notes else "")

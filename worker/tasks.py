@@ -17,14 +17,18 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
+from worker import tasklog
 from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
 from worker.lifecycle import worker_name
 from worker.progress import ProgressWriter
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
+from worker.validation import InvalidInput, check_run_id, check_run_spec, check_task
 
 logger = logging.getLogger("dream_foundry")
 
 LOG_WINDOW = 40  # newest log lines kept in the task's PROGRESS meta
+
+tasklog.install()  # Celery's success line without the return value (see worker/tasklog.py)
 
 
 @worker_process_init.connect
@@ -132,9 +136,16 @@ def _first_finished(task, result: dict[str, Any]) -> dict[str, Any]:
 @shared_task(bind=True, name="worker.tasks.run_candidate", acks_late=True,
              reject_on_worker_lost=True, track_started=False)
 def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
-    """Run one candidate in a fresh sandbox; always return a CandidateResult dict."""
+    """Run one candidate in a fresh sandbox; always return a CandidateResult dict.
+
+    A message that breaks the input rules (worker/validation.py: anyone who can publish
+    to the broker can send one) is a failed result at once: nothing is run or written.
+    """
     entered, t_enter = time.time(), time.monotonic()
-    task = CandidateTask.from_dict(task_data)
+    try:
+        task = check_task(_task_from(task_data))
+    except InvalidInput as exc:
+        return _refused(self, task_data, str(exc))
     earlier, attempt = _delivery(self) if self.request.id else (None, 1)
     if earlier is not None:
         logger.info("%s: redelivered after it finished; keeping the stored result",
@@ -221,6 +232,26 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     return _first_finished(self, result.to_dict()) if self.request.id else result.to_dict()
 
 
+def _task_from(task_data: Any) -> CandidateTask:
+    if not isinstance(task_data, dict):
+        raise InvalidInput(f"a candidate task is a CandidateTask dict, not "
+                           f"{type(task_data).__name__}")
+    try:
+        return CandidateTask.from_dict(task_data)
+    except (TypeError, ValueError) as exc:  # a required field missing, or not a mapping
+        raise InvalidInput(f"malformed candidate task ({type(exc).__name__}: {exc})") from None
+
+
+def _refused(task, task_data: Any, reason: str) -> dict[str, Any]:
+    """The failed result of a task refused before it ran."""
+    cid = task_data.get("candidate_id") if isinstance(task_data, dict) else None
+    logger.warning("%s: candidate task refused: %s", task.request.id, reason)
+    return CandidateResult(
+        candidate_id=cid if isinstance(cid, str) else "", worker=task.request.hostname,
+        error_message=f"Refused: {reason}", log=[f"[Error] Refused: {reason}"],
+    ).to_dict()
+
+
 def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResult:
     """Score and rank the results of a run (pure: no I/O)."""
     from worker.judge import JudgeContext, get_judge, rank, winner
@@ -277,7 +308,9 @@ def _sandboxes_alive(run_id: str, notes: list[str]) -> int | None:
         return None
 
 
-@shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True)
+# throws: a refused run (InvalidInput) is logged as expected, on one line, no traceback.
+@shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True,
+             throws=(InvalidInput,))
 def collect_results(self, results: list[dict[str, Any]],
                     run_data: dict[str, Any],
                     kept_task_ids: list[str] | None = None) -> dict[str, Any]:
@@ -285,11 +318,13 @@ def collect_results(self, results: list[dict[str, Any]],
 
     ``kept_task_ids`` (from ``forge resume``): finished tasks of an earlier, interrupted
     publish of this run, whose stored results join the ones this chord produced.
+    The RunSpec is checked (worker/validation.py) before anything touches the disk: a
+    message breaking the rules fails with InvalidInput and writes nothing.
     """
     from worker.rundir import write_run_dir
 
     entered, t0 = time.time(), time.monotonic()
-    run = RunSpec.from_dict(_load_run_data(self.backend, run_data))
+    run = _run_spec(_load_run_data(self.backend, run_data))
     if kept_task_ids:
         from worker.states import stored_results
 
@@ -315,6 +350,16 @@ def collect_results(self, results: list[dict[str, Any]],
     return out
 
 
+def _run_spec(data: Any) -> RunSpec:
+    if not isinstance(data, dict):
+        raise InvalidInput(f"a run is a RunSpec dict, not {type(data).__name__}")
+    try:
+        spec = RunSpec.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInput(f"malformed RunSpec ({type(exc).__name__}: {exc})") from None
+    return check_run_spec(spec)
+
+
 def spec_key(run_id: str) -> str:
     """Result-backend key of a large run's RunSpec (see dispatch._body_run_data)."""
     return f"forge-runspec:{run_id}"
@@ -322,8 +367,11 @@ def spec_key(run_id: str) -> str:
 
 def _load_run_data(backend, run_data: dict[str, Any]) -> dict[str, Any]:
     """The RunSpec dict: inline, or stored by the dispatcher under ``spec_key``."""
-    if "spec_key" not in run_data:
+    if not isinstance(run_data, dict) or "spec_key" not in run_data:
         return run_data
+    if run_data["spec_key"] != spec_key(check_run_id(run_data.get("run_id"))):
+        raise InvalidInput(f"spec_key {run_data['spec_key']!r} is not this run's "
+                           f"({spec_key(run_data['run_id'])!r})")
     raw = backend.get(run_data["spec_key"])
     if raw is None:
         raise RuntimeError(f"run {run_data.get('run_id')}: its stored RunSpec "

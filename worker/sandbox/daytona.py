@@ -37,7 +37,9 @@ NOTHING_LEFT = "no sandbox left"
 GONE_STATES = frozenset({"destroyed", "destroying"})
 
 NO_SDK = "Daytona SDK not installed (pip install daytona)"
-NO_KEY = "Daytona API key not configured (set DAYTONA_API_KEY)"
+NO_KEY_MESSAGE = "Daytona API key not configured"  # the seed's exact error_message
+NO_KEY_HINT = "set DAYTONA_API_KEY"
+NO_KEY = f"{NO_KEY_MESSAGE} ({NO_KEY_HINT})"
 
 
 def _sdk() -> Any:
