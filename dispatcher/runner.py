@@ -30,6 +30,11 @@ def prepare(
     post: bool | None = None,
     competition: str | None = None,
     limits: Limits | None = None,
+    egress_allow: tuple[str, ...] | None = None,
+    egress_deny: tuple[str, ...] | None = None,
+    cpus: float | None = None,
+    speed: str | None = None,
+    exclusive: bool | None = None,
 ) -> RunPlan:
     """Load and validate everything a run needs; raises ManifestError/ConfigError."""
     if not objective or not objective.strip():
@@ -57,6 +62,11 @@ def prepare(
         competition=competition,
         limits=limits,
         notes=notes,
+        egress_allow=egress_allow,
+        egress_deny=egress_deny,
+        cpus=cpus,
+        speed=speed,
+        exclusive=exclusive,
     )
 
 
@@ -95,6 +105,7 @@ def run_forge(
     ``log_callback(candidate_id, message)`` receives each candidate's lifecycle lines
     as they happen. ``options`` are those of :func:`prepare` (``candidates``,
     ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
-    ``post``, ``limits``).
+    ``post``, ``limits``, ``egress_allow``, ``egress_deny``, ``cpus``, ``speed``,
+    ``exclusive``).
     """
     return execute(prepare(objective, use_daytona, **options), log_callback)

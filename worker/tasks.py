@@ -235,7 +235,8 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
         ordered.append(by_id.get(c.id) or CandidateResult(
             candidate_id=c.id, error_message="No result reached the callback"))
     judge = get_judge(run.judge)
-    scores = rank(judge.score(ordered, JudgeContext(run.objective, run.timestamp, run.timeout)))
+    scores = rank(judge.score(ordered, JudgeContext(run.objective, run.timestamp, run.timeout,
+                                                    run.speed)))
     best = winner(scores)
     candidates = []
     for c in run.candidates:
@@ -260,6 +261,7 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
         competition=run.competition,
         definition_sha256=run.definition_sha256,
         notes=list(run.notes),
+        speed=run.speed,
     )
 
 

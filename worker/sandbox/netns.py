@@ -10,8 +10,9 @@ sandbox's own 127.0.0.1 is its own namespace's loopback.
 
 Mechanics: bwrap reports the sandbox's pid on ``--info-fd`` and holds the command on
 ``--block-fd``; we attach slirp4netns to ``/proc/<pid>/ns/net`` (``--netns-type=path``,
-so it does not try to join the sandbox's user namespace), wait for its ``--ready-fd``,
-and only then let the command start.
+as root it need not join the sandbox's user namespace; unprivileged it must), wait for
+its ``--ready-fd``, install the egress policy (``egress``), and only then let the command
+start.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ import subprocess
 import threading
 import time
 
+# slirp4netns's defaults (``--configure``): the sandbox's side of the link, and the
+# addresses libslirp answers on. The egress policy (``egress``) is written against them.
+TAP = "tap0"
+SLIRP_CIDR = "10.0.2.0/24"
+SLIRP_GATEWAY = "10.0.2.2"  # the host; its loopback with --disable-host-loopback: refused
+SLIRP_DNS = "10.0.2.3"  # forwards port 53 to the worker's resolver
 
 @functools.lru_cache(maxsize=1)
 def slirp4netns_path() -> str | None:
@@ -55,6 +62,28 @@ def _wait_for_loopback(pid: int, timeout: float) -> None:
         time.sleep(0.001)
 
 
+def slirp_argv(path: str, pid: int, ready_fd: int, exit_fd: int, root: bool) -> list[str]:
+    """The slirp4netns command line. Never ``--api-socket``: that control socket could
+    add port forwards; with no control path the egress policy has nothing to bypass."""
+    argv = [
+        path,
+        f"--exit-fd={exit_fd}",
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        f"--ready-fd={ready_fd}",
+        "--netns-type=path",
+    ]
+    if root:
+        # As root it can confine itself: own mount namespace, caps dropped, seccomp.
+        argv[1:1] = ["--enable-sandbox", "--enable-seccomp"]
+    else:
+        # Unprivileged, it may enter the network namespace only from the sandbox's user
+        # namespace (ours: we own it). Root needs no such detour.
+        argv.append(f"--userns-path=/proc/{pid}/ns/user")
+    return [*argv, f"/proc/{pid}/ns/net", TAP]
+
+
 class Slirp:
     """A running slirp4netns attached to one sandbox's network namespace."""
 
@@ -67,20 +96,7 @@ class Slirp:
         # slirp4netns exits when this pipe closes: when we stop it, or when the worker
         # process holding the write end dies (SIGKILL, OOM), so it never outlives us.
         exit_r, self._exit_w = os.pipe()
-        argv = [
-            path,
-            f"--exit-fd={exit_r}",
-            "--configure",
-            "--mtu=65520",
-            "--disable-host-loopback",
-            f"--ready-fd={ready_w}",
-            "--netns-type=path",
-            f"/proc/{pid}/ns/net",
-            "tap0",
-        ]
-        if os.geteuid() == 0:
-            # As root it can confine itself: own mount namespace, caps dropped, seccomp.
-            argv[1:1] = ["--enable-sandbox", "--enable-seccomp"]
+        argv = slirp_argv(path, pid, ready_w, exit_r, os.geteuid() == 0)
         try:
             self.proc = subprocess.Popen(
                 argv,
