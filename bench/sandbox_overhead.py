@@ -8,7 +8,12 @@ interleaved so that every variant sees the same machine load:
   host's site-packages, so only the sandbox is measured);
 * ``plain``        : the full lifecycle with the no-bubblewrap fallback sandbox;
 * ``bwrap``        : the full lifecycle, bubblewrap, network off;
-* ``bwrap+net``    : the full lifecycle, bubblewrap, slirp4netns outbound-only network.
+* ``bwrap+net``    : the full lifecycle, bubblewrap, slirp4netns outbound-only network,
+  with its egress policy (routes installed over rtnetlink) and the cpu/cpuacct cgroups
+  of the fair share;
+* ``net-nopolicy`` : the same without the egress routes and with only the memory/pids
+  cgroups, as before issue 19: ``bwrap+net`` minus this is what the policy and the fair
+  share add per candidate, measured side by side.
 
 The lifecycle variants include everything a candidate costs: temp dir, cgroups, upload,
 run, artifact download and deletion. Prints a table; writes JSON to bench/results/.
@@ -35,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.lifecycle import run_lifecycle  # noqa: E402
 from worker.records import CandidateTask, sha256_text  # noqa: E402
-from worker.sandbox import bwrap  # noqa: E402
+from worker.sandbox import bwrap, local, rtnetlink  # noqa: E402
 from worker.sandbox.local import (  # noqa: E402
     LocalBackend,
     PlainSandbox,
@@ -66,6 +71,18 @@ def run_subprocess(workdir: str) -> float:
                    check=True,
                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return time.perf_counter() - t0
+
+
+class NoPolicy:
+    """The pre-issue-19 network-on sandbox: no egress routes, memory/pids cgroups only."""
+
+    def __enter__(self):
+        self.saved = rtnetlink.install, local.ALL_CONTROLLERS
+        rtnetlink.install = lambda *_a, **_k: None
+        local.ALL_CONTROLLERS = ("pids", "memory")
+
+    def __exit__(self, *_exc):
+        rtnetlink.install, local.ALL_CONTROLLERS = self.saved
 
 
 def run_backend(backend, network: bool) -> float:
@@ -100,11 +117,16 @@ def main() -> None:
     _make_python_env(os.path.join(workdir, "python"), None)
     with open(os.path.join(workdir, "script.py"), "w") as fh:
         fh.write(SCRIPT)
+    def without_policy() -> float:
+        with NoPolicy():
+            return run_backend(LocalBackend(), True)
+
     variants = {
         "subprocess": lambda: run_subprocess(workdir),
         "plain": lambda: run_backend(PlainBackend(), False),
         "bwrap": lambda: run_backend(LocalBackend(), False),
         "bwrap+net": lambda: run_backend(LocalBackend(), True),
+        "net-nopolicy": lambda: without_policy(),
     }
     for run in variants.values():  # warm-up: page cache, probe
         run()
@@ -113,6 +135,7 @@ def main() -> None:
         for name, run in variants.items():
             samples[name].append(run())
     base = statistics.median(samples["subprocess"])
+    added = [a - b for a, b in zip(samples["bwrap+net"], samples["net-nopolicy"], strict=True)]
     table = {}
     print(f"{'variant':<12}{'median ms':>11}{'mean ms':>10}{'p95 ms':>9}{'min ms':>9}"
           f"{'x subproc':>11}{'+ms':>8}")
@@ -123,6 +146,12 @@ def main() -> None:
         table[name] = s
         print(f"{name:<12}{s['median_ms']:>11.1f}{s['mean_ms']:>10.1f}{s['p95_ms']:>9.1f}"
               f"{s['min_ms']:>9.1f}{s['ratio_median']:>11.2f}{s['overhead_median_ms']:>8.1f}")
+    diff = (statistics.median(samples["bwrap+net"])
+            - statistics.median(samples["net-nopolicy"])) * 1000
+    paired = statistics.median(added) * 1000
+    print(f"egress policy + fair share per candidate (bwrap+net - net-nopolicy): "
+          f"{diff:.2f} ms between medians, {paired:.2f} ms median of paired differences")
+    table["policy_added_ms"] = {"median_diff": diff, "median_paired": paired}
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -197,7 +198,7 @@ class NetWorld:
     """The worker and world namespaces, wired, with their services running."""
 
     def __init__(self) -> None:
-        for binary in (IP, "nsenter", "unshare", "mount"):
+        for binary in (IP, "nsenter", "unshare", "mount", "setpriv"):
             _need(binary)
         self.tmp = Path(tempfile.mkdtemp(prefix="forge-networld-"))
         self.worker = Namespace()
@@ -256,18 +257,35 @@ class NetWorld:
         return self.worker.inside(go)
 
     def run_worker(self, tasks: list[dict], timeout: float = 180,
-                   env: dict[str, str] | None = None) -> dict:
+                   unprivileged: bool = False) -> dict:
         """Run ``tests/world_worker.py`` (the local backend's lifecycle for ``tasks``, all
-        at once) inside the worker namespace, with the world's resolver; its JSON."""
-        script = (
-            'mount --bind "$0" /etc/resolv.conf && exec "$@"'
-        )
+        at once) inside the worker namespace, with the world's resolver; its JSON.
+
+        ``unprivileged``: as uid 65534 (like the Docker image's worker), with the
+        system's python3 and a world-readable copy of the worker package (the suite's
+        interpreter and checkout may live where that uid cannot look)."""
+        python, script, cwd = sys.executable, REPO / "tests" / "world_worker.py", REPO
+        drop: list[str] = []
+        if unprivileged:
+            python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or ""
+            assert python and not python.startswith("/root"), "no system python3 for uid 65534"
+            code = self.tmp / "code"
+            if not code.exists():
+                shutil.copytree(REPO / "worker", code / "worker",
+                                ignore=shutil.ignore_patterns("__pycache__"))
+                (code / "tests").mkdir()
+                shutil.copy(script, code / "tests" / "world_worker.py")
+                for path in [self.tmp, *code.rglob("*"), code]:
+                    path.chmod(0o755 if path.is_dir() else 0o644)
+            script, cwd = code / "tests" / "world_worker.py", code
+            drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
         argv = ["nsenter", f"--net={self.worker.path}", "--",
                 "unshare", "--mount", "--propagation", "private", "--",
-                "sh", "-c", script, str(self.resolv_conf),
-                sys.executable, str(REPO / "tests" / "world_worker.py")]
+                "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+                str(self.resolv_conf), *drop, python, str(script)]
+        env = {**os.environ, "HOME": "/tmp"} if unprivileged else None
         done = subprocess.run(argv, input=json.dumps(tasks), capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
+                              timeout=timeout, cwd=cwd, env=env)
         assert done.returncode == 0, f"world worker failed: {done.stderr[-3000:]}"
         out = json.loads(done.stdout)
         out["stderr"] = done.stderr
@@ -280,9 +298,7 @@ class NetWorld:
             self.resolver.close()
         self.world.close()
         self.worker.close()
-        for child in self.tmp.iterdir():
-            child.unlink()
-        self.tmp.rmdir()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _udp(addr: str, port: int) -> socket.socket:

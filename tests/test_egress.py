@@ -204,6 +204,31 @@ def test_inside_is_refused_fast_public_and_dns_work(world):
     assert any(f"{nw.WORKER_ADDR} (worker address)" in line for line in rules), rules
 
 
+def test_unprivileged_worker_installs_the_same_policy(world):
+    """A worker that is not root (the Docker image's) cannot setns from a thread; it
+    joins the sandbox's namespaces from a forked child, and slirp4netns enters through
+    the user namespace owning the network namespace. Same refusals, same control."""
+    probes = [(nw.ALLOWED_HOST, nw.PORT), *REFUSED[:4], ("10.0.2.2", nw.PORT)]
+    config = {"probes": probes, "names": ["allowed.test"], "tamper": True,
+              "after": nw.METADATA_HOST}
+    out = world.run_worker([probe_task("nobody", config),
+                            probe_task("nobody-open", {"probes": REFUSED[:2]},
+                                       Egress(allow=(nw.PRIVATE_HOST, nw.METADATA_HOST)))],
+                           unprivileged=True)
+    closed, control = out["results"]
+    assert "user ns (host uid 65534)" in closed["isolation"], closed["isolation"]
+    got, ctl = report(closed), report(control)
+    assert got["tcp"][f"{nw.ALLOWED_HOST}:{nw.PORT}"]["ok"]
+    assert got["names"]["allowed.test"]["tcp"]["ok"]
+    for host, port in [*REFUSED[:4], ("10.0.2.2", nw.PORT)]:
+        assert got["tcp"][f"{host}:{port}"]["errno"] == errno.EACCES, host
+    for host, port in REFUSED[:2]:
+        assert ctl["tcp"][f"{host}:{port}"]["ok"], host
+    assert got["tamper"]["netlink_errno"] == errno.EPERM
+    assert all(got["tamper"][k]["rc"] != 0 for k in ("del", "add", "default"))
+    assert got["after"]["errno"] == errno.EACCES
+
+
 def test_deny_list_names_and_precedence(world):
     """A deny-list host name is resolved by the worker and refused; the most specific
     entry wins (allow 10.200.0.0/24, deny 10.200.0.1); a deny-list name that does not
@@ -277,8 +302,8 @@ def test_good_entries_pass(entry, allow):
 
 
 def test_slirp_has_no_control_socket():
-    for root in (True, False):
-        argv = netns.slirp_argv("/usr/bin/slirp4netns", 123, 5, 6, root)
+    for userns in (None, 7):
+        argv = netns.slirp_argv("/usr/bin/slirp4netns", 123, 5, 6, userns)
         assert not any("api-socket" in a for a in argv)
         assert "--disable-host-loopback" in argv
 

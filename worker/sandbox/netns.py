@@ -17,6 +17,7 @@ start.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import select
@@ -62,9 +63,28 @@ def _wait_for_loopback(pid: int, timeout: float) -> None:
         time.sleep(0.001)
 
 
-def slirp_argv(path: str, pid: int, ready_fd: int, exit_fd: int, root: bool) -> list[str]:
+NS_GET_USERNS = 0xB701  # ioctl on a namespace fd: an fd of the user namespace owning it
+
+
+def owner_userns_fd(pid: int) -> int:
+    """An fd of the user namespace that owns ``pid``'s network namespace.
+
+    Not ``/proc/<pid>/ns/user``: with ``--disable-userns`` bwrap moves the sandbox into a
+    nested user namespace late in its set-up, and capabilities there do not reach the
+    network namespace, which belongs to the outer one. Which of the two the path names
+    depends on timing; the owner of the network namespace does not."""
+    net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fcntl.ioctl(net, NS_GET_USERNS)
+    finally:
+        os.close(net)
+
+
+def slirp_argv(path: str, pid: int, ready_fd: int, exit_fd: int,
+               userns_fd: int | None) -> list[str]:
     """The slirp4netns command line. Never ``--api-socket``: that control socket could
-    add port forwards; with no control path the egress policy has nothing to bypass."""
+    add port forwards; with no control path the egress policy has nothing to bypass.
+    ``userns_fd`` (unprivileged workers): see ``owner_userns_fd``."""
     argv = [
         path,
         f"--exit-fd={exit_fd}",
@@ -74,13 +94,13 @@ def slirp_argv(path: str, pid: int, ready_fd: int, exit_fd: int, root: bool) -> 
         f"--ready-fd={ready_fd}",
         "--netns-type=path",
     ]
-    if root:
+    if userns_fd is None:
         # As root it can confine itself: own mount namespace, caps dropped, seccomp.
         argv[1:1] = ["--enable-sandbox", "--enable-seccomp"]
     else:
-        # Unprivileged, it may enter the network namespace only from the sandbox's user
-        # namespace (ours: we own it). Root needs no such detour.
-        argv.append(f"--userns-path=/proc/{pid}/ns/user")
+        # Unprivileged, it may enter the network namespace only from the user namespace
+        # owning it (ours: we made it). Root needs no such detour.
+        argv.append(f"--userns-path=/proc/self/fd/{userns_fd}")
     return [*argv, f"/proc/{pid}/ns/net", TAP]
 
 
@@ -96,11 +116,12 @@ class Slirp:
         # slirp4netns exits when this pipe closes: when we stop it, or when the worker
         # process holding the write end dies (SIGKILL, OOM), so it never outlives us.
         exit_r, self._exit_w = os.pipe()
-        argv = slirp_argv(path, pid, ready_w, exit_r, os.geteuid() == 0)
+        userns = None if os.geteuid() == 0 else owner_userns_fd(pid)
+        argv = slirp_argv(path, pid, ready_w, exit_r, userns)
         try:
             self.proc = subprocess.Popen(
                 argv,
-                pass_fds=(ready_w, exit_r),
+                pass_fds=(ready_w, exit_r) + (() if userns is None else (userns,)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -110,6 +131,8 @@ class Slirp:
         finally:
             os.close(ready_w)
             os.close(exit_r)
+            if userns is not None:
+                os.close(userns)
         try:
             ready, _, _ = select.select([ready_r], [], [], timeout)
             got = os.read(ready_r, 1) if ready else b""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
+NS_GET_USERNS = 0xB701
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 20, 22, 24
@@ -260,12 +262,17 @@ def _go_home(home: int) -> None:
 
 def _join_by_fork(pid: int, sysctls: list[str], devices: set[str]):
     """Unprivileged worker: a forked child (single-threaded, as joining a user namespace
-    requires) joins the sandbox's user namespace, which we own, then its network
-    namespace, and passes the descriptors back over a socketpair."""
+    requires) joins the user namespace owning the sandbox's network namespace (we made
+    it), then the network namespace, and passes the descriptors back over a
+    socketpair."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with parent, child:
-        user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         net_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:  # the user namespace owning the network namespace (see netns.owner_userns_fd)
+            user_fd = fcntl.ioctl(net_fd, NS_GET_USERNS)
+        except BaseException:
+            os.close(net_fd)
+            raise
         try:
             forked = os.fork()
             if forked == 0:  # the child: no locks, no logging, leaves by _exit
