@@ -41,11 +41,14 @@ import json, os, resource, sys, time
 CONFIG = json.loads(__CONFIG__)
 
 def spin(seconds):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    # busy for seconds of wall time, or of this process's CPU time ("cpu": the same work
+    # however busy the machine is)
+    clock = time.process_time if CONFIG["until"] == "cpu" else time.monotonic
+    end = clock() + seconds
+    while clock() < end:
         pass
 
-start = time.monotonic()
+start, start_cpu = time.monotonic(), time.process_time()
 kids = []
 for _ in range(CONFIG["procs"] - 1):
     pid = os.fork()
@@ -59,9 +62,10 @@ for pid in kids:
     os.waitpid(pid, 0)
 end = time.monotonic()
 kids_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+kids_cpu = kids_cpu.ru_utime + kids_cpu.ru_stime
 json.dump({"start": start, "end": end, "own_cpu": time.process_time(),
-           "cpu": time.process_time() + kids_cpu.ru_utime + kids_cpu.ru_stime},
-          open(sys.argv[2], "w"))
+           "cpu": time.process_time() + kids_cpu,
+           "window_cpu": time.process_time() - start_cpu + kids_cpu}, open(sys.argv[2], "w"))
 """
 
 SLEEP = """
@@ -88,8 +92,9 @@ def task(cid: str, script: str, *, limits: Limits = Limits(), exclusive: bool = 
                          timeout=timeout, network=False, limits=limits, exclusive=exclusive)
 
 
-def busy(cid: str, procs: int, seconds: float = WINDOW, **kw) -> CandidateTask:
-    config = json.dumps({"procs": procs, "seconds": seconds})
+def busy(cid: str, procs: int, seconds: float = WINDOW, until: str = "wall",
+         **kw) -> CandidateTask:
+    config = json.dumps({"procs": procs, "seconds": seconds, "until": until})
     return task(cid, BUSY.replace("__CONFIG__", repr(config)), **kw)
 
 
@@ -136,26 +141,30 @@ def test_a_cpu_hog_leaves_its_neighbour_a_fair_share(monkeypatch):
           f"{own_cpu(unweighted[0]):.2f} s; the hog's: {own_cpu(weighted[1]):.2f} s vs "
           f"{own_cpu(unweighted[1]):.2f} s")
     for r in weighted:  # the cgroup's figure agrees with the candidate's own count
-        assert abs(r.cpu_seconds - own_cpu(r)) <= 0.1 * own_cpu(r) + 0.2, (r.cpu_seconds,
-                                                                          own_cpu(r))
+        assert abs(r.cpu_seconds - own_cpu(r)) <= 0.15 * own_cpu(r) + 0.3, (
+            r.candidate_id, r.cpu_seconds, own_cpu(r))
     assert fair >= 0.4, f"well-behaved candidate got {fair:.2f} of the CPU with weights"
     assert unfair <= 0.25, f"control: without weights it still got {unfair:.2f}"
     assert fair >= 2 * unfair
 
 
-def test_cpu_cap(monkeypatch):
+def test_cpu_cap():
+    """``cpus = 0.05``: burning 0.1 CPU second takes the capped candidate ~2 s; the same
+    candidate uncapped, side by side, does it several times faster (on a machine less
+    than ~10x oversubscribed)."""
     require()
-    capped, free = together([busy("capped", 1, 2.0, limits=Limits(cpus=0.1)),
-                             busy("free", 1, 2.0)])
-    assert "cpu cap 0.1" in capped.isolation, capped.isolation
+    capped, free = together([busy("capped", 1, 0.1, "cpu", limits=Limits(cpus=0.05)),
+                             busy("free", 1, 0.1, "cpu")])
+    assert "cpu cap 0.05" in capped.isolation, capped.isolation
+
     def cores(r: CandidateResult) -> float:  # over its own spinning window
         report = json.loads(r.artifact_content)
-        return report["cpu"] / (report["end"] - report["start"])
+        return report["window_cpu"] / (report["end"] - report["start"])
 
     capped_cores, free_cores = cores(capped), cores(free)
-    print(f"\ncapped at 0.1 core: {capped_cores:.2f} cores; uncapped: {free_cores:.2f} cores")
-    assert capped_cores <= 0.2, capped_cores
-    assert free_cores >= 0.3, f"control: uncapped got only {free_cores:.2f} cores"
+    print(f"\ncapped at 0.05 core: {capped_cores:.3f} cores; uncapped: {free_cores:.2f} cores")
+    assert capped_cores <= 0.075, capped_cores
+    assert free_cores >= 2 * capped_cores, f"control: uncapped got only {free_cores:.2f} cores"
 
 
 def test_cpu_time_is_recorded_beside_wall_time(monkeypatch):
@@ -163,11 +172,12 @@ def test_cpu_time_is_recorded_beside_wall_time(monkeypatch):
     figure comes from the sandbox's cgroup; without cgroups from the rusage where that
     is complete (the unisolated fallback), and is unknown (None) for bubblewrap."""
     require()
-    spinner = busy("spinner", 2, 1.0)
+    spinner = busy("spinner", 2, 0.5, "cpu")  # two processes burning 0.5 CPU s each
     sleeper = task("sleeper", SLEEP.replace("__SECONDS__", "1.0"))
     spun, slept = together([spinner, sleeper])
+    assert spun.cpu_seconds >= 0.95, spun.cpu_seconds
     assert abs(spun.cpu_seconds - own_cpu(spun)) <= 0.3, (spun.cpu_seconds, own_cpu(spun))
-    assert own_cpu(spun) > json.loads(spun.artifact_content)["own_cpu"] + 0.5  # + the child
+    assert own_cpu(spun) >= json.loads(spun.artifact_content)["own_cpu"] + 0.45  # the child
     assert slept.cpu_seconds < 0.3 and slept.runtime_seconds >= 1.0, slept
     monkeypatch.setenv("FORGE_NO_CGROUPS", "1")
     spun, slept = together([spinner, sleeper])
@@ -180,6 +190,7 @@ def test_cpu_time_is_recorded_beside_wall_time(monkeypatch):
         monkeypatch.delenv("FORGE_SANDBOX")
         bwrap.probe.cache_clear()
     assert spun.isolation.startswith("NONE:")
+    assert spun.cpu_seconds >= 0.95, spun.cpu_seconds
     assert abs(spun.cpu_seconds - own_cpu(spun)) <= 0.3, (spun.cpu_seconds, own_cpu(spun))
     assert slept.cpu_seconds < 0.3
 

@@ -69,8 +69,10 @@ def _rlimits(limits: Limits, timeout: int) -> list[tuple[int, int, int]]:
 CPU_PERIOD_US = 100_000  # the CFS period a CPU cap is expressed in (the kernel default)
 # Each sandbox gets the same CPU and I/O weight: the kernel shares the machine between
 # sibling cgroups by weight, so a candidate running 50 processes gets no more of it than
-# one running a single process. These are the kernels' defaults, written explicitly.
-CPU_SHARES_V1, CPU_WEIGHT_V2 = "1024", "100"
+# one running a single process. A new cgroup starts at the kernel's default CPU weight
+# (v1 cpu.shares 1024, v2 cpu.weight 100: nothing is inherited), the same for every
+# sandbox; the I/O weights below are the defaults too, written because the files must
+# exist for the weight to mean anything.
 IO_WEIGHTS_V1 = (("blkio.bfq.weight", "100"), ("blkio.weight", "500"))
 IO_WEIGHTS_V2 = (("io.bfq.weight", "default 100"), ("io.weight", "default 100"))
 # Per-sandbox cgroups: process and memory caps, equal CPU/I-O weight and an optional CPU
@@ -96,6 +98,7 @@ class Cgroups:
         self.memory_bytes = memory_bytes
         self.cpus = cpus
         self.wanted = controllers
+        self._usage_fd: int | None = None  # cpuacct.usage (v1) or cpu.stat (v2)
         if _truthy("FORGE_NO_CGROUPS"):
             return
         made: dict[str, bool] = {}  # real path -> made by us
@@ -104,7 +107,7 @@ class Cgroups:
             if base is None:
                 continue
             path = os.path.join(base, name)
-            real = os.path.realpath(base)  # cpu and cpuacct are often one hierarchy
+            real = _realpath(base)  # cpu and cpuacct are often one hierarchy
             if real not in made:
                 try:
                     os.mkdir(path)
@@ -118,13 +121,19 @@ class Cgroups:
             except OSError:
                 continue
             self.dirs[controller] = path
-        used = {os.path.realpath(os.path.dirname(p)) for p in self.dirs.values()}
+        used = {_realpath(os.path.dirname(p)) for p in self.dirs.values()}
         for real, ok in made.items():  # a hierarchy we made a directory in, then did not use
             if ok and real not in used:
                 _rmdir(os.path.join(real, name))
+        if self._usage_fd is None:  # v2: cpu.stat is in every cgroup, cpu controller or not
+            for path in self.paths():
+                if _is_v2(os.path.dirname(path)):
+                    self._usage_fd = os.open(os.path.join(path, "cpu.stat"),
+                                             os.O_RDONLY | os.O_CLOEXEC)
+                    break
 
     def _configure(self, controller: str, path: str) -> None:
-        v2 = os.path.exists(os.path.join(path, "cgroup.controllers"))
+        v2 = _is_v2(os.path.dirname(path))
         if controller == "pids":
             _write(os.path.join(path, "pids.max"), str(self.pids_max))
         elif controller == "memory":
@@ -138,18 +147,14 @@ class Cgroups:
                 _try_write(os.path.join(path, "memory.swappiness"), "0")
         elif controller == "cpu":
             quota = int(self.cpus * CPU_PERIOD_US) if self.cpus else 0
-            if v2:
-                _write(os.path.join(path, "cpu.weight"), CPU_WEIGHT_V2)
-                if quota:
-                    _write(os.path.join(path, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
-            else:
-                _write(os.path.join(path, "cpu.shares"), CPU_SHARES_V1)
-                if quota:
-                    _write(os.path.join(path, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
-                    _write(os.path.join(path, "cpu.cfs_quota_us"), str(quota))
-        elif controller == "cpuacct":
-            if not os.path.exists(os.path.join(path, "cpuacct.usage")):
-                raise OSError("no cpuacct.usage")
+            if quota and v2:
+                _write(os.path.join(path, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+            elif quota:
+                _write(os.path.join(path, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                _write(os.path.join(path, "cpu.cfs_quota_us"), str(quota))
+        elif controller == "cpuacct":  # read at every exec: kept open, read with pread
+            self._usage_fd = os.open(os.path.join(path, "cpuacct.usage"),
+                                     os.O_RDONLY | os.O_CLOEXEC)
         elif controller == "io":
             for file, value in IO_WEIGHTS_V2 if v2 else IO_WEIGHTS_V1:
                 if os.path.exists(os.path.join(path, file)):
@@ -180,20 +185,15 @@ class Cgroups:
 
     def cpu_ns(self) -> int | None:
         """CPU time used so far by the sandbox's processes, or None (no accounting)."""
+        if self._usage_fd is None:
+            return None
         try:
-            if "cpuacct" in self.dirs:
-                with open(os.path.join(self.dirs["cpuacct"], "cpuacct.usage")) as fh:
-                    return int(fh.read())
-            for path in self.paths():
-                stat_file = os.path.join(path, "cpu.stat")
-                if os.path.exists(os.path.join(path, "cgroup.controllers")):  # v2
-                    with open(stat_file) as fh:
-                        for line in fh:
-                            if line.startswith("usage_usec "):
-                                return int(line.split()[1]) * 1000
-        except (OSError, ValueError):
-            pass
-        return None
+            text = os.pread(self._usage_fd, 4096, 0).decode()
+            if text.startswith("usage_usec "):  # v2 cpu.stat
+                return int(text.split()[1]) * 1000
+            return int(text)
+        except (OSError, ValueError, IndexError):
+            return None
 
     def members(self) -> set[int]:
         found: set[int] = set()
@@ -220,6 +220,9 @@ class Cgroups:
             time.sleep(0.002)
 
     def remove(self) -> None:
+        if self._usage_fd is not None:
+            os.close(self._usage_fd)
+            self._usage_fd = None
         for path in self.paths():
             for _ in range(100):
                 if _rmdir(path):
@@ -229,6 +232,22 @@ class Cgroups:
 
 
 _bases: dict[tuple[int, str], str | None] = {}
+_facts: dict[tuple[str, str], object] = {}  # per-process answers about cgroup directories
+
+
+def _realpath(path: str) -> str:
+    key = ("real", path)
+    if key not in _facts:
+        _facts[key] = os.path.realpath(path)
+    return _facts[key]  # type: ignore[return-value]
+
+
+def _is_v2(base: str) -> bool:
+    """Is ``base`` (one of our cgroup directories' parent) on the unified hierarchy?"""
+    key = ("v2", base)
+    if key not in _facts:
+        _facts[key] = os.path.exists(os.path.join(base, "cgroup.controllers"))
+    return bool(_facts[key])
 
 
 def _controller_base(controller: str) -> str | None:
@@ -617,7 +636,7 @@ class BwrapSandbox(_BaseSandbox):
                     raise SandboxError("Execution", f"network setup failed: {exc}",
                                        self.id) from exc
                 try:  # before the command is released: it never runs without the policy
-                    rtnetlink.install(child, list(self.policy.routes), egress.IPV6_OFF)
+                    rtnetlink.install(child, self.policy.routes, egress.IPV6_OFF)
                 except OSError as exc:
                     raise SandboxError(
                         "Execution", f"the egress policy could not be installed ({exc}); "

@@ -88,7 +88,7 @@ def _message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return _HDR.pack(_HDR.size + len(body), kind, flags, seq, 0) + body
 
 
-def route_message(route: Route, seq: int, ifindex: dict[str, int]) -> bytes:
+def route_message(route: Route, seq: int, ifindex: dict[str, int], ack: bool = True) -> bytes:
     """RTM_NEWROUTE (create or replace) for ``route`` in the main table."""
     family = socket.AF_INET if route.dst.version == 4 else socket.AF_INET6
     rtype = RTN_PROHIBIT if route.kind == "prohibit" else RTN_UNICAST
@@ -101,8 +101,28 @@ def route_message(route: Route, seq: int, ifindex: dict[str, int]) -> bytes:
         body += _attr(RTA_OIF, struct.pack("=i", ifindex[route.dev]))
     if route.kind == "via":
         body += _attr(RTA_GATEWAY, ipaddress.ip_address(route.gateway).packed)
-    return _message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-                    seq, body)
+    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | (NLM_F_ACK if ack else 0)
+    return _message(RTM_NEWROUTE, flags, seq, body)
+
+
+_batches: dict[tuple, bytes] = {}
+
+
+def route_batch(routes: tuple[Route, ...], ifindex: dict[str, int]) -> bytes:
+    """All of ``routes`` as one datagram, numbered 1..N, an acknowledgement asked for the
+    last only: the kernel answers every refused message with an error anyway, in order,
+    so once the last is acknowledged every earlier error has arrived. Encoded once per
+    process, policy and interface numbering."""
+    key = (routes, tuple(sorted(ifindex.items())))
+    data = _batches.get(key)
+    if data is None:
+        n = len(routes)
+        data = b"".join(route_message(r, seq, ifindex, ack=seq == n)
+                        for seq, r in enumerate(routes, start=1))
+        if len(_batches) > 64:  # a handful of policies per process; never grows unbounded
+            _batches.clear()
+        _batches[key] = data
+    return data
 
 
 def _messages(data: bytes):
@@ -125,22 +145,24 @@ def _attrs(data: bytes, offset: int):
         offset += (length + 3) & ~3
 
 
-def send_batch(sock: socket.socket, messages: list[bytes], what: list[str]) -> None:
-    """Send every message in one datagram (the kernel applies them in order) and wait
-    for every acknowledgement; raise OSError naming the first refused one."""
-    sock.send(b"".join(messages))
-    pending = set(range(1, len(messages) + 1))
+def send_batch(sock: socket.socket, batch: bytes, routes: tuple[Route, ...]) -> None:
+    """Send a ``route_batch`` (the kernel applies its messages in order) and wait for
+    the last one's acknowledgement; raise OSError naming the first refused route."""
+    sock.send(batch)
+    last = len(routes)
     failed: list[tuple[int, int]] = []
-    while pending:
+    done = False
+    while not done:
         for kind, seq, payload in _messages(sock.recv(65536)):
-            if kind == NLMSG_ERROR and seq in pending:
-                pending.discard(seq)
-                code = -struct.unpack_from("=i", payload)[0]
-                if code:
-                    failed.append((seq, code))
+            if kind != NLMSG_ERROR or not 1 <= seq <= last:
+                continue
+            code = -struct.unpack_from("=i", payload)[0]
+            if code:
+                failed.append((seq, code))
+            done = done or seq == last
     if failed:
         seq, code = min(failed)
-        raise OSError(code, f"route '{what[seq - 1]}' refused: {os.strerror(code)}")
+        raise OSError(code, f"route '{routes[seq - 1].text()}' refused: {os.strerror(code)}")
 
 
 # --------------------------------------------------------------------------- namespaces
@@ -307,7 +329,7 @@ def _join_by_fork(pid: int, sysctls: list[str], devices: set[str]):
         return list(fds), {name: int(index) for name, index in names.items()}
 
 
-def install(pid: int, routes: list[Route], sysctls: dict[str, str] | None = None) -> None:
+def install(pid: int, routes: tuple[Route, ...], sysctls: dict[str, str] | None = None) -> None:
     """In ``pid``'s network namespace: write ``sysctls`` (paths under /proc/sys/net),
     then put ``routes`` into the main table (replacing routes of the same prefix), in
     order, in one batch. Raises OSError naming what was refused."""
@@ -321,9 +343,7 @@ def install(pid: int, routes: list[Route], sysctls: dict[str, str] | None = None
                 raise OSError(exc.errno, f"sysctl {path}: {exc.strerror}") from None
         joined.sock.settimeout(5.0)
         joined.sock.bind((0, 0))
-        messages = [route_message(r, seq, joined.ifindex)
-                    for seq, r in enumerate(routes, start=1)]
-        send_batch(joined.sock, messages, [r.text() for r in routes])
+        send_batch(joined.sock, route_batch(routes, joined.ifindex), routes)
     finally:
         joined.close()
 
