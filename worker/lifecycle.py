@@ -102,7 +102,10 @@ def run_lifecycle(
             exclusive=task.exclusive,
         )
         if request.exclusive:
-            reservation = backend.reserve(request, log)
+            try:
+                reservation = backend.reserve(request, log)
+            except OSError as exc:
+                return fail(f"Could not reserve a core for this exclusive competition: {exc}")
             phase("reserve")  # waiting for a core is not the candidate's runtime
             t0 = mark[0]
         log(f"[{label}] Creating sandbox...")

@@ -674,7 +674,6 @@ class BwrapSandbox(_BaseSandbox):
         return self._finish(proc, reader, buffer, t0, timed_out, self._cpu(cpu0, None))
 
 
-
 PIP_SHIM = "installer"  # in the python env: a directory holding only a link to the host's pip
 
 

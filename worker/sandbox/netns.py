@@ -6,7 +6,8 @@ attached to that namespace: it creates ``tap0`` (10.0.2.100/24, gateway 10.0.2.2
 10.0.2.3) and carries the sandbox's TCP/UDP through ordinary sockets of the worker.
 ``--disable-host-loopback`` makes it refuse connections to the host's 127.0.0.0/8, so
 Redis, Flower or an emulator listening on the worker's loopback stay out of reach; the
-sandbox's own 127.0.0.1 is its own namespace's loopback.
+sandbox's own 127.0.0.1 is its own namespace's loopback. What else it may reach (the
+public internet, nothing inside) is the egress policy's business: see ``egress``.
 
 Mechanics: bwrap reports the sandbox's pid on ``--info-fd`` and holds the command on
 ``--block-fd``; we attach slirp4netns to ``/proc/<pid>/ns/net`` (``--netns-type=path``,
