@@ -24,7 +24,9 @@ maps every other address there to the host's loopback, refused by
 working: 10.0.2.3 is a more specific route, and libslirp forwards only port 53 there,
 to the worker's resolver, wherever that lives. IPv6: slirp4netns carries IPv4 only, and
 IPv6 is switched off on ``tap0``, so every IPv6 destination but the sandbox's own ``::1``
-fails at once (ENETUNREACH); IPv4-mapped addresses take the IPv4 routes above.
+fails at once (ENETUNREACH); IPv4-mapped addresses take the IPv4 routes above. (Refusal
+routes for fe80::/10 and friends would not do: the kernel's fe80::/64 on tap0 is more
+specific, and link-local connections to slirp4netns, which ignores IPv6, hang.)
 
 Precedence: the most specific prefix wins; for the same prefix a competition's
 ``egress_deny`` beats its ``egress_allow``, which beats the built-in refusal. Host names
