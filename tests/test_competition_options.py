@@ -20,6 +20,7 @@ from worker import report
 from worker.judge import JudgeContext
 from worker.judge.events import EventsJudge
 from worker.records import CandidateResult, CandidateTask, Egress, ForgeResult, RunSpec
+from worker.sandbox import get_backend
 from worker.tasks import build_forge_result
 
 OK = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n')\n"
@@ -186,8 +187,10 @@ open(sys.argv[2], "w").write("# spun: " + sys.argv[1])
 """
 
 
-def test_options_travel_from_the_manifest_to_the_sandbox_and_the_report(tmp_path):
+def test_options_travel_from_the_manifest_to_the_sandbox_and_the_report(tmp_path, monkeypatch):
     """Embedded run (real Celery worker in-process, real sandboxes)."""
+    # The core slots of this test's own, not the machine's (other runs share those).
+    monkeypatch.setattr(get_backend("local"), "slots_dir", str(tmp_path / "cores"))
     header = ('egress_allow = ["10.1.2.3"]\negress_deny = ["203.0.113.0/24"]\ncpus = 1\n'
               'speed = "cpu"\nexclusive = true')
     path = write_manifest(tmp_path / "cands", {"spin": SPIN, "idle": OK}, header=header)
