@@ -30,9 +30,10 @@ $(STAMP): pyproject.toml
 system-deps-demo:
 	@.ci/system-deps bubblewrap slirp4netns || echo "note: could not install bubblewrap; local sandboxes run without filesystem isolation"
 
-# The suite needs real redis-server, bubblewrap, slirp4netns and chromium: fail loudly.
+# The suite needs real redis-server, bubblewrap, slirp4netns and chromium, and iproute2
+# to build the egress tests' own network: fail loudly.
 system-deps-test:
-	@.ci/system-deps redis-server bubblewrap slirp4netns chromium
+	@.ci/system-deps redis-server bubblewrap slirp4netns chromium iproute2
 
 lint: setup
 	$(VENV)/bin/ruff check .

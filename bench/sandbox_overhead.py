@@ -8,7 +8,12 @@ interleaved so that every variant sees the same machine load:
   host's site-packages, so only the sandbox is measured);
 * ``plain``        : the full lifecycle with the no-bubblewrap fallback sandbox;
 * ``bwrap``        : the full lifecycle, bubblewrap, network off;
-* ``bwrap+net``    : the full lifecycle, bubblewrap, slirp4netns outbound-only network.
+* ``bwrap+net``    : the full lifecycle, bubblewrap, slirp4netns outbound-only network,
+  with its egress policy (routes installed over rtnetlink) and the cpu/cpuacct cgroups
+  of the fair share;
+* ``net-nopolicy`` : the same without the egress routes and with only the memory/pids
+  cgroups, as before issue 19: ``bwrap+net`` minus this is what the policy and the fair
+  share add per candidate, measured side by side.
 
 The lifecycle variants include everything a candidate costs: temp dir, cgroups, upload,
 run, artifact download and deletion. Prints a table; writes JSON to bench/results/.
@@ -35,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.lifecycle import run_lifecycle  # noqa: E402
 from worker.records import CandidateTask, sha256_text  # noqa: E402
-from worker.sandbox import bwrap  # noqa: E402
+from worker.sandbox import bwrap, egress, local, rtnetlink  # noqa: E402
 from worker.sandbox.local import (  # noqa: E402
     LocalBackend,
     PlainSandbox,
@@ -68,12 +73,60 @@ def run_subprocess(workdir: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_backend(backend, network: bool) -> float:
+class NoPolicy:
+    """The pre-issue-19 network-on sandbox: no egress routes, memory/pids cgroups only."""
+
+    policy = None
+
+    def __enter__(self):
+        self.saved = rtnetlink.install, local.ALL_CONTROLLERS, egress.build
+        NoPolicy.policy = NoPolicy.policy or egress.build(task(True).egress)
+        rtnetlink.install = lambda *_a, **_k: None
+        local.ALL_CONTROLLERS = ("pids", "memory")
+        egress.build = lambda _lists: NoPolicy.policy  # for the isolation words only
+
+    def __exit__(self, *_exc):
+        rtnetlink.install, local.ALL_CONTROLLERS, egress.build = self.saved
+
+
+# The steps the egress policy and the fair share add or change, timed where they run in
+# the lifecycle. On a loaded machine the whole-candidate medians move by tens of ms from
+# run to run; these timers see only the ~1 ms that differs between the two network-on
+# variants, so their difference is the added cost, measured side by side.
+STEPS: dict[str, float] = {}
+
+
+def _timed(name: str, fn):
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            STEPS[name] = STEPS.get(name, 0.0) + time.perf_counter() - t0
+    return wrapper
+
+
+def instrument() -> None:
+    for name in ("__init__", "add", "cpu_ns", "kill_all", "remove"):
+        setattr(local.Cgroups, name, _timed(f"cgroups.{name}", getattr(local.Cgroups, name)))
+    egress.build = _timed("egress.build", egress.build)
+    rtnetlink.install = _timed("rtnetlink.install", rtnetlink.install)
+
+
+STEP_NAMES = ("cgroups.__init__", "cgroups.add", "cgroups.cpu_ns", "cgroups.kill_all",
+              "cgroups.remove", "egress.build", "rtnetlink.install")
+
+
+def run_backend(backend, network: bool, steps: dict[str, list[float]] | None = None) -> float:
+    STEPS.clear()
     t0 = time.perf_counter()
     result = run_lifecycle(backend, task(network), lambda _m: None)
     elapsed = time.perf_counter() - t0
     if not result.success:
         raise SystemExit(f"bench candidate failed: {result.error_message}\n{result.output}")
+    if steps is not None:
+        for name in STEP_NAMES:
+            steps.setdefault(name, []).append(STEPS.get(name, 0.0))
     return elapsed
 
 
@@ -100,11 +153,19 @@ def main() -> None:
     _make_python_env(os.path.join(workdir, "python"), None)
     with open(os.path.join(workdir, "script.py"), "w") as fh:
         fh.write(SCRIPT)
+    instrument()
+    step_samples: dict[str, dict[str, list[float]]] = {"bwrap+net": {}, "net-nopolicy": {}}
+
+    def without_policy() -> float:
+        with NoPolicy():
+            return run_backend(LocalBackend(), True, step_samples["net-nopolicy"])
+
     variants = {
         "subprocess": lambda: run_subprocess(workdir),
         "plain": lambda: run_backend(PlainBackend(), False),
         "bwrap": lambda: run_backend(LocalBackend(), False),
-        "bwrap+net": lambda: run_backend(LocalBackend(), True),
+        "bwrap+net": lambda: run_backend(LocalBackend(), True, step_samples["bwrap+net"]),
+        "net-nopolicy": lambda: without_policy(),
     }
     for run in variants.values():  # warm-up: page cache, probe
         run()
@@ -113,6 +174,7 @@ def main() -> None:
         for name, run in variants.items():
             samples[name].append(run())
     base = statistics.median(samples["subprocess"])
+    added = [a - b for a, b in zip(samples["bwrap+net"], samples["net-nopolicy"], strict=True)]
     table = {}
     print(f"{'variant':<12}{'median ms':>11}{'mean ms':>10}{'p95 ms':>9}{'min ms':>9}"
           f"{'x subproc':>11}{'+ms':>8}")
@@ -123,6 +185,22 @@ def main() -> None:
         table[name] = s
         print(f"{name:<12}{s['median_ms']:>11.1f}{s['mean_ms']:>10.1f}{s['p95_ms']:>9.1f}"
               f"{s['min_ms']:>9.1f}{s['ratio_median']:>11.2f}{s['overhead_median_ms']:>8.1f}")
+    diff = (statistics.median(samples["bwrap+net"])
+            - statistics.median(samples["net-nopolicy"])) * 1000
+    paired = statistics.median(added) * 1000
+    print(f"\n{'step (median ms)':<20}{'bwrap+net':>11}{'net-nopolicy':>14}{'added':>8}")
+    steps_table = {}
+    for name in STEP_NAMES:
+        w = statistics.median(step_samples["bwrap+net"][name]) * 1000
+        wo = statistics.median(step_samples["net-nopolicy"][name]) * 1000
+        steps_table[name] = {"with_ms": w, "without_ms": wo, "added_ms": w - wo}
+        print(f"{name:<20}{w:>11.3f}{wo:>14.3f}{w - wo:>+8.3f}")
+    added_steps = sum(v["added_ms"] for v in steps_table.values())
+    print(f"egress policy + fair share per candidate: +{added_steps:.2f} ms (sum of the steps' "
+          f"added medians). Whole candidate, bwrap+net - net-nopolicy: {diff:+.2f} ms between "
+          f"medians, {paired:+.2f} ms median of paired differences (machine noise included)")
+    table["policy_added_ms"] = {"steps": steps_table, "steps_added": added_steps,
+                                "whole_median_diff": diff, "whole_median_paired": paired}
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -15,6 +15,12 @@ schedule = "0 9 * * 1"                  # crontab: minute hour day-of-month mont
 timezone = "America/Los_Angeles"        # IANA zone the crontab is read in
 # every = 300                           # instead of schedule: every N seconds (UTC-aligned)
 enabled = true
+# Local sandboxes (each defaults to the manifest's; see docs/security.md):
+egress_allow = ["models.internal"]      # inside addresses network-on candidates may reach
+egress_deny = []                        # public ones they may not
+cpus = 1                                # CPU cap per candidate, in cores
+speed = "wall"                          # score speed on "wall" or "cpu" time
+exclusive = false                       # at most one candidate per worker core at once
 ```
 
 A run started by the schedule belongs to a *slot*, the scheduled time it fires for; the
@@ -35,6 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab, crontab_parser
 
+from dispatcher.manifest import cpus_problem, egress_problem, speed_problem
 from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_objective
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a "\n" through
@@ -47,7 +54,8 @@ MIN_EVERY = 1
 CRON_FIELDS = (("minute", 60, 0), ("hour", 24, 0), ("day-of-month", 31, 1),
                ("month", 12, 1), ("day-of-week", 7, 0))
 KNOWN_FIELDS = ("name", "objective", "candidates", "execution", "timeout", "network", "env",
-                "judge", "post", "schedule", "every", "timezone", "enabled")
+                "judge", "post", "schedule", "every", "timezone", "enabled", "egress_allow",
+                "egress_deny", "cpus", "speed", "exclusive")
 MAX_LOOKBACK_DAYS = 366 * 29  # Feb 29 on a given weekday recurs within 28 years
 
 
@@ -107,6 +115,11 @@ class Competition:
     every: int | None = None
     timezone: str = DEFAULT_TIMEZONE
     enabled: bool = True
+    egress_allow: tuple[str, ...] | None = None  # None: the manifest's
+    egress_deny: tuple[str, ...] | None = None
+    cpus: float | None = None
+    speed: str | None = None
+    exclusive: bool | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -297,6 +310,19 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
         if problem:
             raise CompetitionsError(f"{where}: field 'schedule' = {schedule!r}: {problem}")
         schedule = " ".join(schedule.split())
+    checked = {}
+    for key, problem in (("egress_allow", lambda v: egress_problem("egress_allow", v)),
+                         ("egress_deny", lambda v: egress_problem("egress_deny", v)),
+                         ("cpus", cpus_problem), ("speed", speed_problem)):
+        if key in entry:
+            why = problem(entry[key])
+            if why:
+                raise CompetitionsError(f"{where}: {why}")
+            value = entry[key]
+            checked[key] = tuple(value) if isinstance(value, list) else value
+    if "speed" in checked and checked["speed"] == "cpu" and execution == "daytona":
+        raise CompetitionsError(f"{where}: field 'speed' = 'cpu' needs execution = 'local' "
+                                "(Daytona sandboxes report no CPU time); use 'wall'")
     return Competition(
         name=name,
         objective=objective,
@@ -311,6 +337,8 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
         every=every,
         timezone=tz_name,
         enabled=_check(where, entry, "enabled", bool, True),
+        exclusive=_check(where, entry, "exclusive", bool),
+        **checked,
     )
 
 

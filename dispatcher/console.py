@@ -101,7 +101,8 @@ class Progress:
 
 def results_table(result: ForgeResult) -> Table:
     names = {c.id: c.name for c in result.candidates}
-    table = Table(title="PHASE: Scoring", title_justify="left")
+    title = "PHASE: Scoring" + (" (speed on CPU time)" if result.speed == "cpu" else "")
+    table = Table(title=title, title_justify="left")
     for col, just in (("Candidate", "left"), ("Success", "right"), ("Quality", "right"),
                       ("Speed", "right"), ("TOTAL", "right"), ("Gates", "center"),
                       ("Time", "right"), ("Note", "left")):
@@ -115,9 +116,18 @@ def results_table(result: ForgeResult) -> Table:
             f"{names.get(s.candidate_id, s.candidate_id)} ({s.candidate_id})",
             f"{s.success:.1f}", f"{s.quality_score:.1f}", f"{s.speed_score:.1f}",
             f"{s.total_score:.1f}", gate,
-            f"{r.runtime_seconds:.2f}s" if r else "-", note[:60],
+            _time(r, result.speed), note[:60],
         )
     return table
+
+
+def _time(r, speed: str) -> str:
+    if r is None:
+        return "-"
+    if speed == "cpu":
+        cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.2f}s"
+        return f"{cpu} cpu / {r.runtime_seconds:.2f}s"
+    return f"{r.runtime_seconds:.2f}s"
 
 
 RUN_TIME_LABEL = "Run time (first candidate start to last finish)"

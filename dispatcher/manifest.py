@@ -17,6 +17,16 @@ upload_timeout = 30          # optional phase deadlines (also allowed at the top
 retrieve_timeout = 10        #   upload 30 s, retrieve 10 s, install 120 s by default
 install_timeout = 120
 ```
+
+Top-level options for local sandboxes (docs/security.md has the detail):
+
+```toml
+egress_allow = ["10.1.2.3", "models.internal"]  # inside addresses a network-on candidate
+egress_deny = ["203.0.113.0/24"]                #   may reach / public ones it may not
+cpus = 1                     # CPU cap per candidate, in cores (default: none, equal share)
+speed = "cpu"                # score speed on CPU time instead of wall time ("wall")
+exclusive = true             # at most one candidate per core of a worker machine at once
+```
 """
 
 from __future__ import annotations
@@ -26,7 +36,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.records import sha256_text
+from worker.records import SPEED_BASES, Egress, sha256_text
+from worker.sandbox.egress import check_entry
 from worker.validation import CANDIDATE_ID_RE, CANDIDATE_ID_RULE, TIMEOUT_MAX, TIMEOUT_MIN
 
 ID_RE = CANDIDATE_ID_RE  # the rule lives in worker/validation.py (the worker checks it too)
@@ -65,6 +76,10 @@ class Manifest:
     judge: str = "events"
     extra: dict = field(default_factory=dict)
     phase_timeouts: dict[str, int] = field(default_factory=dict)
+    egress: Egress = field(default_factory=Egress)
+    cpus: float = 0
+    speed: str = "wall"
+    exclusive: bool = False
 
 
 def resolve_manifest_path(path: str | Path | None) -> Path:
@@ -117,6 +132,45 @@ def _phase_timeouts(where: str, entry: dict) -> dict[str, int]:
                                     f"{TIMEOUT_MAX} seconds")
             out[key] = value
     return out
+
+
+MAX_CPUS = 1024
+
+
+def egress_problem(key: str, value: object) -> str | None:
+    """Why ``value`` is not a valid ``egress_allow``/``egress_deny`` list, or None."""
+    if not isinstance(value, list):
+        return f"field '{key}' must be a list of addresses, CIDRs or host names"
+    for item in value:
+        problem = check_entry(item, allow=key == "egress_allow")
+        if problem:
+            return f"field '{key}': {problem}"
+    return None
+
+
+def cpus_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid ``cpus`` (CPU cap in cores), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"field 'cpus' must be a number of cores (e.g. 1 or 0.5), got {value!r}"
+    if not 0 < value <= MAX_CPUS:
+        return f"field 'cpus' = {value}: must be more than 0 and at most {MAX_CPUS}"
+    return None
+
+
+def speed_problem(value: object) -> str | None:
+    if value not in SPEED_BASES:
+        return (f"field 'speed' = {value!r}: must be one of " + ", ".join(map(repr, SPEED_BASES))
+                + " (score speed on wall time, or on the candidate's CPU time)")
+    return None
+
+
+def _checked(where: str, data: dict, key: str, problem, default):
+    if key not in data:
+        return default
+    why = problem(data[key])
+    if why:
+        raise ManifestError(f"{where}: {why}")
+    return data[key]
 
 
 def _timeout(where: str, entry: dict) -> int | None:
@@ -182,6 +236,14 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
         ))
     network = _field(top, data, "network", bool, default=True)
     judge = _field(top, data, "judge", str, default="events")
+    egress = Egress(
+        allow=tuple(_checked(top, data, "egress_allow",
+                             lambda v: egress_problem("egress_allow", v), [])),
+        deny=tuple(_checked(top, data, "egress_deny",
+                            lambda v: egress_problem("egress_deny", v), [])))
     return Manifest(path=p, candidates=tuple(candidates), timeout=_timeout(top, data),
                     network=network, env=env_names, judge=judge,
-                    phase_timeouts=_phase_timeouts(top, data))
+                    phase_timeouts=_phase_timeouts(top, data), egress=egress,
+                    cpus=_checked(top, data, "cpus", cpus_problem, 0),
+                    speed=_checked(top, data, "speed", speed_problem, "wall"),
+                    exclusive=_field(top, data, "exclusive", bool, default=False))

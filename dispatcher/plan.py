@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -9,8 +10,8 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from dispatcher.manifest import Manifest
-from worker.records import CandidateInfo, CandidateTask, Limits, RunSpec
+from dispatcher.manifest import Manifest, ManifestError
+from worker.records import CandidateInfo, CandidateTask, Egress, Limits, RunSpec
 
 DEFAULT_TIMEOUT = 60
 
@@ -28,16 +29,31 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def definition_sha256(objective: str, tasks: list[CandidateTask], judge: str) -> str:
+# Task fields added after runs were already being fingerprinted: left out at their
+# defaults, so a run planned by an older dispatcher keeps its fingerprint (and resumes).
+_LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False}
+
+
+def _fingerprinted(task: CandidateTask) -> dict:
+    doc = {k: v for k, v in task.to_dict().items() if k not in ("run_id", "script")}
+    for key, default in _LATER_DEFAULTS.items():
+        if doc.get(key) == default:
+            del doc[key]
+    if not doc["limits"].get("cpus"):
+        doc["limits"].pop("cpus", None)
+    return doc
+
+
+def definition_sha256(objective: str, tasks: list[CandidateTask], judge: str,
+                      speed: str = "wall") -> str:
     """Fingerprint of what a run *is*: resume refuses a run whose definition changed."""
     doc = {
         "objective": objective,
         "judge": judge,
-        "candidates": [
-            {k: v for k, v in t.to_dict().items() if k not in ("run_id", "script")}
-            for t in tasks
-        ],
+        "candidates": [_fingerprinted(t) for t in tasks],
     }
+    if speed != "wall":
+        doc["speed"] = speed
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -56,13 +72,31 @@ def plan_run(
     competition: str | None = None,
     limits: Limits | None = None,
     notes: list[str] | None = None,
+    egress_allow: tuple[str, ...] | None = None,
+    egress_deny: tuple[str, ...] | None = None,
+    cpus: float | None = None,
+    speed: str | None = None,
+    exclusive: bool | None = None,
 ) -> RunPlan:
-    """Snapshot every candidate's script into its task; nothing is read again later."""
+    """Snapshot every candidate's script into its task; nothing is read again later.
+
+    Every option left None takes the manifest's value (a competition overrides it)."""
     run_id = run_id or new_run_id()
     default_timeout = timeout or manifest.timeout or DEFAULT_TIMEOUT
     net = manifest.network if network is None else network
     env = manifest.env if env_allow is None else env_allow
     judge_name = judge or manifest.judge
+    egress = Egress(
+        allow=manifest.egress.allow if egress_allow is None else tuple(egress_allow),
+        deny=manifest.egress.deny if egress_deny is None else tuple(egress_deny))
+    cap = cpus if cpus is not None else manifest.cpus or (limits.cpus if limits else 0)
+    task_limits = dataclasses.replace(limits or Limits(), cpus=cap)
+    speed_basis = speed or manifest.speed
+    if speed_basis == "cpu" and execution_mode != "local":
+        raise ManifestError(
+            f"speed = 'cpu' needs local execution ({execution_mode} sandboxes report no CPU "
+            "time); use speed = 'wall', or run the competition locally")
+    one_per_core = manifest.exclusive if exclusive is None else exclusive
     tasks = [
         CandidateTask(
             run_id=run_id,
@@ -77,7 +111,9 @@ def plan_run(
             network=net,
             env_allow=tuple(env),
             requirements=c.requirements,
-            limits=limits or Limits(),
+            limits=task_limits,
+            egress=egress,
+            exclusive=one_per_core,
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
         for c in manifest.candidates
@@ -94,10 +130,14 @@ def plan_run(
         timeout=default_timeout,
         post_to_discord=post_to_discord,
         competition=competition,
-        definition_sha256=definition_sha256(objective, tasks, judge_name),
+        definition_sha256=definition_sha256(objective, tasks, judge_name, speed_basis),
         notes=list(notes or []),
+        speed=speed_basis,
     )
     source = {"manifest": os.path.abspath(manifest.path), "timeout": timeout, "network": network,
               "env_allow": None if env_allow is None else list(env_allow), "judge": judge,
-              "limits": limits.to_dict() if limits else None}
+              "limits": limits.to_dict() if limits else None,
+              "egress_allow": None if egress_allow is None else list(egress_allow),
+              "egress_deny": None if egress_deny is None else list(egress_deny),
+              "cpus": cpus, "speed": speed, "exclusive": exclusive}
     return RunPlan(run=run, tasks=tuple(tasks), source=source)

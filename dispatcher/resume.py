@@ -50,8 +50,14 @@ def _replan(record: runs.RunRecord) -> RunPlan:
         judge=src.get("judge"), post_to_discord=spec.post_to_discord,
         competition=spec.competition,
         limits=Limits.from_dict(src["limits"]) if src.get("limits") else None,
+        egress_allow=_tuple(src.get("egress_allow")), egress_deny=_tuple(src.get("egress_deny")),
+        cpus=src.get("cpus"), speed=src.get("speed"), exclusive=src.get("exclusive"),
     )
     return plan
+
+
+def _tuple(value) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
 
 
 def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:

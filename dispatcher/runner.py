@@ -31,6 +31,11 @@ def prepare(
     post: bool | None = None,
     competition: str | None = None,
     limits: Limits | None = None,
+    egress_allow: tuple[str, ...] | None = None,
+    egress_deny: tuple[str, ...] | None = None,
+    cpus: float | None = None,
+    speed: str | None = None,
+    exclusive: bool | None = None,
 ) -> RunPlan:
     """Load and validate everything a run needs; raises InvalidInput (worker/validation.py:
     the objective, run id, timeout, artifacts directory), ManifestError or ConfigError."""
@@ -64,6 +69,11 @@ def prepare(
         competition=competition,
         limits=limits,
         notes=notes,
+        egress_allow=egress_allow,
+        egress_deny=egress_deny,
+        cpus=cpus,
+        speed=speed,
+        exclusive=exclusive,
     )
 
 
@@ -102,7 +112,8 @@ def run_forge(
     ``log_callback(candidate_id, message)`` receives each candidate's lifecycle lines
     as they happen. ``options`` are those of :func:`prepare` (``candidates``,
     ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
-    ``post``, ``limits``). Bad input raises ``InvalidInput`` (a ValueError) before
+    ``post``, ``limits``, ``egress_allow``, ``egress_deny``, ``cpus``, ``speed``,
+    ``exclusive``). Bad input raises ``InvalidInput`` (a ValueError) before
     anything runs, with the same message the CLI prints (rules: worker/validation.py).
     """
     return execute(prepare(objective, use_daytona, **options), log_callback)

@@ -10,11 +10,12 @@ import os
 import socket
 import textwrap
 import time
+from dataclasses import replace
 
 import pytest
 
 from worker.lifecycle import run_lifecycle
-from worker.records import CandidateTask, Limits, sha256_text
+from worker.records import CandidateTask, Egress, Limits, sha256_text
 from worker.sandbox import bwrap, local
 from worker.sandbox.base import SandboxError, SandboxRequest
 from worker.sandbox.capture import TailBuffer
@@ -243,7 +244,9 @@ def _non_loopback_ip() -> str | None:
 
 
 def test_network_on_is_outbound_only():
-    """Network on: the host's loopback stays shut; a non-loopback address is reachable."""
+    """Network on: the host's loopback stays shut. The worker's own non-loopback address
+    is refused by the egress policy, and reachable once a competition allow-lists it
+    (the positive control: slirp4netns does carry the traffic)."""
     require_bwrap()
     ip = _non_loopback_ip()
     loop = socket.socket()
@@ -252,31 +255,36 @@ def test_network_on_is_outbound_only():
     wide = socket.socket()
     wide.bind(("0.0.0.0", 0))
     wide.listen(4)
+    script = f"""
+        import socket, sys
+        out = []
+        for host, port in [("127.0.0.1", {loop.getsockname()[1]}),
+                           ("10.0.2.2", {loop.getsockname()[1]}),
+                           ({ip!r}, {wide.getsockname()[1]})]:
+            if host is None:
+                continue
+            try:
+                socket.create_connection((host, port), timeout=2).close()
+                out.append("CONNECTED " + host)
+            except OSError as exc:
+                out.append(f"blocked {{host}}: {{exc}}")
+        open(sys.argv[2], "w").write("\\n".join(out))
+    """
     try:
-        r, _ = run(task(f"""
-            import socket, sys
-            out = []
-            for host, port in [("127.0.0.1", {loop.getsockname()[1]}),
-                               ("10.0.2.2", {loop.getsockname()[1]}),
-                               ({ip!r}, {wide.getsockname()[1]})]:
-                if host is None:
-                    continue
-                try:
-                    socket.create_connection((host, port), timeout=2).close()
-                    out.append("CONNECTED " + host)
-                except OSError as exc:
-                    out.append(f"blocked {{host}}: {{exc}}")
-            open(sys.argv[2], "w").write("\\n".join(out))
-        """, network=True))
+        r, _ = run(task(script, network=True))
+        opened, _ = run(replace(task(script, network=True),
+                                egress=Egress(allow=(ip,) if ip else ())))
     finally:
         loop.close()
         wide.close()
-    assert r.success, (r.error_message, r.output)
-    assert "slirp4netns" in r.isolation
-    assert "CONNECTED 127.0.0.1" not in r.artifact_content
-    assert "CONNECTED 10.0.2.2" not in r.artifact_content
+    for res in (r, opened):
+        assert res.success, (res.error_message, res.output)
+        assert "slirp4netns" in res.isolation
+        assert "CONNECTED 127.0.0.1" not in res.artifact_content
+        assert "CONNECTED 10.0.2.2" not in res.artifact_content
     if ip:
-        assert f"CONNECTED {ip}" in r.artifact_content, r.artifact_content
+        assert f"blocked {ip}: [Errno 13]" in r.artifact_content, r.artifact_content
+        assert f"CONNECTED {ip}" in opened.artifact_content, opened.artifact_content
 
 
 # --------------------------------------------------------------------------- files

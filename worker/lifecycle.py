@@ -1,9 +1,10 @@
 """One candidate's sandbox lifecycle, written once for every backend.
 
-create → upload script → (install requirements) → execute with a deadline →
-retrieve artifact → delete, the delete in ``finally``. Every outcome comes back as a
-``CandidateResult``; nothing here raises into the caller, because the caller is a
-chord header task and one exception would cost the whole run its callback.
+(reserve a core, if exclusive) → create → upload script → (install requirements) →
+execute with a deadline → retrieve artifact → delete, the delete in ``finally``. Every
+outcome comes back as a ``CandidateResult``; nothing here raises into the caller,
+because the caller is a chord header task and one exception would cost the whole run
+its callback.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def run_lifecycle(
     label = backend.label
     t0 = time.monotonic()
     sandbox = None
+    reservation = None
     mark = [t0]
 
     def phase(name: str) -> None:
@@ -96,7 +98,16 @@ def run_lifecycle(
             env=build_env(task.env_allow, dict(os.environ if env_source is None else env_source)),
             limits=task.limits,
             owner=owner,
+            egress=task.egress,
+            exclusive=task.exclusive,
         )
+        if request.exclusive:
+            try:
+                reservation = backend.reserve(request, log)
+            except OSError as exc:
+                return fail(f"Could not reserve a core for this exclusive competition: {exc}")
+            phase("reserve")  # waiting for a core is not the candidate's runtime
+            t0 = mark[0]
         log(f"[{label}] Creating sandbox...")
         try:
             sandbox = backend.create(request, log)
@@ -141,6 +152,7 @@ def run_lifecycle(
         result.output_dropped_bytes = ran.output_dropped_bytes
         result.exit_code = ran.exit_code
         result.timed_out = ran.timed_out
+        result.cpu_seconds = ran.cpu_seconds
         if ran.output_dropped_bytes:
             log(f"[Warn] Output capped: {ran.output_dropped_bytes} earlier bytes dropped")
         if ran.timed_out:
@@ -181,6 +193,8 @@ def run_lifecycle(
                 result.warnings.append(warning)
                 log(f"[Warn] {warning}")
             phase("delete")
+        if reservation is not None:
+            reservation.release()
         result.runtime_seconds = round(time.monotonic() - t0, 3)
         result.finished_at = _now()
         if result.success:

@@ -15,6 +15,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 DEFAULT_OBJECTIVE = "Generate weekly 'AI Events in San Francisco' post for Discord"
+# What a competition's speed score measures: wall time of the run (the default), or the
+# CPU time of the candidate's processes, which a busy neighbour on the worker cannot
+# inflate (local execution only: Daytona reports no CPU time).
+SPEED_BASES = ("wall", "cpu")
 
 
 _NAMES: dict[type, tuple[str, ...]] = {}
@@ -67,6 +71,7 @@ class Limits:
     open_files: int = 256
     output_bytes: int = 256 * 1024  # captured stdout+stderr, tail kept
     artifact_bytes: int = 1024 * 1024
+    cpus: float = 0  # CPU cap in cores (cgroup quota); 0: none, only the equal weight
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -74,6 +79,23 @@ class Limits:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Limits:
         return _from_dict(cls, data or {})
+
+
+@dataclass(frozen=True)
+class Egress:
+    """A competition's additions to the local sandbox's egress policy (see
+    ``worker.sandbox.egress``): IPv4 addresses, CIDRs or host names, validated on load."""
+
+    allow: tuple[str, ...] = ()  # inside ranges opened (e.g. an internal model gateway)
+    deny: tuple[str, ...] = ()  # public ranges closed as well
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"allow": list(self.allow), "deny": list(self.deny)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Egress:
+        data = data or {}
+        return cls(tuple(data.get("allow") or ()), tuple(data.get("deny") or ()))
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,9 @@ class CandidateTask:
     upload_timeout: int = 30
     retrieve_timeout: int = 10
     limits: Limits = field(default_factory=Limits)
+    egress: Egress = field(default_factory=Egress)
+    # At most as many candidates at once per worker machine as it has cores (local).
+    exclusive: bool = False
 
     @property
     def task_id(self) -> str:
@@ -110,6 +135,7 @@ class CandidateTask:
         data = _to_dict(self)
         data["env_allow"] = list(self.env_allow)
         data["requirements"] = list(self.requirements)
+        data["egress"] = self.egress.to_dict()
         return data
 
     @classmethod
@@ -118,6 +144,7 @@ class CandidateTask:
         data["env_allow"] = tuple(data.get("env_allow") or ())
         data["requirements"] = tuple(data.get("requirements") or ())
         data["limits"] = Limits.from_dict(data.get("limits"))
+        data["egress"] = Egress.from_dict(data.get("egress"))
         return _from_dict(cls, data)
 
 
@@ -140,7 +167,7 @@ class CandidateResult:
     success: bool = False
     output: str = ""
     artifact_content: str | None = None
-    runtime_seconds: float = 0.0
+    runtime_seconds: float = 0.0  # wall time of the whole lifecycle
     error_message: str | None = None
     execution_mode: str = "local"
     exit_code: int | None = None
@@ -157,6 +184,10 @@ class CandidateResult:
     # Seconds per phase (create, upload, exec, collect, delete, ...) and the epoch the
     # task started: where a candidate's overhead goes (bench/overhead.py reads it).
     timings: dict[str, float] = field(default_factory=dict)
+    # CPU time (user + system) of the candidate's command, every process of it: from its
+    # cgroup, else the rusage of the sandbox's reaped processes. None: the backend
+    # cannot tell (Daytona), or the command never ran.
+    cpu_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -225,6 +256,7 @@ class RunSpec:
     competition: str | None = None
     definition_sha256: str = ""
     notes: list[str] = field(default_factory=list)
+    speed: str = "wall"  # what the speed score measures: "wall" or "cpu" time (SPEED_BASES)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -257,6 +289,7 @@ class ForgeResult:
     notes: list[str] = field(default_factory=list)
     discord: dict[str, Any] | None = None
     sandboxes_alive: int | None = None
+    speed: str = "wall"  # the speed score measured "wall" or "cpu" time
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -58,6 +58,18 @@ def _runtime(r: CandidateResult | None) -> str:
     return "—" if f is None else f"{f:.2f}s"
 
 
+def _cpu(r: CandidateResult | None) -> str:
+    f = _num(r.cpu_seconds) if r else None
+    return "—" if f is None else f"{f:.2f}s"
+
+
+def speed_words(result: ForgeResult) -> str:
+    """What the speed score measured in this run."""
+    if result.speed == "cpu":
+        return "CPU time of each candidate's processes (not wall time)"
+    return "wall time of each candidate's run"
+
+
 def _cut_line(line: str) -> str:
     if len(line) <= MAX_LINE:
         return line
@@ -144,6 +156,7 @@ def _result_facts(r: CandidateResult | None) -> list[tuple[str, str]]:
     facts = [
         ("Exit code", "—" if r.exit_code is None else str(r.exit_code)),
         ("Runtime", _runtime(r)),
+        ("CPU time", _cpu(r)),
         ("Started", r.started_at or "—"),
         ("Finished", r.finished_at or "—"),
         ("Mode", r.execution_mode or "—"),
@@ -254,6 +267,7 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
         f"- **Timestamp:** {_md_cell(result.timestamp)}",
         f"- **Execution mode:** {_md_cell(result.execution_mode)}",
         f"- **Judge:** {_md_cell(result.judge)}",
+        f"- **Speed scored on:** {speed_words(result)}",
     ]
     if result.competition:
         lines.append(f"- **Competition:** {_md_cell(result.competition)}")
@@ -269,8 +283,8 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
         lines.append(f"**{NO_WINNER}.**")
     lines += ["", "## Leaderboard", "",
               "| Rank | Candidate | Result | Gates | Success | Quality | Speed | TOTAL "
-              "| Runtime | Disqualified because |",
-              "|---:|---|:---:|---|---:|---:|---:|---:|---:|---|"]
+              "| Runtime | CPU | Disqualified because |",
+              "|---:|---|:---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         s = row.score
         rank = str(s.rank) if s and s.rank else "—"
@@ -279,7 +293,7 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
             f"| {'PASS' if row.passed else 'FAIL'} | {_gates_md(s)} "
             f"| {_fmt(s.success if s else None)} | {_fmt(s.quality_score if s else None)} "
             f"| {_fmt(s.speed_score if s else None)} | **{_fmt(s.total_score if s else None)}** "
-            f"| {_runtime(row.result)} | {_md_cell(row.reason) or '—'} |"
+            f"| {_runtime(row.result)} | {_cpu(row.result)} | {_md_cell(row.reason) or '—'} |"
         )
     post = _winner_post(result)
     if win and post is not None:
@@ -669,7 +683,8 @@ def _winner_html(result: ForgeResult, win: _Row | None) -> str:
 def _board_html(rows: Iterable[_Row], winner_id: str | None) -> str:
     head = ("<tr><th>#</th><th>Candidate</th><th>Result</th><th>Gates</th>"
             '<th class="n">Success</th><th class="n">Quality</th><th class="n">Speed</th>'
-            '<th class="n">Total</th><th class="n">Runtime</th><th>Disqualified because</th></tr>')
+            '<th class="n">Total</th><th class="n">Runtime</th><th class="n">CPU</th>'
+            '<th>Disqualified because</th></tr>')
     body = []
     for row in rows:
         s = row.score
@@ -684,7 +699,7 @@ def _board_html(rows: Iterable[_Row], winner_id: str | None) -> str:
             f'<td class="n">{_fmt(s.quality_score if s else None)}</td>'
             f'<td class="n">{_fmt(s.speed_score if s else None)}</td>'
             f'<td class="n total">{_fmt(s.total_score if s else None)}</td>'
-            f'<td class="n">{_runtime(row.result)}</td>'
+            f'<td class="n">{_runtime(row.result)}</td><td class="n">{_cpu(row.result)}</td>'
             f'<td class="reason">{_e(_cut_line(row.reason))}</td></tr>'
         )
     return f'<div class="card"><table class="board">{head}{"".join(body)}</table></div>'
@@ -726,7 +741,8 @@ def html_parts(result: ForgeResult) -> Iterator[str]:
     win = _winner(result, rows)
     meta = [("Run", f'<span class="mono">{_e(result.run_id)}</span>'),
             ("Timestamp", _e(result.timestamp)), ("Mode", _e(result.execution_mode)),
-            ("Judge", _e(result.judge)), ("Candidates", str(len(rows)))]
+            ("Judge", _e(result.judge)), ("Speed scored on", _e(speed_words(result))),
+            ("Candidates", str(len(rows)))]
     if result.competition:
         meta.append(("Competition", _e(result.competition)))
     passed = sum(1 for r in rows if r.passed)

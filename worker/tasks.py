@@ -266,7 +266,8 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
         ordered.append(by_id.get(c.id) or CandidateResult(
             candidate_id=c.id, error_message="No result reached the callback"))
     judge = get_judge(run.judge)
-    scores = rank(judge.score(ordered, JudgeContext(run.objective, run.timestamp, run.timeout)))
+    scores = rank(judge.score(ordered, JudgeContext(run.objective, run.timestamp, run.timeout,
+                                                    run.speed)))
     best = winner(scores)
     candidates = []
     for c in run.candidates:
@@ -275,6 +276,12 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
         info.artifact = f"{c.id}/discord_post.md" if r and r.artifact_content is not None else None
         candidates.append(info)
     win_result = by_id.get(best.candidate_id) if best else None
+    notes = list(run.notes)
+    if run.speed == "cpu":
+        no_cpu = [r.candidate_id for r in ordered if r.success and r.cpu_seconds is None]
+        if no_cpu:
+            notes.append(f"Speed is scored on CPU time, but {', '.join(no_cpu)} had no CPU "
+                         "figure (no writable cpu cgroup on the worker): scored on wall time")
     return ForgeResult(
         run_id=run.run_id,
         objective=run.objective,
@@ -290,7 +297,8 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
         judge=run.judge,
         competition=run.competition,
         definition_sha256=run.definition_sha256,
-        notes=list(run.notes),
+        notes=notes,
+        speed=run.speed,
     )
 
 

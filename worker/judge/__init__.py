@@ -25,6 +25,7 @@ class JudgeContext:
     objective: str
     reference_time: str  # ISO timestamp of the run: re-scoring gives the same numbers
     timeout: int = 60
+    speed: str = "wall"  # the speed score measures "wall" time or the candidate's "cpu" time
 
 
 class Judge(Protocol):

@@ -15,9 +15,12 @@ Rubric (each part 0-100, total rounded to 2 decimals):
     quality = 50 * valid_events / events + 0.5 * mean(event total_score); 0 with no events.
               An event repeating an earlier one (same title and date, or same URL) counts
               as not valid: padding a post with duplicates must not pay.
-    speed   = 100 * max(0, 1 - (t - 1) / (timeout - 1)) for runtime t seconds: 100 up to
-              1 s, then linear down to 0 at the deadline. A failed run delivered nothing,
-              so its speed is 0.
+    speed   = 100 * max(0, 1 - (t - 1) / (timeout - 1)) for t seconds: 100 up to 1 s,
+              then linear down to 0 at the deadline. t is the run's wall time, or with
+              ``speed = "cpu"`` (``context.speed``) the CPU time of the candidate's
+              processes, which a CPU hog next to it on the worker cannot inflate (a result
+              without a CPU figure falls back to its wall time). A failed run delivered
+              nothing, so its speed is 0.
 
 Pure and deterministic: dates are judged against ``context.reference_time`` (the run's
 timestamp), never the clock, so re-scoring a run gives the same numbers.
@@ -91,6 +94,13 @@ def speed_score(runtime_seconds: float, timeout: float) -> float:
     return round(100.0 * max(0.0, 1.0 - (t - FAST_SECONDS) / span), 2)
 
 
+def speed_seconds(result: CandidateResult, context: JudgeContext) -> float:
+    """The time the speed score measures: CPU time when the competition asks for it."""
+    if context.speed == "cpu" and result.cpu_seconds is not None:
+        return result.cpu_seconds
+    return result.runtime_seconds
+
+
 def _dedupe_key(ev: ParsedEvent) -> tuple[str, str]:
     parsed = parse_date(ev.date)
     when = parsed.value.isoformat() if parsed and parsed.value else ev.date.strip().lower()
@@ -137,7 +147,7 @@ def score_result(result: CandidateResult, context: JudgeContext) -> Score:
     ok = succeeded(result)
     success = 100.0 if ok else 0.0
     quality = quality_score(validations)
-    speed = speed_score(result.runtime_seconds, context.timeout) if ok else 0.0
+    speed = speed_score(speed_seconds(result, context), context.timeout) if ok else 0.0
     total = round(W_SUCCESS * success + W_QUALITY * quality + W_SPEED * speed, 2)
     return Score(
         candidate_id=result.candidate_id,

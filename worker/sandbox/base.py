@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from worker.records import Limits
+from worker.records import Egress, Limits
 
 LogFn = Callable[[str], None]
 
@@ -37,6 +37,8 @@ class SandboxRequest:
     limits: Limits = field(default_factory=Limits)
     owner: str = ""
     ttl_seconds: int = 0
+    egress: Egress = field(default_factory=Egress)  # additions to the local egress policy
+    exclusive: bool = False  # hold a core of the worker machine (see ``reserve``)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class ExecResult:
     timed_out: bool = False
     output_dropped_bytes: int = 0
     duration: float = 0.0
+    cpu_seconds: float | None = None  # user + system time of every process of the command
 
 
 @dataclass
@@ -71,8 +74,24 @@ class Sandbox(Protocol):
     def delete(self) -> None: ...
 
 
+class Reservation(Protocol):
+    def release(self) -> None: ...
+
+
+class NoReservation:
+    """Nothing held (a backend whose sandboxes do not run on the worker's cores)."""
+
+    def release(self) -> None:
+        pass
+
+
 class SandboxBackend(Protocol):
     name: str  # "local" | "daytona": the result's execution_mode
     label: str  # prefix of the lifecycle's log lines, e.g. "Daytona"
+
+    def reserve(self, request: SandboxRequest, log: LogFn) -> Reservation:
+        """Wait for what an ``exclusive`` request needs of the machine (a core of the
+        worker, for local sandboxes), before the candidate's clock starts."""
+        ...
 
     def create(self, request: SandboxRequest, log: LogFn) -> Sandbox: ...

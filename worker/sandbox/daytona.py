@@ -24,7 +24,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.sandbox.base import Download, ExecResult, LogFn, SandboxError, SandboxRequest
+from worker.sandbox.base import (
+    Download,
+    ExecResult,
+    LogFn,
+    NoReservation,
+    SandboxError,
+    SandboxRequest,
+)
 from worker.sandbox.capture import TailBuffer
 
 APP_LABEL = "dream-foundry"
@@ -156,6 +163,10 @@ class DaytonaBackend:
 
     name = "daytona"
     label = "Daytona"
+
+    def reserve(self, request: SandboxRequest, log: LogFn) -> NoReservation:
+        """``exclusive`` is about the worker's cores; Daytona sandboxes run elsewhere."""
+        return NoReservation()
 
     def __init__(
         self,

@@ -36,7 +36,7 @@ import time
 import uuid
 
 from worker.records import Limits
-from worker.sandbox import bwrap, netns
+from worker.sandbox import bwrap, egress, netns, rtnetlink, slots
 from worker.sandbox.base import Download, ExecResult, LogFn, SandboxError, SandboxRequest
 from worker.sandbox.bwrap import candidate_python, python_env_files
 from worker.sandbox.capture import TailBuffer, pump
@@ -66,42 +66,101 @@ def _rlimits(limits: Limits, timeout: int) -> list[tuple[int, int, int]]:
     ]
 
 
+CPU_PERIOD_US = 100_000  # the CFS period a CPU cap is expressed in (the kernel default)
+# Each sandbox gets the same CPU and I/O weight: the kernel shares the machine between
+# sibling cgroups by weight, so a candidate running 50 processes gets no more of it than
+# one running a single process. A new cgroup starts at the kernel's default CPU weight
+# (v1 cpu.shares 1024, v2 cpu.weight 100: nothing is inherited), the same for every
+# sandbox; the I/O weights below are the defaults too, written because the files must
+# exist for the weight to mean anything.
+IO_WEIGHTS_V1 = (("blkio.bfq.weight", "100"), ("blkio.weight", "500"))
+IO_WEIGHTS_V2 = (("io.bfq.weight", "default 100"), ("io.weight", "default 100"))
+# Per-sandbox cgroups: process and memory caps, equal CPU/I-O weight and an optional CPU
+# cap, CPU-time accounting. "io" is blkio on v1; cpuacct exists on v1 only (v2's cpu.stat).
+ALL_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "io")
+
+
 class Cgroups:
-    """Best-effort per-sandbox pids and memory cgroups (v1 or v2), under our own cgroup."""
+    """Best-effort per-sandbox cgroups (v1 or v2), under our own cgroup.
+
+    ``pids``/``memory``: caps for the whole sandbox. ``cpu``: the equal weight, and the
+    competition's CPU cap (``Limits.cpus``) as a CFS quota. ``io``: the equal I/O weight
+    where the block layer has one (BFQ, or CFQ on old kernels). ``cpuacct`` (v1; v2 has
+    ``cpu.stat`` everywhere): the CPU time every process of the sandbox used, the
+    figure a speed-on-CPU competition scores. A controller whose hierarchy is not
+    writable is left out, and ``describe`` says what is in force.
+    """
 
     def __init__(self, name: str, pids_max: int, memory_bytes: int,
-                 controllers: tuple[str, ...] = ("pids", "memory")):
-        self.dirs: dict[str, str] = {}
+                 controllers: tuple[str, ...] = ALL_CONTROLLERS, cpus: float = 0):
+        self.dirs: dict[str, str] = {}  # controller -> its directory (shared on v2)
         self.pids_max = pids_max
         self.memory_bytes = memory_bytes
+        self.cpus = cpus
+        self.wanted = controllers
+        self._usage_fd: int | None = None  # cpuacct.usage (v1) or cpu.stat (v2)
         if _truthy("FORGE_NO_CGROUPS"):
             return
-        wanted = {"pids": pids_max, "memory": memory_bytes}
-        for controller, value in wanted.items():
-            if controller not in controllers:
-                continue
-            base = _cgroup_base(controller)
+        made: dict[str, bool] = {}  # real path -> made by us
+        for controller in controllers:
+            base = _controller_base(controller)
             if base is None:
                 continue
             path = os.path.join(base, name)
-            try:
-                os.mkdir(path)
-            except OSError:
+            real = _realpath(base)  # cpu and cpuacct are often one hierarchy
+            if real not in made:
+                try:
+                    os.mkdir(path)
+                    made[real] = True
+                except OSError:
+                    made[real] = False
+            if not made[real]:
                 continue
             try:
-                if controller == "pids":
-                    _write(os.path.join(path, "pids.max"), str(value))
-                elif os.path.exists(os.path.join(path, "memory.max")):  # v2
-                    _write(os.path.join(path, "memory.max"), str(value))
-                    _try_write(os.path.join(path, "memory.swap.max"), "0")
-                else:  # v1
-                    _write(os.path.join(path, "memory.limit_in_bytes"), str(value))
-                    _try_write(os.path.join(path, "memory.memsw.limit_in_bytes"), str(value))
-                    _try_write(os.path.join(path, "memory.swappiness"), "0")
+                self._configure(controller, path)
             except OSError:
-                _rmdir(path)
                 continue
             self.dirs[controller] = path
+        used = {_realpath(os.path.dirname(p)) for p in self.dirs.values()}
+        for real, ok in made.items():  # a hierarchy we made a directory in, then did not use
+            if ok and real not in used:
+                _rmdir(os.path.join(real, name))
+        if self._usage_fd is None:  # v2: cpu.stat is in every cgroup, cpu controller or not
+            for path in self.paths():
+                if _is_v2(os.path.dirname(path)):
+                    self._usage_fd = os.open(os.path.join(path, "cpu.stat"),
+                                             os.O_RDONLY | os.O_CLOEXEC)
+                    break
+
+    def _configure(self, controller: str, path: str) -> None:
+        v2 = _is_v2(os.path.dirname(path))
+        if controller == "pids":
+            _write(os.path.join(path, "pids.max"), str(self.pids_max))
+        elif controller == "memory":
+            if v2:
+                _write(os.path.join(path, "memory.max"), str(self.memory_bytes))
+                _try_write(os.path.join(path, "memory.swap.max"), "0")
+            else:
+                _write(os.path.join(path, "memory.limit_in_bytes"), str(self.memory_bytes))
+                _try_write(os.path.join(path, "memory.memsw.limit_in_bytes"),
+                           str(self.memory_bytes))
+                _try_write(os.path.join(path, "memory.swappiness"), "0")
+        elif controller == "cpu":
+            quota = int(self.cpus * CPU_PERIOD_US) if self.cpus else 0
+            if quota and v2:
+                _write(os.path.join(path, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+            elif quota:
+                _write(os.path.join(path, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                _write(os.path.join(path, "cpu.cfs_quota_us"), str(quota))
+        elif controller == "cpuacct":  # read at every exec: kept open, read with pread
+            self._usage_fd = os.open(os.path.join(path, "cpuacct.usage"),
+                                     os.O_RDONLY | os.O_CLOEXEC)
+        elif controller == "io":
+            for file, value in IO_WEIGHTS_V2 if v2 else IO_WEIGHTS_V1:
+                if os.path.exists(os.path.join(path, file)):
+                    _write(os.path.join(path, file), value)
+                    return
+            raise OSError("no I/O weight here (no BFQ/CFQ scheduler)")
 
     def describe(self) -> str:
         parts = []
@@ -109,15 +168,36 @@ class Cgroups:
             parts.append(f"pids cgroup {self.pids_max}")
         if "memory" in self.dirs:
             parts.append(f"memory cgroup {self.memory_bytes // MiB} MiB")
+        if "cpu" in self.wanted:
+            if "cpu" in self.dirs:
+                parts.append(("cpu+io" if "io" in self.dirs else "cpu") + " equal weight"
+                             + (f", cpu cap {self.cpus:g}" if self.cpus else ""))
+            else:
+                parts.append("cpu unweighted" + (" (no cap)" if self.cpus else ""))
         return ", ".join(parts)
 
+    def paths(self) -> list[str]:
+        return list(dict.fromkeys(self.dirs.values()))
+
     def add(self, pid: int) -> None:
-        for path in self.dirs.values():
+        for path in self.paths():
             _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def cpu_ns(self) -> int | None:
+        """CPU time used so far by the sandbox's processes, or None (no accounting)."""
+        if self._usage_fd is None:
+            return None
+        try:
+            text = os.pread(self._usage_fd, 4096, 0).decode()
+            if text.startswith("usage_usec "):  # v2 cpu.stat
+                return int(text.split()[1]) * 1000
+            return int(text)
+        except (OSError, ValueError, IndexError):
+            return None
 
     def members(self) -> set[int]:
         found: set[int] = set()
-        for path in self.dirs.values():
+        for path in self.paths():
             try:
                 with open(os.path.join(path, "cgroup.procs")) as fh:
                     found.update(int(line) for line in fh if line.strip())
@@ -126,7 +206,7 @@ class Cgroups:
         return found
 
     def kill_all(self) -> None:
-        for path in self.dirs.values():
+        for path in self.paths():
             _try_write(os.path.join(path, "cgroup.kill"), "1")  # v2: atomic
         for _ in range(50):  # v1: no cgroup.kill; SIGKILL until empty (forks race us)
             pids = self.members()
@@ -140,7 +220,10 @@ class Cgroups:
             time.sleep(0.002)
 
     def remove(self) -> None:
-        for path in self.dirs.values():
+        if self._usage_fd is not None:
+            os.close(self._usage_fd)
+            self._usage_fd = None
+        for path in self.paths():
             for _ in range(100):
                 if _rmdir(path):
                     break
@@ -148,7 +231,49 @@ class Cgroups:
         self.dirs = {}
 
 
-def _cgroup_base(controller: str) -> str | None:
+_bases: dict[tuple[int, str], str | None] = {}
+_facts: dict[tuple[str, str], object] = {}  # per-process answers about cgroup directories
+
+
+def _realpath(path: str) -> str:
+    key = ("real", path)
+    if key not in _facts:
+        _facts[key] = os.path.realpath(path)
+    return _facts[key]  # type: ignore[return-value]
+
+
+def _is_v2(base: str) -> bool:
+    """Is ``base`` (one of our cgroup directories' parent) on the unified hierarchy?"""
+    key = ("v2", base)
+    if key not in _facts:
+        _facts[key] = os.path.exists(os.path.join(base, "cgroup.controllers"))
+    return bool(_facts[key])
+
+
+def _controller_base(controller: str) -> str | None:
+    """Where a sandbox cgroup for ``controller`` goes (looked up once per process: ~0.1
+    ms each, five per sandbox). v1 names the I/O controller blkio, v2 io; cpuacct is v1
+    only (on v2, cpu.stat exists in every cgroup)."""
+    key = (os.getpid(), controller)
+    if key not in _bases:
+        _bases[key] = _find_controller_base(controller)
+    return _bases[key]
+
+
+def _find_controller_base(controller: str) -> str | None:
+    if controller == "io":
+        base = _cgroup_base("blkio", v2=False)
+        if base is None:
+            return _cgroup_base("io")
+        # No weight file: no proportional I/O scheduler (none, mq-deadline): no cgroup.
+        return base if any(os.path.exists(os.path.join(base, f)) for f, _ in IO_WEIGHTS_V1) \
+            else None
+    if controller == "cpuacct":
+        return _cgroup_base("cpuacct", v2=False)
+    return _cgroup_base(controller)
+
+
+def _cgroup_base(controller: str, v2: bool = True) -> str | None:
     """Our own cgroup directory for ``controller``, if that hierarchy is writable."""
     try:
         with open("/proc/self/cgroup") as fh:
@@ -163,7 +288,7 @@ def _cgroup_base(controller: str) -> str | None:
             if os.access(os.path.join(base, "cgroup.procs"), os.W_OK):
                 return base
     for line in lines:  # cgroup v2: the controller must be enabled for our children
-        if line.startswith("0::"):
+        if v2 and line.startswith("0::"):
             base = "/sys/fs/cgroup" + line[3:]
             try:
                 with open(os.path.join(base, "cgroup.subtree_control")) as fh:
@@ -232,7 +357,7 @@ class _BaseSandbox:
     isolation: str
 
     def __init__(self, request: SandboxRequest, root: str, workdir: str,
-                 host_uid: int | None = None, controllers: tuple[str, ...] = ("pids", "memory")):
+                 host_uid: int | None = None, controllers: tuple[str, ...] = ALL_CONTROLLERS):
         self.request = request
         self.host_uid = host_uid
         self.id = f"local-{uuid.uuid4().hex[:12]}"
@@ -252,6 +377,7 @@ class _BaseSandbox:
             request.limits.max_processes,
             request.limits.memory_mb * MiB + 2 * self.tmpfs_bytes,
             controllers,
+            request.limits.cpus,
         )
 
     # -- paths: only inside the workdir, never through a symlink, parents included
@@ -359,8 +485,18 @@ class _BaseSandbox:
             return [f"{self.python_env}/bin/python3", *argv[1:]]
         return list(argv)
 
+    def _cpu(self, before: int | None, usage) -> float | None:
+        """The command's CPU seconds: its cgroup's delta, else the reaped rusage (which
+        counts the command and the descendants it waited for), else None."""
+        after = self.cgroups.cpu_ns() if before is not None else None
+        if before is not None and after is not None:
+            return round((after - before) / 1e9, 6)
+        if usage is not None:
+            return round(usage.ru_utime + usage.ru_stime, 6)
+        return None
+
     def _finish(self, proc: subprocess.Popen, reader, buffer: TailBuffer, t0: float,
-                timed_out: bool) -> ExecResult:
+                timed_out: bool, cpu_seconds: float | None = None) -> ExecResult:
         reader.finish(grace=2.0)
         code = None if timed_out else proc.returncode
         if code is not None and code < 0:
@@ -371,6 +507,7 @@ class _BaseSandbox:
             timed_out=timed_out,
             output_dropped_bytes=buffer.dropped,
             duration=time.monotonic() - t0,
+            cpu_seconds=cpu_seconds,
         )
 
 
@@ -390,11 +527,21 @@ class BwrapSandbox(_BaseSandbox):
                 net = "host"
                 log("[Warn] Network isolation is OFF: slirp4netns or /dev/net/tun unavailable; "
                     "the candidate shares the worker's network, loopback services included")
+        self.policy: egress.Policy | None = None
+        if net == "slirp4netns":
+            try:
+                self.policy = egress.build(request.egress)
+            except (egress.EgressError, OSError) as exc:
+                raise SandboxError("Sandbox creation", f"egress policy: {exc}") from exc
+            egress.log_once(self.policy)
+            for note in self.policy.notes:
+                log(f"[Warn] {note}")
         host_uid = bwrap.sandbox_host_uid() if probe.drop_uid else None
         # RLIMIT_NPROC is ignored for host uid 0: then only a pids cgroup caps processes.
         as_host_root = host_uid is None and os.geteuid() == 0
         super().__init__(request, root, bwrap.INSIDE_WORKDIR, host_uid,
-                         ("pids", "memory") if as_host_root else ("memory",))
+                         ALL_CONTROLLERS if as_host_root
+                         else tuple(c for c in ALL_CONTROLLERS if c != "pids"))
         self.python_env = bwrap.INSIDE_PYTHON_ENV
         try:
             self.launch = bwrap.plan_launch(root, host_uid)
@@ -406,7 +553,8 @@ class BwrapSandbox(_BaseSandbox):
             raise
         net_words = {
             "none": "net ns (no network)",
-            "slirp4netns": "net ns + slirp4netns outbound-only (no host loopback)",
+            "slirp4netns": "net ns + slirp4netns outbound-only ("
+                           + (self.policy.words() if self.policy else "") + ")",
             "host": "HOST NETWORK (slirp4netns missing)",
         }[self.net]
         if as_host_root and "pids" not in self.cgroups.dirs:
@@ -444,6 +592,7 @@ class BwrapSandbox(_BaseSandbox):
         limits = _rlimits(self.request.limits, timeout)
         full, preexec = self.launch.spawn(full, limits)
         buffer = TailBuffer(output_cap)
+        cpu0 = self.cgroups.cpu_ns()
         t0 = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -486,6 +635,12 @@ class BwrapSandbox(_BaseSandbox):
                 except OSError as exc:
                     raise SandboxError("Execution", f"network setup failed: {exc}",
                                        self.id) from exc
+                try:  # before the command is released: it never runs without the policy
+                    rtnetlink.install(child, self.policy.routes, egress.IPV6_OFF)
+                except OSError as exc:
+                    raise SandboxError(
+                        "Execution", f"the egress policy could not be installed ({exc}); "
+                        "the candidate did not run", self.id) from exc
             try:
                 os.write(block_w, b"1")  # let the command start
             except BrokenPipeError:  # the sandbox died during setup: say why
@@ -507,13 +662,16 @@ class BwrapSandbox(_BaseSandbox):
                 except (ProcessLookupError, OSError):
                     pass
                 os.close(pidfd)
-            if proc.poll() is None:
+            if proc.returncode is None:  # not reaped: the group cannot be someone else's
                 _kill_group(proc.pid)
-            proc.wait()
+            _reap(proc)
             self.cgroups.kill_all()
             if slirp is not None:
                 slirp.stop()
-        return self._finish(proc, reader, buffer, t0, timed_out)
+        # No rusage fallback here: with a PID namespace, bwrap's outer process exits once
+        # the command has, without waiting for the namespace's init, so its rusage holds
+        # none of the candidate's time. Without a cpu cgroup the figure is unknown.
+        return self._finish(proc, reader, buffer, t0, timed_out, self._cpu(cpu0, None))
 
 
 PIP_SHIM = "installer"  # in the python env: a directory holding only a link to the host's pip
@@ -548,7 +706,8 @@ def _kill_group(pgid: int) -> None:
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait for ``proc`` to exit; False on timeout.
+    """Wait for ``proc`` to exit, without reaping it (``_reap`` does, for its rusage);
+    False on timeout.
 
     Popen.wait(timeout) polls with sleeps of up to 50 ms, which would be most of a quick
     candidate's overhead; a pidfd wakes us the moment the process exits.
@@ -565,10 +724,22 @@ def _wait(proc: subprocess.Popen, timeout: float) -> bool:
         ready, _, _ = select.select([pidfd], [], [], timeout)
     finally:
         os.close(pidfd)
-    if not ready:
-        return proc.poll() is not None
-    proc.wait()
-    return True
+    return bool(ready)
+
+
+def _reap(proc: subprocess.Popen):
+    """Wait for ``proc`` and return its rusage (its own CPU time and that of the
+    descendants it waited for); None if it was reaped already. Sets ``proc.returncode``
+    as Popen.wait would."""
+    if proc.returncode is not None:
+        return None
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:
+        proc.wait()
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage
 
 
 def _read_child_pid(fd: int, timeout: float) -> int | None:
@@ -611,7 +782,7 @@ class PlainSandbox(_BaseSandbox):
         if os.geteuid() != 0:
             # Per-uid, counting all the worker's processes: leave it to the pids cgroup.
             limits = [lim for lim in limits if lim[0] != resource.RLIMIT_NPROC]
-        procs_files = [os.path.join(p, "cgroup.procs") for p in self.cgroups.dirs.values()]
+        procs_files = [os.path.join(p, "cgroup.procs") for p in self.cgroups.paths()]
 
         def apply() -> None:  # preexec_fn: in the child after fork, before exec
             for path in procs_files:
@@ -622,6 +793,7 @@ class PlainSandbox(_BaseSandbox):
 
         out_r, out_w = os.pipe()
         buffer = TailBuffer(output_cap)
+        cpu0 = self.cgroups.cpu_ns()
         t0 = time.monotonic()
         command = self._argv(argv)
         try:
@@ -644,13 +816,14 @@ class PlainSandbox(_BaseSandbox):
         os.close(out_w)
         reader = pump(out_r, buffer)
         timed_out = False
+        usage = None
         try:
             timed_out = not _wait(proc, timeout)
         finally:
             _kill_group(proc.pid)
-            proc.wait()
+            usage = _reap(proc)
             self.cgroups.kill_all()
-        return self._finish(proc, reader, buffer, t0, timed_out)
+        return self._finish(proc, reader, buffer, t0, timed_out, self._cpu(cpu0, usage))
 
 
 # --------------------------------------------------------------------------- leftovers
@@ -705,8 +878,8 @@ def _sweep_leftovers() -> None:
             else:
                 shutil.rmtree(top, ignore_errors=True)
     now = time.time()
-    for controller in ("pids", "memory"):
-        base = _cgroup_base(controller)
+    for controller in ALL_CONTROLLERS:
+        base = _controller_base(controller)
         if base is None:
             continue
         for path in glob.glob(os.path.join(base, "forge-local-*")):
@@ -729,6 +902,15 @@ def prepare_process() -> None:
 class LocalBackend:
     name = "local"
     label = "Local"
+
+    slots_dir: str | None = None  # default: forge-cores in the sandbox parent directory
+
+    def reserve(self, request: SandboxRequest, log: LogFn) -> slots.CoreSlot:
+        """A core of this machine for an ``exclusive`` candidate (see ``slots``): shared
+        by every worker process on the machine through the sandbox parent directory."""
+        return slots.acquire(
+            self.slots_dir or os.path.join(sandbox_parent(), "forge-cores"),
+            on_wait=lambda: log("[Local] Waiting for a free core (exclusive competition)..."))
 
     def create(self, request: SandboxRequest, log: LogFn) -> BwrapSandbox | PlainSandbox:
         try:
