@@ -132,9 +132,10 @@ class PostgresServer:
     USER = "forge"
     PASSWORD = "pg-s3cret-pw"
 
-    def __init__(self):
+    def __init__(self, fsync: bool = False):
         import tempfile
 
+        self.fsync = fsync  # off in tests (speed); on for benchmarks (a real server's cost)
         self.dir = Path(tempfile.mkdtemp(prefix="forge-pg-"))
         self.data, self.sock = self.dir / "data", self.dir / "sock"
         self.port = free_port()
@@ -175,7 +176,7 @@ class PostgresServer:
 
         args = [postgres_bin("postgres"), "-D", str(self.data), "-k", str(self.sock),
                 "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
-                "-c", "fsync=off", "-c", "max_connections=200"]
+                "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200"]
         self.log = open(self.dir / "postgres.log", "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True, **self._as)

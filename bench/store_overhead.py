@@ -1,0 +1,121 @@
+"""The run store's cost: the 200-candidate overhead run with the store off, on SQLite
+(the default) and on PostgreSQL, side by side.
+
+Same cluster as bench/overhead.py (Redis, 2 prefork workers x concurrency 4, bubblewrap
+sandboxes, trivial candidates). Each side gets its own worker processes, started with
+its environment (``FORGE_STORE=off``; the default SQLite ``<artifacts>/forge.db``;
+``FORGE_DATABASE_URL`` to a private PostgreSQL with fsync on), warmed up with a small
+run, then measured; the sides' order rotates every repetition. The store's share is
+(store on - store off) / store off of the median wall time, plus what the chord body
+spent on its one transaction and the dispatcher on publishing.
+
+    .venv/bin/python bench/store_overhead.py [-n 200] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import TRIVIAL, Cluster, forge_api, machine, median, now, table, write_json  # noqa: E402, I001
+
+from tests.manifests import write_manifest  # noqa: E402
+from tests.procs import CeleryWorker, PostgresServer  # noqa: E402
+
+OBJECTIVE = "bench: store overhead"
+SIDES = ("off", "sqlite", "postgresql")
+
+
+def side_env(side: str, pg_url: str) -> dict[str, str]:
+    if side == "off":
+        return {"FORGE_STORE": "off"}
+    if side == "postgresql":
+        return {"FORGE_DATABASE_URL": pg_url}
+    return {}
+
+
+def one_run(manifest: Path, artifacts: Path, n: int) -> dict:
+    runner, dispatch = forge_api()
+    from worker.app import app
+
+    t0 = now()
+    plan = runner.prepare(OBJECTIVE, candidates=str(manifest), artifacts_dir=str(artifacts),
+                          post=False)
+    t1 = now()
+    dispatch.publish(plan)
+    t2 = now()
+    result = dispatch.wait(plan)
+    wall = now() - t0
+    assert sum(r.success for r in result.results) == n, \
+        [r.error_message for r in result.results if not r.success][:3]
+    body = (app.AsyncResult(dispatch.body_task_id(plan.run.run_id)).result or {})
+    bt = body.get("body_timings", {})
+    return {"wall_s": wall, "publish_s": t2 - t1, "body_store_s": bt.get("store", 0.0),
+            "body_total_s": bt.get("total"), "run_id": plan.run.run_id}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, default=4)
+    args = ap.parse_args()
+    info = machine()
+    pg = PostgresServer(fsync=True).start()
+    results: dict[str, list[dict]] = {s: [] for s in SIDES}
+    try:
+        pg_url = pg.create_database("bench")
+        with Cluster(args.workers, args.concurrency, start_workers=False) as cluster:
+            manifest = write_manifest(cluster.tmp / "cands",
+                                      {f"c{i:04d}": TRIVIAL for i in range(args.n)})
+            warm = write_manifest(cluster.tmp / "warm",
+                                  {f"w{i:02d}": TRIVIAL for i in range(2 * cluster.slots)})
+            for rep in range(args.reps):
+                order = SIDES[rep % 3:] + SIDES[:rep % 3]
+                for side in order:
+                    extra = side_env(side, pg_url)
+                    for k in ("FORGE_STORE", "FORGE_DATABASE_URL"):
+                        os.environ.pop(k, None)
+                    os.environ.update(extra)
+                    env = {**cluster.env, **extra}
+                    workers = [CeleryWorker(env, f"{side[:2]}{rep}{i}", cluster.tmp,
+                                            args.concurrency) for i in range(args.workers)]
+                    try:
+                        for w in workers:
+                            w.start(wait_ready=False)
+                        for w in workers:
+                            w.wait_ready(120)
+                        one_run(warm, cluster.artifacts, 2 * cluster.slots)
+                        time.sleep(1.0)  # let the warm-up's tail settle
+                        got = one_run(manifest, cluster.artifacts, args.n)
+                    finally:
+                        for w in workers:
+                            w.stop()
+                    results[side].append(got)
+                    print(f"rep {rep + 1} {side:10s} wall {got['wall_s']:.2f}s "
+                          f"store in body {got['body_store_s'] * 1000:.0f} ms", flush=True)
+    finally:
+        pg.remove()
+    wall = {s: median([r["wall_s"] for r in results[s]]) for s in SIDES}
+    extra = {s: (wall[s] - wall["off"]) / wall["off"] for s in SIDES}
+    rows = [[s, wall[s], 100 * extra[s],
+             1000 * median([r["body_store_s"] for r in results[s]]),
+             1000 * median([r["publish_s"] for r in results[s]])] for s in SIDES]
+    table(f"Store overhead: {args.n} trivial candidates, width "
+          f"{args.workers * args.concurrency} (median of {args.reps}; must <= 5 %, aim <= 2 %)",
+          ["store", "wall s", "extra wall %", "chord body's store write ms",
+           "publish ms (incl. queued rows)"], rows)
+    data = {**info, "n": args.n, "reps": results, "median_wall_s": wall,
+            "extra_wall": extra, "must": 0.05, "aim": 0.02}
+    print(f"JSON: {write_json('store_overhead', data)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
