@@ -264,6 +264,9 @@ def cmd_post(args: argparse.Namespace) -> int:
     if url is None:
         return _err("DISCORD_WEBHOOK_URL is not set (or is a placeholder); set it in .env")
     record = post_winner(result, Path(root) / args.run_id, url, force=True)
+    from worker.store.hooks import record_run_dir
+
+    record_run_dir(Path(root) / args.run_id)  # the store's copy of discord.json
     if record.get("posted"):
         print(f"Posted {record.get('messages', 0)} message(s) for run {args.run_id}")
         return 0

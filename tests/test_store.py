@@ -96,6 +96,8 @@ def test_candidates_go_queued_running_done_and_never_back(store):
     assert states["c0"].success is False and states["c0"].worker == "w1@host"
     assert states["c0"].error_message == "Script exited with code 1"
     assert store.run_summary("r1").states.failed == 1
+    # A mark goes through the driver directly: what it stored reads back unchanged.
+    assert store.get_run("r1").candidates[0].result.to_dict() == done.to_dict()
 
     # A late or redelivered "running" never undoes "done"; a re-publish resets nothing.
     assert store.mark_running("r1", "c0", worker="w9@h") == 0
@@ -170,10 +172,14 @@ def test_hostile_text_is_stored_and_read_back(store):
     result = finished(run, winner="c0", results={
         "c0": candidate_result("c0", 0, output=nasty, artifact=nasty)})
     result.scores[0].quality_details = {"title": nasty}
-    store.write_finished(result)
-    back = store.get_run("h1").candidates[0]
     nul = "\ufffd" if store.backend == "postgresql" else "\x00"  # PostgreSQL text has no NUL
     expected = f"nul:{nul} lone:? {html} emoji:\U0001f600"
+    store.write_queued(run)
+    assert store.mark_done("h1", result.results[0]) == 1  # the marks' own path, too
+    marked = store.get_run("h1").candidates[0].result
+    assert marked.output == expected and marked.artifact_content == expected
+    store.write_finished(result)
+    back = store.get_run("h1").candidates[0]
     assert back.result.output == expected and back.result.artifact_content == expected
     assert back.score.quality_details == {"title": f"nul:\x00 lone:? {html} emoji:\U0001f600"}
 
@@ -394,3 +400,26 @@ def test_beat_schedules_the_retry_of_owed_writes(monkeypatch):
     assert entry["task"] == "worker.store.drain_outbox" and entry["schedule"] == 120.0
     assert "worker.store.drain_outbox" in app.tasks
     assert "worker.store.hooks" in app.conf.include
+
+
+def test_forge_post_puts_the_new_discord_record_in_the_store(tmp_path, monkeypatch, store_url):
+    from dispatcher.cli import main
+    from tests.discord_server import DiscordServer
+    from tests.store_helpers import assert_store_agrees_with_run_dir
+    from worker.rundir import write_run_dir
+    from worker.store import open_store
+
+    if store_url.startswith("postgresql"):
+        monkeypatch.setenv("FORGE_DATABASE_URL", store_url)
+    run = spec("posted", n=2, artifacts_dir=str(tmp_path))
+    write_run_dir(finished(run, winner="c1"), tmp_path)
+    store = open_store(artifacts_dir=str(tmp_path))
+    assert main(["import", str(tmp_path)]) == 0
+    assert store.get_run("posted").discord is None
+    with DiscordServer() as server:
+        monkeypatch.setenv("DISCORD_WEBHOOK_URL", server.url)
+        assert main(["post", "posted", "--artifacts-dir", str(tmp_path)]) == 0
+    record = store.get_run("posted").discord
+    assert record["posted"] is True and record["forced"] is True
+    assert "sEcReT" not in json.dumps(record)
+    assert_store_agrees_with_run_dir(store, tmp_path / "posted")  # outputs kept, too

@@ -37,6 +37,10 @@ class Store:
             raise
         except (SQLAlchemyError, OSError) as exc:
             raise self._error("open", exc) from None
+        from worker.store.db import WRITE
+
+        self._writer = self.engine.execution_options(**WRITE)
+        self._marker = None  # the in-flight marks' engine, made on first use
 
     @property
     def backend(self) -> str:
@@ -54,11 +58,10 @@ class Store:
             raise self._error("read", exc) from None
 
     def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        from worker.store.db import WRITE
-
+        """``fn(conn, ...)`` in one write transaction."""
         for attempt in (1, 2):
             try:
-                with self.engine.execution_options(**WRITE).begin() as conn:
+                with self._writer.begin() as conn:
                     return fn(conn, *args, **kwargs)
             except DBAPIError as exc:
                 if attempt == 1 and exc.connection_invalidated:
@@ -68,6 +71,23 @@ class Store:
                 raise self._error("write", exc) from None
         raise AssertionError("unreachable")
 
+    def _mark(self, fn: Callable[..., int], *args: Any, **kwargs: Any) -> int:
+        """An in-flight mark: each statement commits by itself (``worker.store.marks``),
+        and on PostgreSQL without waiting for its WAL flush. A server crash may forget the
+        newest marks (the finished write supersedes them), never a finished run."""
+        if self._marker is None:
+            from worker.store.marks import Marks
+
+            self._marker = Marks(engine_for(self.url, async_commit=True))
+        errors = (self.engine.dialect.loaded_dbapi.Error, SQLAlchemyError)
+        for attempt in (1, 2):
+            try:
+                return fn(self._marker.execute, *args, **kwargs)
+            except errors as exc:
+                if attempt == 2:
+                    raise self._error("write", exc) from None
+        raise AssertionError("unreachable")
+
     # ------------------------------------------------------------------ writes
 
     def write_queued(self, run: RunSpec, at: datetime | None = None) -> None:
@@ -75,16 +95,16 @@ class Store:
 
     def mark_running(self, run_id: str, candidate_id: str, *, worker: str | None = None,
                      trial: int = 0) -> int:
-        return self._write(write.mark_state, run_id, candidate_id, "running",
-                           worker=worker, trial=trial)
+        return self._mark(write.mark_state, self.url, run_id, candidate_id, "running",
+                          worker=worker, trial=trial)
 
     def mark_waiting(self, run_id: str, candidate_id: str, *, worker: str | None = None,
                      trial: int = 0) -> int:
-        return self._write(write.mark_state, run_id, candidate_id, "waiting",
-                           worker=worker, trial=trial)
+        return self._mark(write.mark_state, self.url, run_id, candidate_id, "waiting",
+                          worker=worker, trial=trial)
 
     def mark_done(self, run_id: str, result: CandidateResult, trial: int = 0) -> int:
-        return self._write(write.mark_done, run_id, result, trial)
+        return self._mark(write.mark_done, run_id, result, trial)
 
     def write_finished(self, result: ForgeResult, at: datetime | None = None) -> None:
         self._write(write.record_finished, result, at)

@@ -109,28 +109,41 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def _postgres_engine(url: URL) -> Engine:
+def _postgres_engine(url: URL, async_commit: bool = False) -> Engine:
     from sqlalchemy import create_engine
 
     # Small pools: a pool process writes one candidate at a time. No pre-ping (a round
     # trip per write): a dropped connection invalidates the pool and the write retries.
-    return create_engine(url, pool_size=2, max_overflow=4, pool_recycle=1800,
+    marks = ({"isolation_level": "AUTOCOMMIT"}, {"options": "-c synchronous_commit=off"}) \
+        if async_commit else ({}, {})
+    return create_engine(url, pool_size=2, max_overflow=4, pool_recycle=1800, **marks[0],
                          connect_args={"connect_timeout": 10,
-                                       "application_name": "dream-foundry"})
+                                       "application_name": "dream-foundry", **marks[1]})
 
 
-def engine_for(url: str, *, migrate: bool = True) -> Engine:
-    """This process's engine for ``url``, its schema at HEAD (migrated on first use)."""
+def engine_for(url: str, *, migrate: bool = True, async_commit: bool = False) -> Engine:
+    """This process's engine for ``url``, its schema at HEAD (migrated on first use).
+
+    ``async_commit``: for PostgreSQL, an autocommit engine whose commits do not wait for
+    the WAL flush (``synchronous_commit=off``): for in-flight marks, which the finished
+    write supersedes; a server crash may forget the newest ones, never a finished run.
+    On SQLite (no fsync per commit anyway) it is the same engine.
+    """
     key = str(url)
+    if async_commit and parse_url(key).get_backend_name() == "postgresql":
+        engine_for(key, migrate=migrate)  # the schema check, once
+        key = f"{key}#async"
     engine = _ENGINES.get(key)
     if engine is None:
         with _LOCK:
             engine = _ENGINES.get(key)
             if engine is None:
-                parsed = parse_url(key)
+                parsed = parse_url(key.removesuffix("#async"))
                 engine = (_sqlite_engine(parsed) if parsed.get_backend_name() == "sqlite"
-                          else _postgres_engine(parsed))
+                          else _postgres_engine(parsed, key.endswith("#async")))
                 _ENGINES[key] = engine
+    if key.endswith("#async"):
+        return engine
     if migrate and key not in _READY:
         with _LOCK:
             if key not in _READY:

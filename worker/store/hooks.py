@@ -96,7 +96,7 @@ def _candidate(args: Any) -> tuple[str, str, int] | None:
     return str(data["run_id"]), str(data["candidate_id"]), int(data.get("trial") or 0)
 
 
-def _mark(run_id: str, what: str, write) -> None:
+def _mark(run_id: str, write) -> None:
     if not config.store_enabled():
         return
     url = _RUN_URLS.get(run_id) or config.database_url()
@@ -117,8 +117,7 @@ def _running(sender=None, task=None, args=None, **_kw) -> None:
     if key is not None:
         run_id, cid, trial = key
         worker = getattr(task.request, "hostname", None) if task is not None else None
-        _mark(run_id, "running",
-              lambda s: s.mark_running(run_id, cid, worker=worker, trial=trial))
+        _mark(run_id, lambda s: s.mark_running(run_id, cid, worker=worker, trial=trial))
 
 
 @task_postrun.connect
@@ -129,21 +128,24 @@ def _done(sender=None, args=None, retval=None, **_kw) -> None:
     if key is not None and "candidate_id" in retval:
         run_id, _cid, trial = key
         result = CandidateResult.from_dict(retval)
-        _mark(run_id, "done", lambda s: s.mark_done(run_id, result, trial))
+        _mark(run_id, lambda s: s.mark_done(run_id, result, trial))
 
 
 # ------------------------------------------------------------------------ chord body
 
 
-def record_finished(result: ForgeResult) -> None:
-    """The finished run, in one transaction (the chord body, after the run directory).
+def record_finished(result: ForgeResult, artifacts_dir: str | os.PathLike | None = None
+                    ) -> None:
+    """The finished run, in one transaction (the chord body, after the run directory in
+    ``artifacts_dir``, by default the one the result names).
 
     On failure the write is owed: parked in the outbox, said in one line, retried."""
     if not config.store_enabled():
         return
     from worker.store import importer
 
-    artifacts = os.path.dirname(os.path.abspath(result.artifacts_dir))
+    artifacts = os.fspath(artifacts_dir or os.path.dirname(os.path.abspath(
+        result.artifacts_dir)))
     url = _RUN_URLS.pop(result.run_id, None) or config.database_url(artifacts)
     try:
         store = _store(url)
@@ -157,6 +159,21 @@ def record_finished(result: ForgeResult) -> None:
         return
     if importer.pending(artifacts):
         _drain(store, artifacts)
+
+
+def record_run_dir(run_dir: str | os.PathLike) -> None:
+    """A run directory that changed after its run (``forge post`` added a Discord
+    record) written again to its store; on failure owed, like the chord body's write."""
+    if not config.store_enabled():
+        return
+    from worker.store import importer
+
+    try:
+        result = importer.load_run_dir(run_dir)
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("run store: %s not readable as a run directory (%s)", run_dir, exc)
+        return
+    record_finished(result, os.path.dirname(os.path.abspath(run_dir)))
 
 
 @task_failure.connect

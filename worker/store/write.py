@@ -2,8 +2,8 @@
 
 * :func:`record_queued` (dispatcher, at publish): the run and each candidate as queued;
   a run already known (a resume, a re-publish) is left as it is.
-* :func:`mark_running` / :func:`mark_waiting` / :func:`mark_done` (worker, per candidate):
-  one-row updates of rows the publish created; state never goes back from ``done``.
+* :func:`mark_state` / :func:`mark_done` (worker, per candidate): one-row updates of
+  rows the publish created, run by ``worker.store.marks``; ``done`` never goes back.
 * :func:`record_finished` (chord body, ``forge import``): the whole finished run in
   one transaction, every row an ``INSERT ... ON CONFLICT DO UPDATE``: a redelivered
   callback, or two at once, leaves exactly the rows one would.
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, update
+from sqlalchemy import Connection, and_, bindparam, func, update
 
 from worker.records import CandidateResult, ForgeResult, RunSpec, Score
 from worker.store.models import Candidate, Result, Run
@@ -112,35 +112,56 @@ def _result_row(result: CandidateResult) -> dict[str, Any]:
     }
 
 
-def _one(run_id: str, candidate_id: str, trial: int):
-    r = RESULTS.c
-    return and_(r.run_id == run_id, r.candidate_id == candidate_id, r.trial == trial)
+# Prebuilt statements: a worker writes two per candidate, and building and cache-keying a
+# fresh UPDATE of 20 columns cost more than executing it. Executed with parameters.
+def _p(name: str, column):
+    return bindparam(name, type_=column.type)
 
 
-def mark_state(conn: Connection, run_id: str, candidate_id: str, state: str, *,
+_R = RESULTS.c
+_KEY = and_(_R.run_id == bindparam("k_run"), _R.candidate_id == bindparam("k_cand"),
+            _R.trial == bindparam("k_trial"))
+_UNDONE = and_(_KEY, _R.state != "done")
+_MARK = {
+    "running": update(RESULTS).where(_UNDONE).values(
+        state="running", worker=func.coalesce(_p("v_worker", _R.worker), _R.worker),
+        started_at=_p("v_at", _R.started_at)),
+    "waiting": update(RESULTS).where(_UNDONE).values(
+        state="waiting", worker=func.coalesce(_p("v_worker", _R.worker), _R.worker)),
+}
+_RUN_RUNNING = update(RUNS).where(RUNS.c.run_id == bindparam("k_run"),
+                                  RUNS.c.status == "queued").values(
+    status="running", started_at=_p("v_at", RUNS.c.started_at))
+_DONE_COLUMNS = tuple(_result_row(CandidateResult(candidate_id="")))
+_DONE = update(RESULTS).where(_KEY).values(
+    state="done", **{c: _p(f"v_{c}", _R[c]) for c in _DONE_COLUMNS})
+
+
+_STARTED: set[tuple] = set()  # (store, run) this process has seen marked running
+Execute = Callable[[Any, dict[str, Any]], int]  # (statement, parameters) -> rows changed
+
+
+def mark_state(execute: Execute, store: str, run_id: str, candidate_id: str, state: str, *,
                worker: str | None = None, trial: int = 0, at: datetime | None = None) -> int:
     """A candidate waiting (for a sandbox slot) or running; the run running from its first
     running candidate. A done candidate stays done. Returns the rows changed (0: the run
     is not in this store)."""
     at = at or now()
-    values: dict[str, Any] = {"state": state}
-    if worker is not None:
-        values["worker"] = worker
-    if state == "running":
-        values["started_at"] = at
-    changed = conn.execute(update(RESULTS).where(_one(run_id, candidate_id, trial),
-                                                 RESULTS.c.state != "done")
-                           .values(**values)).rowcount
-    if changed and state == "running":
-        conn.execute(update(RUNS).where(RUNS.c.run_id == run_id, RUNS.c.status == "queued")
-                     .values(status="running", started_at=at))
+    key = {"k_run": run_id, "k_cand": candidate_id, "k_trial": trial}
+    changed = execute(_MARK[state], {**key, "v_worker": worker, "v_at": at})
+    if changed and state == "running" and (store, run_id) not in _STARTED:
+        execute(_RUN_RUNNING, {"k_run": run_id, "v_at": at})
+        if len(_STARTED) > 10_000:
+            _STARTED.clear()
+        _STARTED.add((store, run_id))  # past "queued" for good: no need to look again
     return changed
 
 
-def mark_done(conn: Connection, run_id: str, result: CandidateResult, trial: int = 0) -> int:
+def mark_done(execute: Execute, run_id: str, result: CandidateResult, trial: int = 0) -> int:
     """A candidate's result, as it finished (before the run is judged)."""
-    return conn.execute(update(RESULTS).where(_one(run_id, result.candidate_id, trial))
-                        .values(state="done", **_result_row(result))).rowcount
+    params = {f"v_{k}": v for k, v in _result_row(result).items()}
+    return execute(_DONE, {"k_run": run_id, "k_cand": result.candidate_id, "k_trial": trial,
+                           **params})
 
 
 # ------------------------------------------------------------------------ finished run
