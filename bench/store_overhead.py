@@ -12,7 +12,7 @@ process involved (workers, pool processes, sandboxes, Redis, PostgreSQL, this
 dispatcher) are summed per run too: on a 2-core machine shared with other work, the
 extra CPU is the steadier measure of what the store costs.
 
-    .venv/bin/python bench/store_overhead.py [-n 200] [--reps 3]
+    .venv/bin/python bench/store_overhead.py [-n 200] [--reps 5]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def one_run(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = No
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
@@ -139,19 +139,28 @@ def main() -> int:
     finally:
         pg.remove()
     wall = {s: median([r["wall_s"] for r in results[s]]) for s in SIDES}
-    extra = {s: (wall[s] - wall["off"]) / wall["off"] for s in SIDES}
+    # Other work on a shared machine comes and goes: the sides of one repetition ran
+    # within a minute of each other, so their ratio is the steadier figure; the best
+    # run of each side (interference only ever adds time) is the other.
+    paired = {s: median([r["wall_s"] / o["wall_s"] - 1
+                         for r, o in zip(results[s], results["off"], strict=True)])
+              for s in SIDES}
+    best = {s: min(r["wall_s"] for r in results[s]) for s in SIDES}
     cpu = {s: median([r["cpu_s"] for r in results[s]]) for s in SIDES}
     extra_cpu = {s: (cpu[s] - cpu["off"]) / cpu["off"] for s in SIDES}
-    rows = [[s, wall[s], 100 * extra[s], cpu[s], 100 * extra_cpu[s],
+    rows = [[s, wall[s], 100 * paired[s], best[s], 100 * (best[s] / best["off"] - 1),
+             cpu[s], 100 * extra_cpu[s],
              1000 * median([r["body_store_s"] for r in results[s]]),
              1000 * median([r["publish_s"] for r in results[s]])] for s in SIDES]
     table(f"Store overhead: {args.n} trivial candidates, width "
           f"{args.workers * args.concurrency} (median of {args.reps}; must <= 5 %, aim <= 2 %)",
-          ["store", "wall s", "extra wall %", "CPU s", "extra CPU %",
+          ["store", "wall s (median)", "extra wall % (median of paired reps)",
+           "best wall s", "extra wall % (best)", "CPU s", "extra CPU %",
            "chord body's store write ms",
            "publish ms (incl. queued rows)"], rows)
     data = {**info, "n": args.n, "reps": results, "median_wall_s": wall,
-            "extra_wall": extra, "median_cpu_s": cpu, "extra_cpu": extra_cpu,
+            "extra_wall_paired": paired, "best_wall_s": best,
+            "median_cpu_s": cpu, "extra_cpu": extra_cpu,
             "must": 0.05, "aim": 0.02}
     print(f"JSON: {write_json('store_overhead', data)}")
     return 0

@@ -423,3 +423,54 @@ def test_forge_post_puts_the_new_discord_record_in_the_store(tmp_path, monkeypat
     assert record["posted"] is True and record["forced"] is True
     assert "sEcReT" not in json.dumps(record)
     assert_store_agrees_with_run_dir(store, tmp_path / "posted")  # outputs kept, too
+
+
+def test_the_task_signals_mark_candidates_through_the_writer_thread(store, monkeypatch):
+    from types import SimpleNamespace
+
+    from worker.store import hooks
+
+    monkeypatch.setenv("FORGE_DATABASE_URL", store.url)
+    store.write_queued(spec("hk", n=2))
+    run_candidate = SimpleNamespace(name=hooks.RUN_CANDIDATE)
+    task = SimpleNamespace(request=SimpleNamespace(hostname="w7@host"))
+    args = ({"run_id": "hk", "candidate_id": "c0"},)
+    hooks._running(sender=run_candidate, task=task, args=args)
+    # Another task's signal (the chord body's) is not a candidate's.
+    hooks._running(sender=SimpleNamespace(name=hooks.COLLECT), task=task,
+                   args=({"run_id": "hk", "candidate_id": "c1"},))
+    assert hooks.flush_marks(30)
+    states = {s.candidate_id: s for s in store.run_states("hk")}
+    assert (states["c0"].state, states["c0"].worker) == ("running", "w7@host")
+    assert states["c1"].state == "queued"
+    done = candidate_result("c0", 0)
+    hooks._done(sender=run_candidate, args=args, retval=done.to_dict())
+    assert hooks.flush_marks(30)
+    assert store.get_run("hk").candidates[0].result.to_dict() == done.to_dict()
+
+
+def test_marks_for_a_store_that_is_down_never_hold_up_a_task(monkeypatch, caplog):
+    """The task hands its marks over and goes on; the writer drops them after one failure
+    (one warning, URL redacted) instead of queueing each behind a connect timeout."""
+    import time
+    from types import SimpleNamespace
+
+    from worker.store import hooks
+
+    secret = "marks-pw-9f2"
+    monkeypatch.setenv("FORGE_DATABASE_URL",
+                       f"postgresql+psycopg://forge:{secret}@127.0.0.1:{free_port()}/x")
+    sender = SimpleNamespace(name=hooks.RUN_CANDIDATE)
+    task = SimpleNamespace(request=SimpleNamespace(hostname="w1@h"))
+    with caplog.at_level(logging.WARNING, logger="dream_foundry"):
+        t0 = time.monotonic()
+        for i in range(50):
+            args = ({"run_id": "down", "candidate_id": f"c{i}"},)
+            hooks._running(sender=sender, task=task, args=args)
+            hooks._done(sender=sender, args=args, retval=candidate_result(f"c{i}").to_dict())
+        handed_over = time.monotonic() - t0
+        assert hooks.flush_marks(60)
+    assert handed_over < 1.0  # 100 marks queued, none written by the task itself
+    lines = [r.getMessage() for r in caplog.records if "candidate states" in r.getMessage()]
+    assert len(lines) == 1 and "forge:***@127.0.0.1" in lines[0], lines
+    assert secret not in caplog.text

@@ -2,7 +2,8 @@
 
 * the dispatcher, at publish: :func:`record_published` (the run and candidates queued);
 * each candidate task, through Celery's ``task_prerun``/``task_postrun`` signals: running
-  when it starts, done with its result when it finishes (one-row updates);
+  when it starts, done with its result when it finishes (one-row updates, written by a
+  thread of the process so the task never waits for them);
 * the chord body: :func:`record_finished`, the whole run in one transaction. If that
   fails the run directory (already written) has it all: an outbox entry names it, one
   log line says so (URL without password), and the next drain loads it;
@@ -18,12 +19,19 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from typing import Any
 
 from celery import shared_task
-from celery.signals import task_failure, task_postrun, task_prerun, worker_ready
+from celery.signals import (
+    task_failure,
+    task_postrun,
+    task_prerun,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from worker import config
 from worker.records import CandidateResult, ForgeResult, RunSpec
@@ -96,17 +104,75 @@ def _candidate(args: Any) -> tuple[str, str, int] | None:
     return str(data["run_id"]), str(data["candidate_id"]), int(data.get("trial") or 0)
 
 
+class _MarkWriter:
+    """This process's writer of in-flight marks: one thread, in order, off the task's path.
+
+    A mark is a round trip to the store; a task waiting for it holds its worker slot, and
+    on a busy machine the database's answer waits for a CPU (milliseconds each). So the
+    task hands its mark over and goes on. Order holds within a process (running before
+    done); across processes the marks' guards make any order safe, and the chord body's
+    finished write supersedes them all. A store that fails is left alone for a few
+    seconds (its marks dropped, not queued up behind a connect timeout).
+    """
+
+    PAUSE = 5.0
+
+    def __init__(self):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.down_until: dict[str, float] = {}
+
+    def put(self, url: str, write) -> None:
+        if self.thread is None:
+            with _lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, daemon=True,
+                                                   name="forge-store-marks")
+                    self.thread.start()
+        self.queue.put((url, write))
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every mark queued so far is written (or dropped)."""
+        if self.thread is None:
+            return True
+        done = threading.Event()
+        self.queue.put((None, done.set))
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            url, write = self.queue.get()
+            if url is None:
+                write()
+                continue
+            if time.monotonic() < self.down_until.get(url, 0.0):
+                continue
+            try:
+                store = _store(url, create=False)  # a worker never creates another store
+                if store is not None:
+                    write(store)
+            except Exception as exc:  # noqa: BLE001 - in-flight state is best effort
+                self.down_until[url] = time.monotonic() + self.PAUSE
+                _warn(url, "run store %s: candidate states not recorded (%s); finished runs "
+                      "are kept and retried", config.redact_url(url), _reason(exc))
+
+
+_marks = _MarkWriter()
+
+
 def _mark(run_id: str, write) -> None:
-    if not config.store_enabled():
-        return
-    url = _RUN_URLS.get(run_id) or config.database_url()
-    try:
-        store = _store(url, create=False)  # a worker never creates another store
-        if store is not None:
-            write(store)
-    except Exception as exc:  # noqa: BLE001 - in-flight state is best effort
-        _warn(url, "run store %s: candidate states not recorded (%s); finished runs are "
-              "kept and retried", config.redact_url(url), _reason(exc))
+    if config.store_enabled():
+        _marks.put(_RUN_URLS.get(run_id) or config.database_url(), write)
+
+
+def flush_marks(timeout: float = 5.0) -> bool:
+    """Write this process's queued marks now (tests; a pool process leaving)."""
+    return _marks.flush(timeout)
+
+
+@worker_process_shutdown.connect
+def _leaving(**_kw) -> None:
+    flush_marks(2.0)
 
 
 @task_prerun.connect
@@ -127,8 +193,7 @@ def _done(sender=None, args=None, retval=None, **_kw) -> None:
     key = _candidate(args)
     if key is not None and "candidate_id" in retval:
         run_id, _cid, trial = key
-        result = CandidateResult.from_dict(retval)
-        _mark(run_id, lambda s: s.mark_done(run_id, result, trial))
+        _mark(run_id, lambda s: s.mark_done(run_id, CandidateResult.from_dict(retval), trial))
 
 
 # ------------------------------------------------------------------------ chord body
@@ -258,8 +323,9 @@ def _at_start(sender=None, **_kw) -> None:
 
 
 def _after_fork() -> None:
-    global _lock
+    global _lock, _marks
     _lock = threading.Lock()  # a fork may have caught another thread holding it
+    _marks = _MarkWriter()  # the parent's writer thread is not in this process
     _STORES.clear()  # their engines belong to the parent (worker.store.db forgets them)
 
 
