@@ -57,11 +57,16 @@ class Store:
         except SQLAlchemyError as exc:
             raise self._error("read", exc) from None
 
-    def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(conn, ...)`` in one write transaction."""
+    def _write(self, fn: Callable[..., T], *args: Any, transient: bool = False,
+               **kwargs: Any) -> T:
+        """``fn(conn, ...)`` in one write transaction. ``transient``: state a later write
+        supersedes (a run queued), which PostgreSQL commits without waiting for its WAL
+        flush: a server crash may forget it, and the finished write brings it all back."""
         for attempt in (1, 2):
             try:
                 with self._writer.begin() as conn:
+                    if transient and self.backend == "postgresql":
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
                     return fn(conn, *args, **kwargs)
             except DBAPIError as exc:
                 if attempt == 1 and exc.connection_invalidated:
@@ -91,7 +96,7 @@ class Store:
     # ------------------------------------------------------------------ writes
 
     def write_queued(self, run: RunSpec, at: datetime | None = None) -> None:
-        self._write(write.record_queued, run, at)
+        self._write(write.record_queued, run, at, transient=True)
 
     def mark_running(self, run_id: str, candidate_id: str, *, worker: str | None = None,
                      trial: int = 0) -> int:
