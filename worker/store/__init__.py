@@ -40,18 +40,34 @@ upserts; if it fails, an outbox entry and the run directory make the retry).
 
 from __future__ import annotations
 
-from worker.store.api import Store, open_store
-from worker.store.db import StoreError
-from worker.store.read import (
-    CandidateEntry,
-    CandidateState,
-    CompetitionSummary,
-    HistoryEntry,
-    Page,
-    RunDetail,
-    RunSummary,
-    StateCounts,
-)
+import importlib
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from worker.store.api import Store, open_store
+    from worker.store.db import StoreError
+    from worker.store.read import (
+        CandidateEntry,
+        CandidateState,
+        CompetitionSummary,
+        HistoryEntry,
+        Page,
+        RunDetail,
+        RunSummary,
+        StateCounts,
+    )
+
+# Imported on first use (PEP 562): the worker's hooks load with Celery, and an embedded
+# `forge run` must not wait for SQLAlchemy before its first candidate starts.
+_EXPORTS = {"Store": "api", "open_store": "api", "StoreError": "db",
+            **dict.fromkeys(["CandidateEntry", "CandidateState", "CompetitionSummary",
+                             "HistoryEntry", "Page", "RunDetail", "RunSummary",
+                             "StateCounts"], "read")}
 __all__ = ["CandidateEntry", "CandidateState", "CompetitionSummary", "HistoryEntry", "Page",
            "RunDetail", "RunSummary", "StateCounts", "Store", "StoreError", "open_store"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"worker.store.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'worker.store' has no attribute {name!r}")

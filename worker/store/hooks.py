@@ -11,8 +11,8 @@
 * draining owed writes: a worker starting, beat's ``worker.store.drain_outbox`` every
   ``FORGE_STORE_RETRY_INTERVAL`` seconds, each finished run, and ``forge import``.
 
-Imported by the worker at start (the app's ``include``), so the pool processes it forks
-inherit SQLAlchemy already imported.
+Imported by the worker at start (the app's ``include``); it loads SQLAlchemy only when
+a store is first used (a distributed worker before it forks its pool processes).
 """
 
 from __future__ import annotations
@@ -22,20 +22,23 @@ import os
 import queue
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
 from celery.signals import (
     task_failure,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_shutdown,
     worker_ready,
 )
 
 from worker import config
 from worker.records import CandidateResult, ForgeResult, RunSpec
-from worker.store.api import Store, open_store
+
+if TYPE_CHECKING:
+    from worker.store.api import Store
 
 logger = logging.getLogger("dream_foundry")
 
@@ -43,6 +46,10 @@ RUN_CANDIDATE = "worker.tasks.run_candidate"
 COLLECT = "worker.tasks.collect_results"
 DRAIN_TASK = "worker.store.drain_outbox"
 QUIET = 60.0  # seconds between repeated "store unreachable" lines of one process
+# An embedded run's writer starts this long after its publish: loading SQLAlchemy (about
+# 0.3 s of CPU) in this process while the first candidates start would delay them (the
+# GIL); they are separate processes once started.
+EMBEDDED_DELAY = 1.0
 
 # run id -> store URL, for runs published from this process: an embedded run's
 # candidates and callback use the store of the run's own artifacts directory.
@@ -55,6 +62,8 @@ _lock = threading.Lock()
 def _store(url: str, create: bool = True) -> Store | None:
     store = _STORES.get(url)
     if store is None:
+        from worker.store.api import open_store
+
         store = open_store(url, create=create)
         if store is not None:
             _STORES[url] = store
@@ -80,15 +89,25 @@ def _reason(exc: BaseException) -> str:
 
 
 def record_published(run: RunSpec) -> None:
-    """The run and its candidates, queued (the dispatcher, before it publishes)."""
+    """The run and its candidates, queued (the dispatcher, before it publishes).
+
+    Distributed, before the first task goes out: other processes mark its candidates.
+    Embedded, the marks come from this very process, so the write goes first into the
+    queue they follow, and the first candidate does not wait for the database."""
     if not config.store_enabled():
         return
     url = config.database_url(run.artifacts_dir)
     _RUN_URLS[run.run_id] = url
-    try:
-        store = _store(url)
+
+    def write(store: Store) -> None:
         store.import_if_empty(run.artifacts_dir)
         store.write_queued(run)
+
+    if not config.is_distributed():
+        _marks.put(url, write, create=True, delay=EMBEDDED_DELAY)
+        return
+    try:
+        write(_store(url))
     except Exception as exc:  # noqa: BLE001 - the run goes on without its in-flight rows
         logger.warning("[%s] run store %s: run not recorded as queued (%s); it is stored "
                        "when it finishes", run.run_id, config.redact_url(url), _reason(exc))
@@ -122,33 +141,35 @@ class _MarkWriter:
         self.thread: threading.Thread | None = None
         self.down_until: dict[str, float] = {}
 
-    def put(self, url: str, write) -> None:
+    def put(self, url: str, write, create: bool = False, delay: float = 0.0) -> None:
+        """Queue ``write(store)``; the thread starts now, or ``delay`` s after this put."""
+        self.queue.put((url, write, create))
         if self.thread is None:
             with _lock:
                 if self.thread is None:
                     self.thread = threading.Thread(target=self._run, daemon=True,
-                                                   name="forge-store-marks")
+                                                   args=(delay,), name="forge-store-marks")
                     self.thread.start()
-        self.queue.put((url, write))
 
     def flush(self, timeout: float) -> bool:
         """Wait until every mark queued so far is written (or dropped)."""
         if self.thread is None:
             return True
         done = threading.Event()
-        self.queue.put((None, done.set))
+        self.queue.put((None, done.set, False))
         return done.wait(timeout)
 
-    def _run(self) -> None:
+    def _run(self, delay: float) -> None:
+        time.sleep(delay)
         while True:
-            url, write = self.queue.get()
+            url, write, create = self.queue.get()
             if url is None:
                 write()
                 continue
             if time.monotonic() < self.down_until.get(url, 0.0):
                 continue
             try:
-                store = _store(url, create=False)  # a worker never creates another store
+                store = _store(url, create=create)  # marks never create a store
                 if store is not None:
                     write(store)
             except Exception as exc:  # noqa: BLE001 - in-flight state is best effort
@@ -162,7 +183,8 @@ _marks = _MarkWriter()
 
 def _mark(run_id: str, write) -> None:
     if config.store_enabled():
-        _marks.put(_RUN_URLS.get(run_id) or config.database_url(), write)
+        _marks.put(_RUN_URLS.get(run_id) or config.database_url(), write,
+                   delay=0.0 if config.is_distributed() else EMBEDDED_DELAY)
 
 
 def flush_marks(timeout: float = 5.0) -> bool:
@@ -311,6 +333,14 @@ def beat_entries() -> dict[str, dict]:
     every = config.env_int("FORGE_STORE_RETRY_INTERVAL", 300)
     return {"store:drain-outbox": {"task": DRAIN_TASK, "schedule": float(max(every, 10)),
                                    "options": {"expires": max(every, 10)}}}
+
+
+@worker_init.connect
+def _preload(**_kw) -> None:
+    """A distributed worker imports the store before it forks its pool processes, which
+    then start with it loaded (an embedded run imports it in the background)."""
+    if config.is_distributed() and config.store_enabled():
+        import worker.store.api  # noqa: F401
 
 
 @worker_ready.connect
