@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (Debian/Ubuntu, Python >= 3.11):
 #   make demo   - install what is needed, run the demo competition (embedded mode)
-#   make test   - install what is needed (incl. redis-server, bubblewrap, chromium), run
-#                 ruff and the whole test suite
+#   make test   - install what is needed (incl. redis-server, PostgreSQL, bubblewrap,
+#                 chromium), run ruff and the whole test suite
 # Everything Python goes into .venv; system packages come from apt when missing.
 
 PYTHON ?= python3
@@ -30,10 +30,10 @@ $(STAMP): pyproject.toml
 system-deps-demo:
 	@.ci/system-deps bubblewrap slirp4netns || echo "note: could not install bubblewrap; local sandboxes run without filesystem isolation"
 
-# The suite needs real redis-server, bubblewrap, slirp4netns and chromium, and iproute2
-# to build the egress tests' own network: fail loudly.
+# The suite needs real redis-server, PostgreSQL (initdb/postgres), bubblewrap, slirp4netns,
+# chromium, and iproute2 to build the egress tests' own network: fail loudly.
 system-deps-test:
-	@.ci/system-deps redis-server bubblewrap slirp4netns chromium iproute2
+	@.ci/system-deps redis-server postgresql bubblewrap slirp4netns chromium iproute2
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,7 @@ EXTRA_COMMANDS: list[str] = []
 EXTRA_COMMANDS.append("dispatcher.reap")
 EXTRA_COMMANDS.append("dispatcher.resume")
 EXTRA_COMMANDS.append("dispatcher.competitions_cli")
+EXTRA_COMMANDS.append("dispatcher.store_cli")
 
 
 def _positive_int(text: str) -> int:
@@ -67,13 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the ForgeResult as JSON")
 
     status = sub.add_parser("status", help="show a run's result",
-                            description="Show one run from its run directory.")
+                            description="Show one run: from the run store, else its run "
+                                        "directory, else the broker's record.")
     status.add_argument("run_id", metavar="RUN_ID")
     status.add_argument("--artifacts-dir", metavar="PATH")
     status.add_argument("--json", action="store_true", help="print summary.json")
 
     lst = sub.add_parser("list", help="list recent runs",
-                         description="Recent runs, newest first, with winner and time.")
+                         description="Recent runs, newest first, with winner and time "
+                                     "(from the run store).")
     lst.add_argument("--artifacts-dir", metavar="PATH")
     lst.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20)")
 
@@ -170,21 +173,40 @@ def _run_target(args: argparse.Namespace) -> tuple[str, str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from dispatcher import console as ui
+    from dispatcher import store_cli
+    from worker import config
     from worker.rundir import SUMMARY, read_summary
+    from worker.store import StoreError
     from worker.validation import shorten
 
     root, run_id = _run_target(args)
-    result = read_summary(root, run_id)
+    store, problem = store_cli.read_store(root)
+    detail = None
+    if store is not None:
+        try:
+            detail = store.get_run(run_id)
+        except StoreError as exc:
+            problem = str(exc)
+    if problem:
+        store_cli.warn(problem, root)
+    result = detail.forge_result() if detail is not None else None
     if result is None:
-        from dispatcher.runs import status_pending  # a run still out on the workers
-        from worker.app import app
+        result = read_summary(root, run_id)  # the store behind, or not reachable
+    if result is None:
+        pending = None
+        if config.is_distributed():  # the broker's record tells a cut-short fan-out
+            from dispatcher.runs import status_pending
+            from worker.app import app
 
-        pending = status_pending(app, run_id)
+            pending = status_pending(app, run_id)
+        if detail is not None and (pending is None or pending[1] == 2):
+            pending = store_cli.describe(detail)
         if pending is not None:
             print(pending[0])
             return pending[1]
-        return _err(f"no finished run {run_id!r} in {root} (no {run_id}/{SUMMARY}); "
-                    "see 'forge list'")
+        where = store.display if store is not None else root
+        return _err(f"no finished run {run_id!r} in {where} (no {run_id}/{SUMMARY} "
+                    f"in {root}); see 'forge list'")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return 0
@@ -197,22 +219,49 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from dispatcher import store_cli
     from worker import config
     from worker.rundir import list_runs
+    from worker.store import StoreError
 
     root = args.artifacts_dir or config.artifacts_dir()
-    runs = list_runs(root)[: max(args.limit, 1)]
+    limit = max(args.limit, 1)
+    store, problem = store_cli.read_store(root)
+    if store is not None:
+        try:
+            runs = store.list_runs(per_page=limit).items
+        except StoreError as exc:
+            store, problem = None, str(exc)
+    if store is None:
+        if problem:
+            store_cli.warn(problem, root)
+        runs = [_dir_row(r) for r in list_runs(root)[:limit]]
+    where = store.display if store is not None else root
     if not runs:
-        Console().print(f"No runs in {root}.", markup=False)
+        Console().print(f"No runs in {where}.", markup=False)
         return 0
-    table = Table(title=f"Runs in {root}", title_justify="left")
-    for col in ("Run", "Time", "Mode", "Candidates", "Winner", "Score"):
+    table = Table(title=f"Runs in {where}", title_justify="left")
+    for col in ("Run", "Time", "Competition", "Status", "Mode", "Candidates", "Winner",
+                "Score"):
         table.add_column(col)
     for r in runs:
-        table.add_row(r.run_id, r.timestamp, r.execution_mode, str(len(r.candidates)),
-                      r.winner_id or "-", f"{r.winner_score:.1f}" if r.winner_score else "-")
+        when = r.timestamp if isinstance(r.timestamp, str) else \
+            r.timestamp.isoformat(timespec="seconds")
+        table.add_row(r.run_id, when, r.competition or "-", r.status, r.execution_mode,
+                      str(r.candidates_total), r.winner_id or "-",
+                      f"{r.winner_score:.1f}" if r.winner_score else "-")
     _console().print(table)
     return 0
+
+
+def _dir_row(r):
+    """A run directory's summary as a runs-list row (the store's RunSummary fields)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(run_id=r.run_id, timestamp=r.timestamp, competition=r.competition,
+                           status="finished", execution_mode=r.execution_mode,
+                           candidates_total=len(r.candidates), winner_id=r.winner_id,
+                           winner_score=r.winner_score)
 
 
 def cmd_post(args: argparse.Namespace) -> int:
@@ -228,7 +277,11 @@ def cmd_post(args: argparse.Namespace) -> int:
     url = config.discord_webhook_url()
     if url is None:
         return _err("DISCORD_WEBHOOK_URL is not set (or is a placeholder); set it in .env")
-    record = post_winner(result, contained(root, run_id), url, force=True)
+    run_dir = contained(root, run_id)
+    record = post_winner(result, run_dir, url, force=True)
+    from worker.store.hooks import record_run_dir
+
+    record_run_dir(run_dir)  # the store's copy of discord.json
     if record.get("posted"):
         print(f"Posted {record.get('messages', 0)} message(s) for run {run_id}")
         return 0

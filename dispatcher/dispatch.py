@@ -163,7 +163,9 @@ def publish(plan: RunPlan):
     leaves a run that `forge status` reports as cut short and `forge resume` can finish.
     """
     from dispatcher import runs
+    from worker.store.hooks import record_published
 
+    record_published(plan.run)  # the run store: run and candidates queued (best effort)
     record = runs.before_publish(app, plan)
     # We never join a task (wait() polls the backend): without never_joined the Redis
     # backend SUBSCRIBEs to every task's result channel, one round trip per task, and

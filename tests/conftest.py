@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import CeleryWorker, RedisServer, forge_env
+from tests.procs import CeleryWorker, PostgresServer, RedisServer, forge_env
 
 pytest_plugins = ("celery.contrib.pytest",)
 
 # The suite never uses a broker from the developer's environment or .env.
 for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DISCORD_WEBHOOK_URL",
-              "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_BASE_URL"):
+              "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_BASE_URL", "FORGE_DATABASE_URL",
+              "FORGE_STORE"):
     os.environ.pop(_name, None)
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
@@ -77,3 +78,36 @@ def artifacts(tmp_path: Path) -> Path:
 @pytest.fixture
 def distributed_env(redis_server, artifacts):
     return forge_env(redis_server.url, artifacts)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL for the session (initdb into a temp dir, a free port)."""
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL (its SQLAlchemy URL)."""
+    import uuid
+
+    return pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path) -> str:
+    """The same store test on both backends: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'forge.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url):
+    from worker.store import open_store
+    from worker.store.db import dispose_all
+
+    yield open_store(store_url)
+    dispose_all()

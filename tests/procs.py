@@ -104,6 +104,123 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
 
+def postgres_bin(name: str) -> str:
+    """A PostgreSQL server binary (initdb, postgres): Debian keeps them off PATH, under
+    /usr/lib/postgresql/<version>/bin; the newest version wins."""
+    import glob
+    import re
+
+    found = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
+    found.sort(key=lambda p: [int(x) for x in re.findall(r"\d+", p.split("/")[4])])
+    if found:
+        return found[-1]
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (package postgresql): "
+                           "the README's test command installs it")
+    return path
+
+
+class PostgresServer:
+    """A private PostgreSQL: ``initdb`` into a temporary directory, ``postgres`` on a
+    free loopback port (password auth over TCP), started and stopped by PID.
+
+    PostgreSQL refuses to run as root: as root the cluster belongs to the ``postgres``
+    user (the package creates it), in its own directory under /tmp (pytest's are 0700).
+    """
+
+    USER = "forge"
+    PASSWORD = "pg-s3cret-pw"
+
+    def __init__(self, fsync: bool = False):
+        import tempfile
+
+        self.fsync = fsync  # off in tests (speed); on for benchmarks (a real server's cost)
+        self.dir = Path(tempfile.mkdtemp(prefix="forge-pg-"))
+        self.data, self.sock = self.dir / "data", self.dir / "sock"
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self._as = {}
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("running as root, PostgreSQL needs the 'postgres' user "
+                                   "(apt-get install postgresql creates it)") from None
+            self._as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.sock.mkdir()
+        if self._as:
+            os.chown(self.sock, self._as["user"], self._as["group"])
+        pwfile = self.dir / "pw"
+        pwfile.write_text(self.PASSWORD + "\n")
+        if self._as:
+            os.chown(pwfile, self._as["user"], self._as["group"])
+        done = subprocess.run(
+            [postgres_bin("initdb"), "-D", str(self.data), "-U", self.USER,
+             f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
+             "-E", "UTF8", "--locale=C", "--no-sync"],
+            capture_output=True, text=True, timeout=120, **self._as)
+        pwfile.unlink()
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
+
+    def url(self, database: str = "postgres", password: str | None = None) -> str:
+        return (f"postgresql+psycopg://{self.USER}:{password or self.PASSWORD}"
+                f"@127.0.0.1:{self.port}/{database}")
+
+    def start(self) -> PostgresServer:
+        import psycopg
+
+        args = [postgres_bin("postgres"), "-D", str(self.data), "-k", str(self.sock),
+                "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+                "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200"]
+        self.log = open(self.dir / "postgres.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, **self._as)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(self.dsn(), connect_timeout=2).close()
+                return self
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"postgres did not start on port {self.port}: "
+                                       f"{self.logtext()[-2000:]}") from None
+                time.sleep(0.1)
+
+    def dsn(self, database: str = "postgres") -> str:
+        return (f"host=127.0.0.1 port={self.port} user={self.USER} "
+                f"password={self.PASSWORD} dbname={database}")
+
+    def create_database(self, name: str) -> str:
+        """A fresh database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def logtext(self) -> str:
+        try:
+            return (self.dir / "postgres.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: roll back, disconnect clients, stop)."""
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT, 30)
+            self.proc = None
+            self.log.close()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def forge_env(redis_url: str | None, artifacts: Path, **extra: str) -> dict[str, str]:
     """Environment for a forge/celery subprocess: distributed when redis_url is given."""
     env = {k: v for k, v in os.environ.items()

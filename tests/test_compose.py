@@ -73,14 +73,15 @@ def check_options(args: list[str], help_text: str) -> None:
 
 
 def test_services_and_volumes():
-    assert set(SERVICES) == {"redis", "worker", "beat", "flower"}
+    assert set(SERVICES) == {"redis", "postgres", "worker", "beat", "flower"}
     declared = set(COMPOSE["volumes"])
     for name, svc in SERVICES.items():
         for mount in svc.get("volumes", []):
             source = mount.split(":")[0]
             assert source in declared, (name, mount)
         assert "container_name" not in svc, name  # would stop --scale
-    assert declared == {"redis-data", "artifacts", "beat-state", "flower-state"}
+    assert declared == {"redis-data", "postgres-data", "artifacts", "beat-state",
+                        "flower-state"}
 
 
 def test_redis_is_durable_authenticated_and_health_checked():
@@ -113,6 +114,33 @@ def test_celery_services_share_broker_and_artifacts():
     # Secrets for candidates and Discord go to workers only.
     assert {"path": ".env", "required": False} in worker["env_file"]
     assert "env_file" not in SERVICES["beat"] and "env_file" not in SERVICES["flower"]
+
+
+def test_postgres_is_the_run_store_of_workers_and_beat():
+    """A durable, health-checked PostgreSQL; workers and beat reach it through one
+    FORGE_DATABASE_URL the store accepts, whose credentials are the server's own."""
+    from worker.store.db import parse_url
+
+    pg = SERVICES["postgres"]
+    assert pg["image"].startswith("postgres:")
+    env = pg["environment"]
+    assert env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert all(p.startswith("127.0.0.1:") for p in pg.get("ports", []))
+    password = env_example_values()["POSTGRES_PASSWORD"]
+    for name in ("worker", "beat"):
+        svc = SERVICES[name]
+        url = parse_url(interpolate(svc["environment"]["FORGE_DATABASE_URL"]))
+        assert (url.get_backend_name(), url.get_driver_name()) == ("postgresql", "psycopg")
+        assert (url.host, url.port, url.username, url.password, url.database) == \
+            ("postgres", 5432, env["POSTGRES_USER"], password, env["POSTGRES_DB"])
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # The database password reaches only the services that use the store.
+    assert "FORGE_DATABASE_URL" not in SERVICES["flower"]["environment"]
+    local = parse_url(env_example_values()["FORGE_DATABASE_URL"])
+    assert (local.host, local.port, local.password) == \
+        ("127.0.0.1", int(env_example_values()["POSTGRES_PORT"]), password)
 
 
 def test_worker_scales_shuts_down_softly_and_can_run_bubblewrap():

@@ -28,7 +28,8 @@ MAX_ATTEMPTS = config.env_int("FORGE_MAX_ATTEMPTS", 3)
 # A scheduled slot missed by more than this is skipped, not run late (worker/scheduling.py).
 SCHEDULE_GRACE = config.env_int("FORGE_SCHEDULE_GRACE", 3600)
 
-app = Celery("dream_foundry", include=["worker.tasks", "worker.maintenance", "worker.scheduling"])
+app = Celery("dream_foundry", include=["worker.tasks", "worker.maintenance", "worker.scheduling",
+                                       "worker.store.hooks"])
 
 _broker = config.broker_url()
 _backend = config.result_backend_url()

@@ -23,6 +23,8 @@ FORBIDDEN_SANDBOX_ENV = frozenset(
         "CELERY_RESULT_BACKEND",
         "FLOWER_BASIC_AUTH",
         "REDIS_PASSWORD",
+        "FORGE_DATABASE_URL",
+        "POSTGRES_PASSWORD",
     }
 )
 
@@ -104,6 +106,23 @@ def is_distributed() -> bool:
 
 def artifacts_dir() -> str:
     return env("FORGE_ARTIFACTS_DIR", "artifacts") or "artifacts"
+
+
+def database_url(artifacts: str | os.PathLike | None = None) -> str:
+    """The run store's SQLAlchemy URL: ``FORGE_DATABASE_URL`` (PostgreSQL through psycopg 3,
+    for a cluster), else a SQLite file ``forge.db`` in the artifacts directory (``artifacts``
+    or ``FORGE_ARTIFACTS_DIR``): zero set-up, and it travels with the run directories.
+    It may hold a password: show it only through :func:`redact_url`."""
+    url = env("FORGE_DATABASE_URL")
+    if url is not None:
+        return url
+    path = os.path.abspath(os.path.join(os.fspath(artifacts or artifacts_dir()), "forge.db"))
+    return f"sqlite:///{path}"
+
+
+def store_enabled() -> bool:
+    """``FORGE_STORE=off`` runs without the store (run directories only; benchmarks)."""
+    return (env("FORGE_STORE", "on") or "on").lower() not in ("off", "0", "false", "no")
 
 
 DEFAULT_DAYTONA_API_URL = "https://app.daytona.io/api"  # the seed's and the SDK's default

@@ -53,5 +53,9 @@ class CompetitionScheduler(PersistentScheduler):
             sys.stderr.write(f"beat: refusing to start: {exc}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
-        app.conf.beat_schedule = build_beat_schedule(comps, SCHEDULE_GRACE)
+        from worker.store.hooks import beat_entries
+
+        # forge.toml's competitions, and the run store's retry of writes still owed.
+        app.conf.beat_schedule = {**build_beat_schedule(comps, SCHEDULE_GRACE),
+                                  **beat_entries()}
         super().__init__(*args, **kwargs)

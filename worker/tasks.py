@@ -350,10 +350,16 @@ def collect_results(self, results: list[dict[str, Any]],
 
         # Claimed once per run directory: a redelivered callback does not post again.
         forge.discord = post_winner(forge, run_path, config.discord_webhook_url())
+    from worker.store.hooks import record_finished
+
+    t_store = time.monotonic()
+    record_finished(forge)  # one transaction; if it fails, owed and retried (never raises)
+    t_stored = time.monotonic()
     out = forge.to_dict()
     # Not part of summary.json (it varies per delivery): ForgeResult.from_dict drops it.
     out["body_timings"] = {"entered_at": entered, "score": t_scored - t0,
-                           "write": t_written - t_scored, "total": time.monotonic() - t0,
+                           "write": t_written - t_scored, "store": t_stored - t_store,
+                           "total": time.monotonic() - t0,
                            "maxrss_mb": _maxrss_mb()}
     return out
 
