@@ -326,3 +326,5 @@ def test_bad_input_is_refused_with_a_reason():
         summarize("c", [score("other", 1)])
     with pytest.raises(ValueError, match="confidence"):
         summarize("c", [score("c", 1)], confidence=95)
+    with pytest.raises(ValueError, match="appears twice"):
+        decide([trials("c", [1, 2]), trials("c", [3, 4])])

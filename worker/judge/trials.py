@@ -252,6 +252,10 @@ def _decided_by(winner: TrialSummary, other: TrialSummary) -> str:
 def decide(summaries: Iterable[TrialSummary], confidence: float = CONFIDENCE) -> Verdict:
     """Rank by mean and decide the verdict (see the module docstring for the rules)."""
     ranking = tuple(rank_summaries(summaries))
+    ids = [s.candidate_id for s in ranking]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a candidate appears twice: summarise all its trials together "
+                         "(summarize_all groups them)")
     qualified = [s for s in ranking if s.qualified]
     if not qualified:
         return Verdict(ranking, NO_WINNER, None, (), "no candidate passed the gates")
