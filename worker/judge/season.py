@@ -281,10 +281,19 @@ Games = list[tuple[list[int], float]]  # (members of a participation group, game
 
 
 def _group_expected(strength: list[float], members: list[int]) -> list[float]:
-    """Expected wins of each member in one game against every other member:
-    sum over j of p_i / (p_i + p_j) = 1 / (1 + p_j / p_i), less the member itself."""
+    """Expected wins of each member in one game against every other member. Each pair is
+    computed once: x = P(i beats j) = 1 / (1 + p_j / p_i) counts for i, and 1 - x for j
+    (the rows, padded with zeros in front, are summed by column for the j side)."""
     ps = [strength[j] for j in members]
-    return [sum([1.0 / (1.0 + pj * ri) for pj in ps]) - 0.5 for ri in [1.0 / p for p in ps]]
+    ahead, rows = [], []
+    for a, pa in enumerate(ps):
+        ra = 1.0 / pa
+        row = [1.0 / (1.0 + pb * ra) for pb in ps[a + 1:]]
+        ahead.append(sum(row))
+        rows.append([0.0] * (a + 1) + row)
+    # Member b has b earlier members: it wins 1 - x against each of them.
+    return [x + (b - column) for b, (x, column)
+            in enumerate(zip(ahead, map(sum, zip(*rows, strict=True)), strict=True))]
 
 
 def _expected(theta: list[float], games: Games) -> list[float]:
