@@ -30,8 +30,9 @@ took part, so candidates joining or leaving mid-season cost nothing extra.
 Intervals. A percentile bootstrap over runs (runs, not pairs, are the independent units:
 the pairs of one run share its conditions), 200 resamples by default. Each resample
 starts from the full fit and iterates with the full fit's inverse Hessian (a chord
-method: its first step is a sum of per-run vectors computed once), falling back to
-Newton if that stalls. The seed is a hash of the runs themselves: the same season always
+method: its first step is a sum of per-run vectors computed once, later ones are
+rescaled by each candidate's change of curvature), falling back to Newton if that
+stalls. The seed is a hash of the runs themselves: the same season always
 gives the same intervals, in any process and any input order. With one run there is
 nothing to resample, and the interval is the point; a candidate absent from a resample
 keeps only the prior there, which widens the interval of one seen in few runs.
@@ -280,33 +281,44 @@ def _with_prior(n: int, groups: list[list[int]], weights: list[float],
 Games = list[tuple[list[int], float]]  # (members of a participation group, games per pair)
 
 
-def _group_expected(strength: list[float], members: list[int]) -> list[float]:
-    """Expected wins of each member in one game against every other member. Each pair is
-    computed once: x = P(i beats j) = 1 / (1 + p_j / p_i) counts for i, and 1 - x for j
-    (the rows, padded with zeros in front, are summed by column for the j side)."""
+def _group_moments(strength: list[float], members: list[int],
+                   ) -> tuple[list[float], list[float]]:
+    """Per member, over one game against every other member: expected wins (the sum of
+    x = P(i beats j) = 1 / (1 + p_j / p_i)) and curvature (the sum of x (1 - x), the
+    Hessian's diagonal). Each pair is computed once: x counts for i, 1 - x for j (the
+    rows, padded with zeros in front, are summed by column for the j side)."""
     ps = [strength[j] for j in members]
-    ahead, rows = [], []
+    ahead, ahead_var, rows, var_rows = [], [], [], []
     for a, pa in enumerate(ps):
         ra = 1.0 / pa
         row = [1.0 / (1.0 + pb * ra) for pb in ps[a + 1:]]
+        var = [x - x * x for x in row]
         ahead.append(sum(row))
-        rows.append([0.0] * (a + 1) + row)
+        ahead_var.append(sum(var))
+        pad = [0.0] * (a + 1)
+        rows.append(pad + row)
+        var_rows.append(pad + var)
     # Member b has b earlier members: it wins 1 - x against each of them.
-    return [x + (b - column) for b, (x, column)
+    wins = [x + (b - column) for b, (x, column)
             in enumerate(zip(ahead, map(sum, zip(*rows, strict=True)), strict=True))]
+    curvature = list(map(add, ahead_var, map(sum, zip(*var_rows, strict=True))))
+    return wins, curvature
 
 
-def _expected(theta: list[float], games: Games) -> list[float]:
-    """Expected wins of every candidate under ``theta`` (log-strengths)."""
+def _moments(theta: list[float], games: Games) -> tuple[list[float], list[float]]:
+    """Expected wins and curvature of every candidate under ``theta`` (log-strengths)."""
     strength = [math.exp(t) for t in theta]
     if len(games) == 1:  # everyone met in every run: the usual season
         members, weight = games[0]
-        return [weight * e for e in _group_expected(strength, members)]
-    out = [0.0] * len(theta)
+        wins, curvature = _group_moments(strength, members)
+        return [weight * w for w in wins], [weight * c for c in curvature]
+    n = len(theta)
+    wins, curvature = [0.0] * n, [0.0] * n
     for members, weight in games:
-        for i, e in zip(members, _group_expected(strength, members), strict=True):
-            out[i] += weight * e
-    return out
+        for i, w, c in zip(members, *_group_moments(strength, members), strict=True):
+            wins[i] += weight * w
+            curvature[i] += weight * c
+    return wins, curvature
 
 
 def _log_likelihood(theta: list[float], wins: list[float], games: Games) -> float:
@@ -400,7 +412,7 @@ def _newton(wins: list[float], games: Games, theta: list[float],
     """Maximum-likelihood log-strengths (mean zero), by Newton with step halving."""
     current = _log_likelihood(theta, wins, games)
     for _ in range(max_steps):
-        grad = list(map(sub, wins, _expected(theta, games)))
+        grad = list(map(sub, wins, _moments(theta, games)[0]))
         step = _solve(_cholesky(_hessian(theta, games)), grad)
         size = max(map(abs, step))
         if size < tol:
@@ -419,11 +431,14 @@ def _newton(wins: list[float], games: Games, theta: list[float],
 
 
 def _refit(wins: list[float], games: Games, theta0: list[float], step: list[float],
-           inverse: list[list[float]], max_steps: int = 25) -> list[float]:
-    """A resample's fit from the full fit ``theta0``, stepping with the full fit's inverse
-    Hessian (a chord method); ``step`` is the first step. The steps shrink geometrically
-    (about tenfold each), so it stops once the next is predicted below ``REFIT_TOL``;
-    Newton takes over if they do not shrink."""
+           inverse: list[list[float]], curvature0: list[float], max_steps: int = 25,
+           ) -> list[float]:
+    """A resample's fit from the full fit ``theta0`` (first ``step`` given), by a chord
+    method: the full fit's inverse Hessian, each step rescaled by how far each
+    candidate's curvature moved from ``curvature0`` (a diagonal correction; it halves
+    the passes when strengths are far apart). The steps shrink geometrically, so it
+    stops once the next is predicted below ``REFIT_TOL``; Newton takes over if they do
+    not shrink."""
     theta, last = theta0, math.inf
     for _ in range(max_steps):
         size = max(map(abs, step))
@@ -433,8 +448,11 @@ def _refit(wins: list[float], games: Games, theta0: list[float], step: list[floa
         if size < REFIT_TOL or (last < math.inf and size * size / last < REFIT_TOL):
             return _centred(theta)
         last = size
-        grad = list(map(sub, wins, _expected(theta, games)))
-        step = _matvec(inverse, grad)
+        expected, curvature = _moments(theta, games)
+        scale = [math.sqrt(c0 / max(c, 1e-300))
+                 for c0, c in zip(curvature0, curvature, strict=True)]
+        grad = [(w - e) * k for w, e, k in zip(wins, expected, scale, strict=True)]
+        step = [x * k for x, k in zip(_matvec(inverse, grad), scale, strict=True)]
     return _newton(wins, games, theta0)
 
 
@@ -484,10 +502,11 @@ def ratings(runs: Sequence[SeasonRun], *, resamples: int = RESAMPLES,
         expected = []
         for group in season.groups:
             dense = [0.0] * n
-            for i, e in zip(group, _group_expected(strength, group), strict=True):
+            for i, e in zip(group, _group_moments(strength, group)[0], strict=True):
                 dense[i] = e
             expected.append(dense)
-        everyone = _group_expected(strength, list(range(n)))
+        everyone = _group_moments(strength, list(range(n)))[0]
+        curvature0 = _moments(theta, games)[1]
         per_run = [_matvec(inverse, list(map(sub, season.run_wins[k],
                                              expected[season.run_group[k]])))
                    for k in range(count)]
@@ -499,7 +518,7 @@ def ratings(runs: Sequence[SeasonRun], *, resamples: int = RESAMPLES,
             b_wins, _, b_games = fit_inputs(drawn)
             step = list(map(add, base, map(sum, zip(*[per_run[k] for k in drawn],
                                                      strict=True))))
-            fits.append(_refit(b_wins, b_games, theta, step, inverse))
+            fits.append(_refit(b_wins, b_games, theta, step, inverse, curvature0))
         samples = [sorted(column) for column in zip(*fits, strict=True)]
     out = {}
     tail = (1.0 - confidence) / 2.0
