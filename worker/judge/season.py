@@ -285,23 +285,14 @@ def _group_moments(strength: list[float], members: list[int],
                    ) -> tuple[list[float], list[float]]:
     """Per member, over one game against every other member: expected wins (the sum of
     x = P(i beats j) = 1 / (1 + p_j / p_i)) and curvature (the sum of x (1 - x), the
-    Hessian's diagonal). Each pair is computed once: x counts for i, 1 - x for j (the
-    rows, padded with zeros in front, are summed by column for the j side)."""
+    Hessian's diagonal); the member itself (x = 1/2) taken out."""
     ps = [strength[j] for j in members]
-    ahead, ahead_var, rows, var_rows = [], [], [], []
-    for a, pa in enumerate(ps):
-        ra = 1.0 / pa
-        row = [1.0 / (1.0 + pb * ra) for pb in ps[a + 1:]]
-        var = [x - x * x for x in row]
-        ahead.append(sum(row))
-        ahead_var.append(sum(var))
-        pad = [0.0] * (a + 1)
-        rows.append(pad + row)
-        var_rows.append(pad + var)
-    # Member b has b earlier members: it wins 1 - x against each of them.
-    wins = [x + (b - column) for b, (x, column)
-            in enumerate(zip(ahead, map(sum, zip(*rows, strict=True)), strict=True))]
-    curvature = list(map(add, ahead_var, map(sum, zip(*var_rows, strict=True))))
+    wins, curvature = [], []
+    for ri in [1.0 / p for p in ps]:
+        xs = [1.0 / (1.0 + pj * ri) for pj in ps]
+        total = sum(xs)
+        wins.append(total - 0.5)
+        curvature.append(total - sum(map(mul, xs, xs)) - 0.25)
     return wins, curvature
 
 
