@@ -8,6 +8,8 @@ import json
 import math
 import random
 import re
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -172,6 +174,33 @@ def test_same_season_gives_identical_standings_in_any_order():
     # ...and the seed follows the data: another ranking in one run changes the numbers.
     changed = season[:-1] + [run(19, {c: 100 - m for c, m in mu.items()}, run_id="run-19")]
     assert standings(changed).to_dict()["standings"] != base["standings"]
+
+
+SEASON_IN_A_CHILD = """
+import json, random, sys
+sys.path.insert(0, {root!r})
+from tests.test_season import simulated_season
+from worker.judge.season import standings
+mu = {{f"c{{i}}": 50 + 4 * i for i in range(6)}}
+print(json.dumps(standings(simulated_season(mu, 20, 10, random.Random(8))).to_dict()))
+"""
+
+
+def test_same_season_gives_identical_standings_in_other_processes():
+    """The bootstrap seed comes from the data, not from hash() or global state: processes
+    with different hash seeds (as a worker and the CLI would be) print the same table."""
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    mu = {f"c{i}": 50 + 4 * i for i in range(6)}
+    here = json.loads(json.dumps(standings(simulated_season(mu, 20, 10,
+                                                            random.Random(8))).to_dict()))
+    for hash_seed in ("1", "2"):
+        child = subprocess.run([sys.executable, "-c", SEASON_IN_A_CHILD.format(root=root)],
+                               capture_output=True, text=True, timeout=120,
+                               env={"PYTHONHASHSEED": hash_seed, "PATH": "/usr/bin:/bin"})
+        assert child.returncode == 0, child.stderr
+        assert json.loads(child.stdout) == here
 
 
 def test_intervals_contain_the_rating_and_narrow_with_more_runs():
