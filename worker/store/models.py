@@ -140,6 +140,9 @@ class Run(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # first candidate ran
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # first finished write
+    # ForgeResult fields without a column of their own (newer records' additions): they
+    # round-trip without a migration; a field earns a column when something queries it.
+    extra: Mapped[dict | None] = mapped_column(SafeJSON)
 
     __table_args__ = (
         Index(None, "competition", "timestamp"),
@@ -170,6 +173,7 @@ class Candidate(Base):
     disqualified_reason: Mapped[str | None] = mapped_column(SafeText)
     quality_details: Mapped[dict | None] = mapped_column(SafeJSON)
     rank: Mapped[int | None] = mapped_column(Integer)
+    extra: Mapped[dict | None] = mapped_column(SafeJSON)  # Score fields without a column
 
     __table_args__ = (Index(None, "candidate_id", "run_id"),)  # a candidate's history
 
@@ -202,6 +206,7 @@ class Result(Base):
     warnings: Mapped[list | None] = mapped_column(SafeJSON)
     log: Mapped[list | None] = mapped_column(SafeJSON)
     timings: Mapped[dict | None] = mapped_column(SafeJSON)
+    extra: Mapped[dict | None] = mapped_column(SafeJSON)  # CandidateResult fields without a column
 
     __table_args__ = (
         ForeignKeyConstraint(["run_id", "candidate_id"],

@@ -7,6 +7,7 @@ in the pool. Reads never lock a writer out: SQLite in WAL mode and PostgreSQL's 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class RunDetail:
     discord: dict[str, Any] | None
     sandboxes_alive: int | None
     winner_artifact: str | None = None
+    extra: dict[str, Any] | None = None  # ForgeResult fields without a column
 
     def forge_result(self) -> ForgeResult | None:
         """The ForgeResult (summary.json, plus the Discord record) of a finished run."""
@@ -130,7 +132,8 @@ class RunDetail:
                      for c in self.candidates],
             judge=s.judge, competition=s.competition,
             definition_sha256=self.definition_sha256, notes=list(self.notes),
-            discord=self.discord, sandboxes_alive=self.sandboxes_alive)
+            discord=self.discord, sandboxes_alive=self.sandboxes_alive,
+            **_known(ForgeResult, self.extra))
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,7 @@ def get_run(conn: Connection, run_id: str, trial: int = 0) -> RunDetail | None:
     if summary is None:
         return None
     run = conn.execute(select(Run.definition_sha256, Run.run_dir, Run.notes, Run.discord,
-                              Run.sandboxes_alive).where(Run.run_id == run_id)).one()
+                              Run.sandboxes_alive, Run.extra).where(Run.run_id == run_id)).one()
     results = {r.candidate_id: r for r in conn.execute(
         select(Result.__table__).where(Result.run_id == run_id, Result.trial == trial))}
     entries, winner_artifact = [], None
@@ -275,7 +278,8 @@ def get_run(conn: Connection, run_id: str, trial: int = 0) -> RunDetail | None:
     return RunDetail(summary=summary, candidates=entries,
                      definition_sha256=run.definition_sha256, run_dir=run.run_dir,
                      notes=list(run.notes or []), discord=run.discord,
-                     sandboxes_alive=run.sandboxes_alive, winner_artifact=winner_artifact)
+                     sandboxes_alive=run.sandboxes_alive, winner_artifact=winner_artifact,
+                     extra=run.extra)
 
 
 def _result_record(r) -> CandidateResult:
@@ -291,7 +295,8 @@ def _result_record(r) -> CandidateResult:
         attempt=r.attempt if r.attempt is not None else 1,
         output_dropped_bytes=r.output_dropped_bytes or 0,
         artifact_truncated=bool(r.artifact_truncated), warnings=list(r.warnings or []),
-        isolation=r.isolation, log=list(r.log or []), timings=dict(r.timings or {}))
+        isolation=r.isolation, log=list(r.log or []), timings=dict(r.timings or {}),
+        **_known(CandidateResult, r.extra))
 
 
 def _score_record(c) -> Score | None:
@@ -302,7 +307,17 @@ def _score_record(c) -> Score | None:
                  quality_score=c.quality_score or 0.0, speed_score=c.speed_score or 0.0,
                  total_score=c.total_score, qualified=bool(c.qualified),
                  gates=dict(c.gates or {}), disqualified_reason=c.disqualified_reason,
-                 quality_details=dict(c.quality_details or {}), rank=c.rank or 0)
+                 quality_details=dict(c.quality_details or {}), rank=c.rank or 0,
+                 **_known(Score, c.extra))
+
+
+def _known(cls: type, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``extra`` values that are fields of ``cls`` today (a field since removed, or
+    one a newer writer added, is ignored: records read forward and backward)."""
+    if not extra:
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in extra.items() if k in names}
 
 
 def candidate_history(conn: Connection, candidate_id: str, *,

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -95,6 +96,14 @@ def record_queued(conn: Connection, run: RunSpec, at: datetime | None = None,
 # ------------------------------------------------------------------------ per candidate
 
 
+def extra(record: Any, mapped: frozenset[str]) -> dict[str, Any] | None:
+    """A record's fields that have no column (``mapped``), as plain JSON values, for the
+    table's ``extra`` column: a field added to a record round-trips without a migration."""
+    out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
+           if f.name not in mapped}
+    return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in out.items()} or None
+
+
 def _result_row(result: CandidateResult) -> dict[str, Any]:
     return {
         "worker": result.worker, "attempt": result.attempt, "sandbox_id": result.sandbox_id,
@@ -109,7 +118,24 @@ def _result_row(result: CandidateResult) -> dict[str, Any]:
         "artifact_truncated": bool(result.artifact_truncated),
         "warnings": list(result.warnings), "log": list(result.log),
         "timings": dict(result.timings),
+        "extra": extra(result, RESULT_FIELDS),
     }
+
+
+# CandidateResult, Score and ForgeResult fields stored in columns of their own (the rest
+# go to the row's ``extra``).
+RESULT_FIELDS = frozenset({
+    "candidate_id", "worker", "attempt", "sandbox_id", "execution_mode", "isolation",
+    "success", "exit_code", "timed_out", "error_message", "runtime_seconds", "started_at",
+    "finished_at", "output", "output_dropped_bytes", "artifact_content",
+    "artifact_truncated", "warnings", "log", "timings"})
+SCORE_FIELDS = frozenset({
+    "candidate_id", "success", "quality_score", "speed_score", "total_score", "qualified",
+    "gates", "disqualified_reason", "quality_details", "rank"})
+RUN_FIELDS = frozenset({
+    "run_id", "objective", "timestamp", "execution_mode", "candidates", "scores",
+    "winner_id", "winner_score", "winner_artifact", "artifacts_dir", "results", "judge",
+    "competition", "definition_sha256", "notes", "discord", "sandboxes_alive"})
 
 
 # Prebuilt statements: a worker writes two per candidate, and building and cache-keying a
@@ -171,12 +197,13 @@ def _score_row(score: Score | None) -> dict[str, Any]:
     if score is None:
         return dict.fromkeys(("score_success", "quality_score", "speed_score", "total_score",
                               "qualified", "gates", "disqualified_reason",
-                              "quality_details", "rank"))
+                              "quality_details", "rank", "extra"))
     return {"score_success": score.success, "quality_score": score.quality_score,
             "speed_score": score.speed_score, "total_score": score.total_score,
             "qualified": bool(score.qualified), "gates": dict(score.gates),
             "disqualified_reason": score.disqualified_reason,
-            "quality_details": dict(score.quality_details), "rank": score.rank}
+            "quality_details": dict(score.quality_details), "rank": score.rank,
+            "extra": extra(score, SCORE_FIELDS)}
 
 
 def record_finished(conn: Connection, result: ForgeResult, at: datetime | None = None,
@@ -195,7 +222,7 @@ def record_finished(conn: Connection, result: ForgeResult, at: datetime | None =
         "notes": list(result.notes), "winner_id": result.winner_id,
         "winner_score": result.winner_score, "sandboxes_alive": result.sandboxes_alive,
         "discord": result.discord, "error": None, "published_at": None, "started_at": None,
-        "finished_at": at,
+        "finished_at": at, "extra": extra(result, RUN_FIELDS),
     }], keep=lambda stmt: {"published_at": r.published_at, "started_at": r.started_at,
                            "finished_at": func.coalesce(r.finished_at,
                                                         stmt.excluded.finished_at)})

@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("published_at", TS, nullable=True),
         sa.Column("started_at", TS, nullable=True),
         sa.Column("finished_at", TS, nullable=True),
+        sa.Column("extra", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("run_id", name="pk_runs"),
     )
     op.create_index("ix_runs_competition_timestamp", "runs", ["competition", "timestamp"])
@@ -63,6 +64,7 @@ def upgrade() -> None:
         sa.Column("disqualified_reason", sa.Text(), nullable=True),
         sa.Column("quality_details", sa.JSON(), nullable=True),
         sa.Column("rank", sa.Integer(), nullable=True),
+        sa.Column("extra", sa.JSON(), nullable=True),
         sa.ForeignKeyConstraint(["run_id"], ["runs.run_id"], name="fk_candidates_run_id_runs",
                                 ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("run_id", "candidate_id", name="pk_candidates"),
@@ -95,6 +97,7 @@ def upgrade() -> None:
         sa.Column("warnings", sa.JSON(), nullable=True),
         sa.Column("log", sa.JSON(), nullable=True),
         sa.Column("timings", sa.JSON(), nullable=True),
+        sa.Column("extra", sa.JSON(), nullable=True),
         sa.ForeignKeyConstraint(["run_id", "candidate_id"],
                                 ["candidates.run_id", "candidates.candidate_id"],
                                 name="fk_results_run_id_candidate_id_candidates",
