@@ -6,11 +6,19 @@ import hashlib
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from dispatcher.manifest import Manifest
-from worker.records import CandidateInfo, CandidateTask, Limits, RunSpec
+from worker import config
+from worker.records import (
+    CandidateInfo,
+    CandidateTask,
+    DaytonaSpec,
+    Limits,
+    RunSpec,
+    SandboxBudget,
+)
 
 DEFAULT_TIMEOUT = 60
 
@@ -28,16 +36,22 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+_NO_DAYTONA = DaytonaSpec().to_dict()
+
+
+def _defining(task: CandidateTask) -> dict:
+    """The task fields that define the competition: not the run id or script text
+    (the sha256 stands for it), not the sandbox budget (how many run at once changes no
+    result), and no Daytona settings when there are none (fingerprints stay as before)."""
+    data = {k: v for k, v in task.to_dict().items() if k not in ("run_id", "script", "budget")}
+    if data.get("daytona") == _NO_DAYTONA:
+        del data["daytona"]
+    return data
+
+
 def definition_sha256(objective: str, tasks: list[CandidateTask], judge: str) -> str:
     """Fingerprint of what a run *is*: resume refuses a run whose definition changed."""
-    doc = {
-        "objective": objective,
-        "judge": judge,
-        "candidates": [
-            {k: v for k, v in t.to_dict().items() if k not in ("run_id", "script")}
-            for t in tasks
-        ],
-    }
+    doc = {"objective": objective, "judge": judge, "candidates": [_defining(t) for t in tasks]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -56,6 +70,7 @@ def plan_run(
     competition: str | None = None,
     limits: Limits | None = None,
     notes: list[str] | None = None,
+    max_sandboxes: int | None = None,
 ) -> RunPlan:
     """Snapshot every candidate's script into its task; nothing is read again later."""
     run_id = run_id or new_run_id()
@@ -63,6 +78,11 @@ def plan_run(
     net = manifest.network if network is None else network
     env = manifest.env if env_allow is None else env_allow
     judge_name = judge or manifest.judge
+    daytona, budget = DaytonaSpec(), SandboxBudget()
+    requirements = {c.id: c.requirements for c in manifest.candidates}
+    if execution_mode == "daytona":
+        daytona, requirements = _daytona_image(manifest, requirements)
+        budget = _budget(max_sandboxes or manifest.max_sandboxes)
     tasks = [
         CandidateTask(
             run_id=run_id,
@@ -76,8 +96,10 @@ def plan_run(
             timeout=timeout or c.timeout or default_timeout,
             network=net,
             env_allow=tuple(env),
-            requirements=c.requirements,
+            requirements=requirements[c.id],
             limits=limits or Limits(),
+            daytona=daytona,
+            budget=budget,
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
         for c in manifest.candidates
@@ -99,5 +121,26 @@ def plan_run(
     )
     source = {"manifest": os.path.abspath(manifest.path), "timeout": timeout, "network": network,
               "env_allow": None if env_allow is None else list(env_allow), "judge": judge,
-              "limits": limits.to_dict() if limits else None}
+              "limits": limits.to_dict() if limits else None, "max_sandboxes": max_sandboxes}
     return RunPlan(run=run, tasks=tuple(tasks), source=source)
+
+
+def _daytona_image(manifest: Manifest, requirements: dict[str, tuple[str, ...]]
+                   ) -> tuple[DaytonaSpec, dict[str, tuple[str, ...]]]:
+    """With a declared image, every candidate's requirements install when the image is
+    built (once), not in each sandbox: they join its pip packages, sorted, deduplicated."""
+    spec = manifest.daytona
+    if spec.image is None or not any(requirements.values()):
+        return spec, requirements
+    wanted = sorted({r for reqs in requirements.values() for r in reqs} - set(spec.image.pip))
+    image = replace(spec.image, pip=spec.image.pip + tuple(wanted))
+    return replace(spec, image=image), {cid: () for cid in requirements}
+
+
+def _budget(max_sandboxes: int | None) -> SandboxBudget:
+    """The run's budget from the competition and this machine's FORGE_DAYTONA_* settings;
+    a fresh wait clock per plan (so `forge resume` waits afresh)."""
+    cpu, memory, disk = config.daytona_quota()
+    return SandboxBudget(max_sandboxes=max_sandboxes or config.daytona_max_sandboxes(),
+                         max_cpu=cpu, max_memory=memory, max_disk=disk,
+                         slot_wait=config.daytona_slot_wait(), run_clock=secrets.token_hex(6))

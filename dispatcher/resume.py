@@ -50,6 +50,7 @@ def _replan(record: runs.RunRecord) -> RunPlan:
         judge=src.get("judge"), post_to_discord=spec.post_to_discord,
         competition=spec.competition,
         limits=Limits.from_dict(src["limits"]) if src.get("limits") else None,
+        max_sandboxes=src.get("max_sandboxes"),
     )
     return plan
 

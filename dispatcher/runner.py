@@ -30,6 +30,7 @@ def prepare(
     post: bool | None = None,
     competition: str | None = None,
     limits: Limits | None = None,
+    max_sandboxes: int | None = None,
 ) -> RunPlan:
     """Load and validate everything a run needs; raises ManifestError/ConfigError."""
     if not objective or not objective.strip():
@@ -57,6 +58,7 @@ def prepare(
         competition=competition,
         limits=limits,
         notes=notes,
+        max_sandboxes=max_sandboxes,
     )
 
 
@@ -95,6 +97,6 @@ def run_forge(
     ``log_callback(candidate_id, message)`` receives each candidate's lifecycle lines
     as they happen. ``options`` are those of :func:`prepare` (``candidates``,
     ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
-    ``post``, ``limits``).
+    ``post``, ``limits``, ``max_sandboxes``).
     """
     return execute(prepare(objective, use_daytona, **options), log_callback)

@@ -85,7 +85,7 @@ def start_competition(self, name: str, slot: str | None = None) -> dict[str, Any
         plan = prepare(comp.objective, comp.execution == "daytona",
                        candidates=str(comp.candidates), run_id=run_id, timeout=comp.timeout,
                        network=comp.network, env_allow=comp.env, judge=comp.judge,
-                       post=comp.post, competition=name)
+                       post=comp.post, competition=name, max_sandboxes=comp.max_sandboxes)
         dispatch.publish(plan)
     except Exception:
         client.delete(key)  # not started: a redelivery or a later firing may try again

@@ -37,7 +37,14 @@ import uuid
 
 from worker.records import Limits
 from worker.sandbox import bwrap, netns
-from worker.sandbox.base import Download, ExecResult, LogFn, SandboxError, SandboxRequest
+from worker.sandbox.base import (
+    CreateStatus,
+    Download,
+    ExecResult,
+    LogFn,
+    SandboxError,
+    SandboxRequest,
+)
 from worker.sandbox.bwrap import candidate_python, python_env_files
 from worker.sandbox.capture import TailBuffer, pump
 
@@ -730,7 +737,8 @@ class LocalBackend:
     name = "local"
     label = "Local"
 
-    def create(self, request: SandboxRequest, log: LogFn) -> BwrapSandbox | PlainSandbox:
+    def create(self, request: SandboxRequest, log: LogFn,
+               status: CreateStatus | None = None) -> BwrapSandbox | PlainSandbox:
         try:
             _sweep_leftovers()
         except Exception:  # noqa: BLE001 - housekeeping must never stop a run
