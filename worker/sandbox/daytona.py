@@ -474,10 +474,13 @@ class DaytonaBackend:
         ``delete_timeout`` gets its delete sent again, then is left for the reaper.
         """
         sdk = _sdk()
-        client = self.client()
+        self.client()
         for attempt in range(1, self.delete_attempts + 1):
             try:
-                client.delete(sdk_sandbox, timeout=self.delete_timeout, wait=wait)
+                # Sandbox.delete with a keyword timeout: the SDK's own Daytona.delete
+                # (0.226) passes it positionally, where its timeout decorator never sees
+                # it, and a sandbox stuck deleting would hold this thread for good.
+                sdk_sandbox.delete(timeout=self.delete_timeout, wait=wait)
                 return
             except sdk.DaytonaNotFoundError:
                 return
