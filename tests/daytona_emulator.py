@@ -161,6 +161,7 @@ class DaytonaEmulator:
         self.peak_alive = 0  # most sandboxes alive (not destroyed) at once
         self.refused: list[int] = []  # statuses of refused creates (403 quota, 429)
         self._create_times: list[float] = []
+        self.counted_from = 0  # /_admin/counters counts creates from here
         self._live: dict[str, EmuSandbox] = {}  # not destroyed (what quotas and peak count)
         self._destroying: set[str] = set()
         self._base = tempfile.mkdtemp(prefix="daytona-emu-")
@@ -849,6 +850,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, dataclasses.asdict(emu.faults))
         if path == "/_admin/state" and self.command == "GET":
             return self._send(200, emu.state())
+        if path == "/_admin/counters":  # GET: read; POST: start counting afresh
+            with emu.lock:
+                if self.command == "POST":
+                    emu.refused.clear()
+                    emu.peak_alive = len(emu._live)
+                    emu.counted_from = len(emu.created)
+                return self._send(200, {"created": len(emu.created) - emu.counted_from,
+                                        "refused": list(emu.refused),
+                                        "peak_alive": emu.peak_alive,
+                                        "alive": len(emu._live)})
         return self._send(404, {"error": "no such admin route"})
 
 

@@ -13,9 +13,10 @@ being refused. One mechanism, a lease semaphore in Redis kept by atomic Lua scri
 * **Heartbeat.** A keeper thread in each worker process renews the process's leases
   every TTL/3 (``FORGE_DAYTONA_LEASE_TTL``, 30 s): a SIGKILLed worker's leases expire
   within one TTL and its slots come back; nothing ever holds a slot for good.
-* **Waking.** ``release`` publishes on a channel. The keeper is subscribed and retries
-  all of its process's waiting requests in one script call; a poll every second
-  catches slots that came back by expiry. A slot is reused within milliseconds.
+* **Waking.** A process releasing a lease hands the slot to its own waiting requests in
+  the same script call. A slot it does not hand on is published on a channel; every
+  process's keeper is subscribed and retries all of its waiting requests in one script
+  call; a poll every second catches slots that came back by expiry.
 * **Fairness.** A waiting request is registered under its run (renewed like a lease).
   A free slot goes to a run holding less than its fair share, the limit divided by the
   runs that are waiting; a run at or above its share gets it only when no other waiting
@@ -208,10 +209,16 @@ end
 """
 
 # KEYS: leases, lease info, waiters, waiter runs. ARGV: ttl ms, freed channel, per-run key
-# prefix, clock ttl s, JSON list of requests (SlotRequest.wire()).
+# prefix, clock ttl s, JSON list of requests (SlotRequest.wire()), a lease to release first
+# ("" for none: a releasing process hands its slot to its own waiters in the same call).
 # Returns {granted ids, clock ages ms (one per request), held, cpu, memory, disk, waiting runs}.
 ACQUIRE = _LUA_COMMON + """
 local ttl = tonumber(ARGV[1])
+local released = 0
+if ARGV[6] ~= '' then
+  released = redis.call('ZREM', KEYS[1], ARGV[6])
+  redis.call('HDEL', KEYS[2], ARGV[6])
+end
 local function purge(zset, hash)
   local dead = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
   chunks(dead, function(p)
@@ -283,6 +290,9 @@ for _, q in ipairs(reqs) do
     end
   end
 end
+-- A released slot this call did not hand on (fairness may keep it for another
+-- process's run) wakes the other processes.
+if released > 0 and #granted == 0 then redis.call('PUBLISH', ARGV[2], 'released') end
 return {granted, ages, count, cpu, mem, disk, nruns}
 """
 
@@ -396,6 +406,13 @@ class RedisBudget:
     def release(self, lease_id: str) -> None:
         with self._cond:
             self._held.discard(lease_id)
+            pending = list(self._pending.values())
+        if pending:  # hand the slot to this process's waiters: no publish/keeper hop
+            try:
+                self._try(pending, release=lease_id)
+                return
+            except Exception:  # noqa: BLE001 - the plain release below still frees it
+                pass
         for attempt in range(3):
             try:
                 self._release(keys=self._keys, args=[freed_channel(self.name), lease_id])
@@ -428,13 +445,14 @@ class RedisBudget:
         except Exception:  # noqa: BLE001 - the registration expires by itself
             pass
 
-    def _try(self, reqs: list[SlotRequest]) -> None:
-        """One script call for every request given; hands out what was granted."""
+    def _try(self, reqs: list[SlotRequest], release: str = "") -> None:
+        """One script call for every request given (after releasing ``release``); hands
+        out what was granted."""
         wait = max(r.wait for r in reqs)
         granted, ages, count, cpu, memory, disk, runs = self._acquire(
             keys=self._keys,
             args=[int(self.ttl * 1000), freed_channel(self.name), run_key_prefix(self.name),
-                  int(wait + CLOCK_GRACE), json.dumps([r.wire() for r in reqs])])
+                  int(wait + CLOCK_GRACE), json.dumps([r.wire() for r in reqs]), release])
         now = time.monotonic()
         abandoned = []
         with self._cond:
