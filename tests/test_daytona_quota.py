@@ -179,18 +179,24 @@ def test_twenty_candidates_under_a_quota_of_four_all_succeed(emu, tmp_path):
 
 
 def test_twenty_under_four_embedded(embedded, tmp_path, monkeypatch):
-    """The same in embedded mode: the in-process budget, the log callback sees the wait."""
+    """The same in embedded mode: the in-process budget; the log callback sees the wait
+    and the run's tracker (the console's counts) shows candidates WAITING."""
+    from dispatcher.runner import execute, prepare
+
     emu = embedded
     monkeypatch.setenv("FORGE_DAYTONA_MAX_SANDBOXES", "4")
     emu.set_faults(quota_cpu=4)
     manifest = sleepers(tmp_path / "cands", 20, 0.5)
     seen: list[tuple[str, str]] = []
-    result = run_forge("twenty under four", use_daytona=True, candidates=str(manifest),
-                       artifacts_dir=str(tmp_path / "out"), post=False,
-                       log_callback=lambda cid, line: seen.append((cid, line)))
+    waiting: list[int] = []
+    plan = prepare("twenty under four", True, candidates=str(manifest),
+                   artifacts_dir=str(tmp_path / "out"), post=False)
+    result = execute(plan, log_callback=lambda cid, line: seen.append((cid, line)),
+                     on_tick=lambda tracker: waiting.append(tracker.counts["WAITING"]))
     all_ok(result)
     assert emu.peak_alive == 4 and emu.refused == [] and emu.alive() == []
     assert len({cid for cid, line in seen if line.startswith(WAITING)}) >= 12
+    assert max(waiting) >= 4 and waiting[-1] == 0
     assert result.sandboxes_alive == 0
 
 

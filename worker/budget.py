@@ -353,9 +353,10 @@ class RedisBudget:
         self._renew = self._r.register_script(RENEW)
         self._learn = self._r.register_script(LEARN)
         self._count = self._r.register_script(COUNT)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._pending: dict[str, SlotRequest] = {}  # waiting, in arrival order
         self._granted: set[str] = set()  # granted, not yet picked up by the waiter
+        self._wake: dict[str, threading.Event] = {}  # a waiter's own event: only it wakes
         self._held: set[str] = set()  # renewed by the keeper
         self._ages: dict[str, tuple[float, float]] = {}  # clock -> (age s, when: monotonic)
         self._usage = Usage()
@@ -368,8 +369,10 @@ class RedisBudget:
         """Block until ``req`` holds a lease; raises SlotWaitExpired at the run's bound."""
         self._start_keeper()
         t0 = time.monotonic()
-        with self._cond:
+        wake = threading.Event()
+        with self._lock:
             self._pending[req.lease_id] = req
+            self._wake[req.lease_id] = wake
         try:
             try:
                 self._try([req])  # the common case: a slot is free right now
@@ -377,24 +380,27 @@ class RedisBudget:
                 logger.warning("sandbox budget: %s", type(exc).__name__)
             told = False
             while True:
-                with self._cond:
+                with self._lock:
                     if req.lease_id in self._granted:
                         self._granted.discard(req.lease_id)
+                        self._wake.pop(req.lease_id, None)
                         return Grant(req.lease_id, time.monotonic() - t0,
                                      time.monotonic() + self._left(req))
                     left = self._left(req)
                     if left <= 0:
                         raise SlotWaitExpired(time.monotonic() - t0, self._usage)
-                    if told:
-                        self._cond.wait(min(left, POLL))
-                        continue
                     usage = self._usage
-                told = True
-                if on_wait is not None:
-                    on_wait(usage)  # outside the lock: it logs and sends events
+                if not told:
+                    told = True
+                    if on_wait is not None:
+                        on_wait(usage)  # outside the lock: it logs and sends events
+                    continue
+                wake.wait(min(left, POLL))
+                wake.clear()
         except BaseException:
-            with self._cond:
+            with self._lock:
                 self._pending.pop(req.lease_id, None)
+                self._wake.pop(req.lease_id, None)
                 granted = req.lease_id in self._granted or req.lease_id in self._held
                 self._granted.discard(req.lease_id)
             if not granted:
@@ -404,7 +410,7 @@ class RedisBudget:
             raise
 
     def release(self, lease_id: str) -> None:
-        with self._cond:
+        with self._lock:
             self._held.discard(lease_id)
             pending = list(self._pending.values())
         if pending:  # hand the slot to this process's waiters: no publish/keeper hop
@@ -455,7 +461,7 @@ class RedisBudget:
                   int(wait + CLOCK_GRACE), json.dumps([r.wire() for r in reqs]), release])
         now = time.monotonic()
         abandoned = []
-        with self._cond:
+        with self._lock:
             for r, age in zip(reqs, ages, strict=True):
                 self._ages[r.clock] = (int(age) / 1000, now)
             self._usage = Usage(int(count), int(cpu), int(memory), int(disk), int(runs))
@@ -464,14 +470,15 @@ class RedisBudget:
                 if self._pending.pop(lid, None) is not None:
                     self._held.add(lid)
                     self._granted.add(lid)
+                    if lid in self._wake:
+                        self._wake[lid].set()
                 elif lid not in self._held:
                     abandoned.append(lid)  # its waiter gave up while this call ran
-            self._cond.notify_all()
         for lid in abandoned:
             self.release(lid)
 
     def _start_keeper(self) -> None:
-        with self._cond:
+        with self._lock:
             if self._keeper is None or not self._keeper.is_alive():
                 self._keeper = threading.Thread(target=self._keep, daemon=True,
                                                 name="forge-budget-keeper")
@@ -493,7 +500,7 @@ class RedisBudget:
                 woke = pubsub.get_message(timeout=max(0.0, min(next_beat - now, POLL)))
                 while woke is not None and pubsub.get_message(timeout=0) is not None:
                     pass  # a burst of releases is one retry
-                with self._cond:
+                with self._lock:
                     pending = list(self._pending.values())
                 if pending and (woke is not None or time.monotonic() >= next_poll):
                     self._try(pending)
@@ -509,7 +516,7 @@ class RedisBudget:
                 self._stop.wait(1.0)
 
     def _heartbeat(self) -> None:
-        with self._cond:
+        with self._lock:
             held, waiting = sorted(self._held), sorted(self._pending)
         if not held and not waiting:
             return
@@ -517,7 +524,7 @@ class RedisBudget:
                            args=[int(self.ttl * 1000),
                                  json.dumps({"held": held, "waiting": waiting})])
         if lost:
-            with self._cond:
+            with self._lock:
                 for raw in lost:
                     self._held.discard(raw.decode() if isinstance(raw, bytes) else raw)
             logger.warning("sandbox budget: %d lease(s) expired before their heartbeat "

@@ -64,6 +64,9 @@ FIXES = ("delete sandboxes you no longer need (`forge reap`, or the Daytona dash
          "lower the budget (FORGE_DAYTONA_MAX_SANDBOXES, or max_sandboxes in the manifest's "
          "[daytona] table or forge.toml), or raise the Daytona account's tier")
 
+# The line a candidate logs while it waits for a budget slot (the dispatcher's tracker
+# shows such a candidate as WAITING).
+WAITING_LINE = "[Daytona] waiting for a sandbox slot"
 NO_SDK = "Daytona SDK not installed (pip install daytona)"
 NO_KEY = "Daytona API key not configured (set DAYTONA_API_KEY)"
 
@@ -407,7 +410,7 @@ class DaytonaBackend:
         from worker.budget import SlotWaitExpired
 
         def waiting(usage: Any) -> None:
-            log(f"[Daytona] waiting for a sandbox slot ({usage.held} of "
+            log(f"{WAITING_LINE} ({usage.held} of "
                 f"{slot.quota.sandboxes} in use, {usage.waiting_runs} run(s) waiting)")
             status.on_state("waiting")
 
