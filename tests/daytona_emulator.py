@@ -457,12 +457,28 @@ class DaytonaEmulator:
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
-        timed_out = False
+        # A timer kills the group at the deadline while this thread blocks in wait():
+        # Popen.wait(timeout=...) polls with sleeps of up to 50 ms, which a real daemon
+        # does not add to every command.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+        timer = threading.Timer(deadline, expire) if deadline else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
-            proc.wait(timeout=deadline)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            proc.wait()
         finally:
+            if timer is not None:
+                timer.cancel()
+            timed_out = expired.is_set()
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # the whole group, stragglers included
             except (ProcessLookupError, PermissionError):
