@@ -42,8 +42,8 @@ SDK_ENV = {"DAYTONA_USE_DEPRECATED_POLLING": "true", "NO_PROXY": "127.0.0.1,loca
 class Emulator:
     """``tests/daytona_emulator.py`` as a subprocess of its own (own GIL, own CPU)."""
 
-    def __init__(self, api_key: str, create_latency: float):
-        self.api_key, self.create_latency = api_key, create_latency
+    def __init__(self, api_key: str, create_latency: float, quota_cpu: int | None = None):
+        self.api_key, self.create_latency, self.quota_cpu = api_key, create_latency, quota_cpu
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -57,7 +57,8 @@ class Emulator:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "daytona_emulator.py"), "--port",
              str(self.port), "--create-latency", str(self.create_latency), "--api-key",
-             self.api_key], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+             self.api_key, *(["--quota-cpu", str(self.quota_cpu)] if self.quota_cpu else [])],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = now() + 30
         while b"Daytona emulator on" not in Path(self.log.name).read_bytes():
@@ -75,6 +76,16 @@ class Emulator:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_admin/state") as r:
             return json.loads(r.read())
 
+    def counters(self, reset: bool = False) -> dict:
+        """Creates, refusals and peak alive since the last reset (cheap: no call log)."""
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/_admin/counters",
+                                     method="POST" if reset else "GET")
+        with urllib.request.urlopen(req) as r:
+            return json.loads(r.read())
+
     def __exit__(self, *exc) -> None:
         if self.proc is not None:
             stop_process(self.proc)
@@ -82,15 +93,16 @@ class Emulator:
 
 
 class DaytonaCluster:
-    """A private redis-server and one thread-pool worker with the Daytona env."""
+    """A private redis-server and ``workers`` thread-pool workers with the Daytona env."""
 
-    def __init__(self, concurrency: int, extra_env: dict[str, str]):
+    def __init__(self, concurrency: int, extra_env: dict[str, str], workers: int = 1):
         self.tmp = Path(tempfile.mkdtemp(prefix="forge-dtbench-"))
         self.artifacts = self.tmp / "artifacts"
         self.artifacts.mkdir()
-        self.concurrency, self.extra_env = concurrency, extra_env
+        self.concurrency, self.extra_env, self.n = concurrency, extra_env, workers
         self.redis: RedisServer | None = None
         self.worker: CeleryWorker | None = None
+        self.workers: list[CeleryWorker] = []
 
     def __enter__(self) -> DaytonaCluster:
         try:
@@ -99,16 +111,21 @@ class DaytonaCluster:
             for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "FORGE_ARTIFACTS_DIR",
                       *self.extra_env):
                 os.environ[k] = env[k]  # before worker.app is imported (forge_api)
-            self.worker = CeleryWorker(env, "dt", self.tmp, self.concurrency, "threads")
-            self.worker.start()
+            self.workers = [CeleryWorker(env, f"dt{i or ''}", self.tmp, self.concurrency,
+                                         "threads") for i in range(self.n)]
+            for w in self.workers:
+                w.start(wait_ready=False)
+            for w in self.workers:
+                w.wait_ready(120)
+            self.worker = self.workers[0]
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.worker is not None:
-            self.worker.stop()
+        for w in self.workers:
+            w.stop()
         if self.redis is not None:
             self.redis.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -169,7 +186,9 @@ def main() -> int:
     info = machine()
     key = f"bench-key-{secrets.token_hex(8)}"
     with Emulator(key, args.create_latency) as emu:
-        extra = {"DAYTONA_API_KEY": key, "DAYTONA_API_URL": emu.url, **SDK_ENV}
+        extra = {"DAYTONA_API_KEY": key, "DAYTONA_API_URL": emu.url, **SDK_ENV,
+                 # an unlimited emulator: the budget is not what this bench measures
+                 "FORGE_DAYTONA_MAX_SANDBOXES": str(max(args.n, args.concurrency))}
         with DaytonaCluster(args.concurrency, extra) as cluster:
             manifest = sleepers(cluster.tmp / "cands", args.n, args.seconds)
             t0 = now()

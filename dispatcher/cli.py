@@ -39,6 +39,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forge",
@@ -63,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-network", action="store_true",
                      help="candidates get no network but loopback")
     run.add_argument("--no-post", action="store_true", help="do not post the winner to Discord")
+    run.add_argument("--max-sandboxes", type=_count, metavar="N",
+                     help="Daytona sandboxes alive at once, for this run (default: the "
+                          "manifest's, else FORGE_DAYTONA_MAX_SANDBOXES, 10)")
     run.add_argument("--detach", action="store_true",
                      help="print the run id and return; workers finish the run (needs a broker)")
     run.add_argument("--json", action="store_true", help="print the ForgeResult as JSON")
@@ -124,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             network=False if args.no_network else None,
             post=False if args.no_post else None,
+            max_sandboxes=args.max_sandboxes,
         )
         distributed = config.is_distributed()
         if args.detach and not distributed:

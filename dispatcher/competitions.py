@@ -11,6 +11,7 @@ network = true                          # default: manifest's
 env = ["OPENAI_API_KEY"]                # allow-list of variable names (default: manifest's)
 judge = "events"                        # default: manifest's
 post = true                             # post the winner to Discord (default false)
+max_sandboxes = 4                       # Daytona sandboxes alive at once (default: manifest's)
 schedule = "0 9 * * 1"                  # crontab: minute hour day-of-month month day-of-week
 timezone = "America/Los_Angeles"        # IANA zone the crontab is read in
 # every = 300                           # instead of schedule: every N seconds (UTC-aligned)
@@ -55,7 +56,7 @@ CRON_FIELDS = (("minute", 60, 0), ("hour", 24, 0), ("day-of-month", 31, 1),
                ("month", 12, 1), ("day-of-week", 7, 0))
 KNOWN_FIELDS = ("name", "objective", "candidates", "execution", "timeout", "network", "env",
                 "judge", "post", "schedule", "every", "timezone", "enabled", "egress_allow",
-                "egress_deny", "cpus", "speed", "exclusive")
+                "egress_deny", "cpus", "speed", "exclusive", "max_sandboxes")
 MAX_LOOKBACK_DAYS = 366 * 29  # Feb 29 on a given weekday recurs within 28 years
 
 
@@ -120,6 +121,7 @@ class Competition:
     cpus: float | None = None
     speed: str | None = None
     exclusive: bool | None = None
+    max_sandboxes: int | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -289,6 +291,10 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
                 raise CompetitionsError(f"{where}: field 'env' has an invalid variable name "
                                         f"{item!r}")
         env = tuple(env)
+    max_sandboxes = _check(where, entry, "max_sandboxes", int)
+    if max_sandboxes is not None and max_sandboxes < 1:
+        raise CompetitionsError(f"{where}: field 'max_sandboxes' = {max_sandboxes}: must be at "
+                                "least 1")
     tz_name = _check(where, entry, "timezone", str, DEFAULT_TIMEZONE)
     try:
         ZoneInfo(tz_name)
@@ -339,6 +345,7 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
         enabled=_check(where, entry, "enabled", bool, True),
         exclusive=_check(where, entry, "exclusive", bool),
         **checked,
+        max_sandboxes=max_sandboxes,
     )
 
 

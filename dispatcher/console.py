@@ -17,7 +17,8 @@ from worker.validation import shorten
 
 RULE = "=" * 60
 MAX_LOG_CANDIDATES = 50  # above this, per-line logs give way to counts
-STYLE = {"QUEUED": "dim", "RUNNING": "yellow", "DONE": "green", "FAILED": "red"}
+STYLE = {"QUEUED": "dim", "RUNNING": "yellow", "WAITING": "magenta", "DONE": "green",
+         "FAILED": "red"}
 
 
 def header(console: Console, plan: RunPlan, mode_line: str) -> None:
@@ -74,8 +75,9 @@ class Progress:
         self._last_counts = counts
 
     def _counts_line(self, c: dict[str, int]) -> str:
+        waiting = f"  waiting for a sandbox {c['WAITING']}" if c.get("WAITING") else ""
         return (f"  {time.monotonic() - self.t0:6.1f}s  queued {c['QUEUED']}  running "
-                f"{c['RUNNING']}  done {c['DONE']}  failed {c['FAILED']}")
+                f"{c['RUNNING']}{waiting}  done {c['DONE']}  failed {c['FAILED']}")
 
     def _table(self, tracker: RunTracker) -> Table:
         table = Table(title=self._counts_line(tracker.counts).strip(), title_justify="left",
@@ -84,7 +86,8 @@ class Progress:
             table.add_column(col)
         now = time.monotonic()
         rows = sorted(tracker.states.values(),
-                      key=lambda s: {"RUNNING": 0, "FAILED": 1, "DONE": 2, "QUEUED": 3}[s.state])
+                      key=lambda s: {"RUNNING": 0, "WAITING": 1, "FAILED": 2, "DONE": 3,
+                                     "QUEUED": 4}[s.state])
         for st in rows[:20]:
             if st.runtime is not None:
                 elapsed = f"{st.runtime:.1f}s"

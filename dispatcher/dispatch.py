@@ -89,7 +89,8 @@ def build_chord(plan: RunPlan):
             (t.to_dict(),),
             task_id=t.task_id,
             argsrepr=f"(run={run.run_id}, candidate={t.candidate_id}, mode={t.execution_mode})",
-            time_limit=t.timeout + t.install_timeout + BACKSTOP_MARGIN,
+            time_limit=(t.timeout + t.install_timeout + BACKSTOP_MARGIN
+                        + (t.budget.slot_wait if t.execution_mode == "daytona" else 0)),
         )
         for t in plan.tasks
     )

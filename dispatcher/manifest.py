@@ -16,6 +16,21 @@ requirements = ["requests"]  # optional, installed in the sandbox first
 upload_timeout = 30          # optional phase deadlines (also allowed at the top level):
 retrieve_timeout = 10        #   upload 30 s, retrieve 10 s, install 120 s by default
 install_timeout = 120
+
+[daytona]                    # optional, Daytona mode only (docs/daytona.md)
+max_sandboxes = 4            # this competition's sandbox budget (FORGE_DAYTONA_MAX_SANDBOXES)
+snapshot = "my-snapshot"     # start from a snapshot of the account, or declare an image:
+network_allow_list = ["10.0.0.0/8"]   # CIDRs; or domain_allow_list = ["pypi.org"]
+
+[daytona.image]              # built once into a snapshot; candidates' requirements join pip
+python = "3.12"              # the SDK's Debian slim image, or base = "python:3.12-slim"
+pip = ["requests==2.32.3"]
+commands = ["apt-get update && apt-get install -y curl"]
+
+[daytona.resources]          # needs [daytona.image]: a snapshot carries its sandboxes' size
+cpu = 2                      # vCPU; memory and disk in GiB
+memory = 4
+disk = 10
 ```
 
 Top-level options for local sandboxes (docs/security.md has the detail):
@@ -31,12 +46,13 @@ exclusive = true             # at most one candidate per core of a worker machin
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.records import SPEED_BASES, Egress, sha256_text
+from worker.records import SPEED_BASES, DaytonaSpec, Egress, ImageSpec, Resources, sha256_text
 from worker.sandbox.egress import check_entry
 from worker.validation import CANDIDATE_ID_RE, CANDIDATE_ID_RULE, TIMEOUT_MAX, TIMEOUT_MIN
 
@@ -80,6 +96,8 @@ class Manifest:
     cpus: float = 0
     speed: str = "wall"
     exclusive: bool = False
+    daytona: DaytonaSpec = field(default_factory=DaytonaSpec)
+    max_sandboxes: int | None = None
 
 
 def resolve_manifest_path(path: str | Path | None) -> Path:
@@ -181,6 +199,97 @@ def _timeout(where: str, entry: dict) -> int | None:
     return t
 
 
+DAYTONA_KEYS = ("max_sandboxes", "snapshot", "image", "resources", "network_allow_list",
+                "domain_allow_list")
+IMAGE_KEYS = ("base", "python", "pip", "commands")
+RESOURCE_KEYS = ("cpu", "memory", "disk")
+SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$")
+DOMAIN_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
+
+
+def _table(where: str, data: dict, key: str, known: tuple[str, ...]) -> dict | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where}: '{key}' must be a table ([{key}] or {key} = {{...}})")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ManifestError(f"{where}: field '{key}.{unknown[0]}' is unknown; known fields: "
+                            + ", ".join(known))
+    return value
+
+
+def _image(where: str, table: dict) -> ImageSpec:
+    base = _field(where, table, "base", str, default="")
+    python = _field(where, table, "python", str, default="")
+    if base and python:
+        raise ManifestError(f"{where}: give 'image.base' (a registry image) or 'image.python' "
+                            "(the SDK's Debian slim image), not both")
+    if not base and not python:
+        raise ManifestError(f"{where}: 'image' needs 'base' (e.g. \"python:3.12-slim\") or "
+                            "'python' (e.g. \"3.12\")")
+    if python and not PYTHON_RE.match(python):
+        raise ManifestError(f"{where}: field 'image.python' = {python!r}: give a Python series "
+                            "such as \"3.12\"")
+    return ImageSpec(base=base, python=python, pip=_str_list(where, table, "pip"),
+                     commands=_str_list(where, table, "commands"))
+
+
+def _resources(where: str, table: dict) -> Resources:
+    values = {}
+    for key in RESOURCE_KEYS:
+        value = _field(where, table, key, int, default=0)
+        if not 0 <= value <= 1024:
+            raise ManifestError(f"{where}: field 'resources.{key}' must be 1-1024")
+        values[key] = value
+    return Resources(**values)
+
+
+def _daytona(p: Path, data: dict, network: bool) -> tuple[DaytonaSpec, int | None]:
+    """The manifest's [daytona] table: validated here, so a bad one never reaches a worker."""
+    where = f"{p}: [daytona]"
+    table = _table(f"{p}", data, "daytona", DAYTONA_KEYS)
+    if table is None:
+        return DaytonaSpec(), None
+    max_sandboxes = _field(where, table, "max_sandboxes", int)
+    if max_sandboxes is not None and not 1 <= max_sandboxes <= 100_000:
+        raise ManifestError(f"{where}: field 'max_sandboxes' must be at least 1")
+    snapshot = _field(where, table, "snapshot", str, default="")
+    if snapshot and not SNAPSHOT_RE.match(snapshot):
+        raise ManifestError(f"{where}: field 'snapshot' = {snapshot!r} is not a snapshot name")
+    image_table = _table(where, table, "image", IMAGE_KEYS)
+    image = _image(where, image_table) if image_table is not None else None
+    if image and snapshot:
+        raise ManifestError(f"{where}: 'snapshot' and 'image' are both set; keep one (an image "
+                            "is built into a snapshot of its own)")
+    res_table = _table(where, table, "resources", RESOURCE_KEYS)
+    resources = _resources(where, res_table) if res_table is not None else Resources()
+    if resources and image is None:
+        raise ManifestError(f"{where}: 'resources' need [daytona.image]: Daytona sizes a sandbox "
+                            "by the snapshot it starts from, so declare an image (e.g. python = "
+                            "\"3.12\") to build one with these resources"
+                            + (", instead of 'snapshot'" if snapshot else ""))
+    cidrs = _str_list(where, table, "network_allow_list")
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ManifestError(f"{where}: field 'network_allow_list' has {cidr!r}, which is "
+                                "not a CIDR such as \"10.0.0.0/8\"") from None
+    domains = tuple(d.lower() for d in _str_list(where, table, "domain_allow_list"))
+    for domain in domains:
+        if not DOMAIN_RE.match(domain):
+            raise ManifestError(f"{where}: field 'domain_allow_list' has {domain!r}, which is "
+                                "not a domain name such as \"pypi.org\"")
+    if (cidrs or domains) and not network:
+        raise ManifestError(f"{where}: an allow-list is set but 'network = false' blocks all "
+                            "network; remove one of them")
+    return (DaytonaSpec(snapshot=snapshot, image=image, resources=resources,
+                        network_allow_list=cidrs, domain_allow_list=domains), max_sandboxes)
+
+
 def load_manifest(path: str | Path | None = None) -> Manifest:
     p = resolve_manifest_path(path)
     try:
@@ -241,9 +350,11 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
                              lambda v: egress_problem("egress_allow", v), [])),
         deny=tuple(_checked(top, data, "egress_deny",
                             lambda v: egress_problem("egress_deny", v), [])))
+    daytona, max_sandboxes = _daytona(p, data, network)
     return Manifest(path=p, candidates=tuple(candidates), timeout=_timeout(top, data),
                     network=network, env=env_names, judge=judge,
                     phase_timeouts=_phase_timeouts(top, data), egress=egress,
                     cpus=_checked(top, data, "cpus", cpus_problem, 0),
                     speed=_checked(top, data, "speed", speed_problem, "wall"),
-                    exclusive=_field(top, data, "exclusive", bool, default=False))
+                    exclusive=_field(top, data, "exclusive", bool, default=False),
+                    daytona=daytona, max_sandboxes=max_sandboxes)

@@ -7,11 +7,20 @@ import hashlib
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from dispatcher.manifest import Manifest, ManifestError
-from worker.records import CandidateInfo, CandidateTask, Egress, Limits, RunSpec
+from worker import config
+from worker.records import (
+    CandidateInfo,
+    CandidateTask,
+    DaytonaSpec,
+    Egress,
+    Limits,
+    RunSpec,
+    SandboxBudget,
+)
 
 DEFAULT_TIMEOUT = 60
 
@@ -31,11 +40,15 @@ def new_run_id(now: datetime | None = None) -> str:
 
 # Task fields added after runs were already being fingerprinted: left out at their
 # defaults, so a run planned by an older dispatcher keeps its fingerprint (and resumes).
-_LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False}
+_LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False,
+                   "daytona": DaytonaSpec().to_dict()}
 
 
 def _fingerprinted(task: CandidateTask) -> dict:
-    doc = {k: v for k, v in task.to_dict().items() if k not in ("run_id", "script")}
+    """The task fields that define the competition: not the run id or script text (the
+    sha256 stands for it), not the sandbox budget (how many run at once changes no
+    result), and later fields only when they differ from their defaults."""
+    doc = {k: v for k, v in task.to_dict().items() if k not in ("run_id", "script", "budget")}
     for key, default in _LATER_DEFAULTS.items():
         if doc.get(key) == default:
             del doc[key]
@@ -77,6 +90,7 @@ def plan_run(
     cpus: float | None = None,
     speed: str | None = None,
     exclusive: bool | None = None,
+    max_sandboxes: int | None = None,
 ) -> RunPlan:
     """Snapshot every candidate's script into its task; nothing is read again later.
 
@@ -97,6 +111,11 @@ def plan_run(
             f"speed = 'cpu' needs local execution ({execution_mode} sandboxes report no CPU "
             "time); use speed = 'wall', or run the competition locally")
     one_per_core = manifest.exclusive if exclusive is None else exclusive
+    daytona, budget = DaytonaSpec(), SandboxBudget()
+    requirements = {c.id: c.requirements for c in manifest.candidates}
+    if execution_mode == "daytona":
+        daytona, requirements = _daytona_image(manifest, requirements)
+        budget = _budget(max_sandboxes or manifest.max_sandboxes)
     tasks = [
         CandidateTask(
             run_id=run_id,
@@ -110,10 +129,12 @@ def plan_run(
             timeout=timeout or c.timeout or default_timeout,
             network=net,
             env_allow=tuple(env),
-            requirements=c.requirements,
+            requirements=requirements[c.id],
             limits=task_limits,
             egress=egress,
             exclusive=one_per_core,
+            daytona=daytona,
+            budget=budget,
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
         for c in manifest.candidates
@@ -139,5 +160,27 @@ def plan_run(
               "limits": limits.to_dict() if limits else None,
               "egress_allow": None if egress_allow is None else list(egress_allow),
               "egress_deny": None if egress_deny is None else list(egress_deny),
-              "cpus": cpus, "speed": speed, "exclusive": exclusive}
+              "cpus": cpus, "speed": speed, "exclusive": exclusive,
+              "max_sandboxes": max_sandboxes}
     return RunPlan(run=run, tasks=tuple(tasks), source=source)
+
+
+def _daytona_image(manifest: Manifest, requirements: dict[str, tuple[str, ...]]
+                   ) -> tuple[DaytonaSpec, dict[str, tuple[str, ...]]]:
+    """With a declared image, every candidate's requirements install when the image is
+    built (once), not in each sandbox: they join its pip packages, sorted, deduplicated."""
+    spec = manifest.daytona
+    if spec.image is None or not any(requirements.values()):
+        return spec, requirements
+    wanted = sorted({r for reqs in requirements.values() for r in reqs} - set(spec.image.pip))
+    image = replace(spec.image, pip=spec.image.pip + tuple(wanted))
+    return replace(spec, image=image), {cid: () for cid in requirements}
+
+
+def _budget(max_sandboxes: int | None) -> SandboxBudget:
+    """The run's budget from the competition and this machine's FORGE_DAYTONA_* settings;
+    a fresh wait clock per plan (so `forge resume` waits afresh)."""
+    cpu, memory, disk = config.daytona_quota()
+    return SandboxBudget(max_sandboxes=max_sandboxes or config.daytona_max_sandboxes(),
+                         max_cpu=cpu, max_memory=memory, max_disk=disk,
+                         slot_wait=config.daytona_slot_wait(), run_clock=secrets.token_hex(6))

@@ -52,6 +52,7 @@ def _replan(record: runs.RunRecord) -> RunPlan:
         limits=Limits.from_dict(src["limits"]) if src.get("limits") else None,
         egress_allow=_tuple(src.get("egress_allow")), egress_deny=_tuple(src.get("egress_deny")),
         cpus=src.get("cpus"), speed=src.get("speed"), exclusive=src.get("exclusive"),
+        max_sandboxes=src.get("max_sandboxes"),
     )
     return plan
 

@@ -36,6 +36,7 @@ def prepare(
     cpus: float | None = None,
     speed: str | None = None,
     exclusive: bool | None = None,
+    max_sandboxes: int | None = None,
 ) -> RunPlan:
     """Load and validate everything a run needs; raises InvalidInput (worker/validation.py:
     the objective, run id, timeout, artifacts directory), ManifestError or ConfigError."""
@@ -74,6 +75,7 @@ def prepare(
         cpus=cpus,
         speed=speed,
         exclusive=exclusive,
+        max_sandboxes=max_sandboxes,
     )
 
 
@@ -113,7 +115,7 @@ def run_forge(
     as they happen. ``options`` are those of :func:`prepare` (``candidates``,
     ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
     ``post``, ``limits``, ``egress_allow``, ``egress_deny``, ``cpus``, ``speed``,
-    ``exclusive``). Bad input raises ``InvalidInput`` (a ValueError) before
-    anything runs, with the same message the CLI prints (rules: worker/validation.py).
+    ``exclusive``, ``max_sandboxes``). Bad input raises ``InvalidInput`` (a ValueError)
+    before anything runs, with the same message the CLI prints (rules: worker/validation.py).
     """
     return execute(prepare(objective, use_daytona, **options), log_callback)

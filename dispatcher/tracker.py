@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.records import CandidateResult
+from worker.sandbox.daytona import WAITING_LINE
 from worker.states import task_metas
 
 LogCallback = Callable[[str, str], None]
@@ -25,7 +26,7 @@ READY = {"SUCCESS", "FAILURE", "REVOKED"}
 class CandidateState:
     candidate_id: str
     task_id: str
-    state: str = "QUEUED"  # QUEUED, RUNNING, DONE, FAILED
+    state: str = "QUEUED"  # QUEUED, RUNNING, WAITING (for a sandbox slot), DONE, FAILED
     seen: int = 0
     first_seen: float | None = None
     runtime: float | None = None
@@ -50,12 +51,15 @@ class RunTracker:
 
     def _emit(self, st: CandidateState, line: str) -> None:
         st.last_line = line
+        if st.state in ("RUNNING", "WAITING"):
+            st.state = "WAITING" if line.startswith(WAITING_LINE) else "RUNNING"
         if self.on_log is not None:
             self.on_log(st.candidate_id, line)
 
     def poll(self, chunk: int = 1000) -> None:
         """Read the state of every unfinished candidate once."""
-        pending = [c for c, s in self.states.items() if s.state in ("QUEUED", "RUNNING")]
+        pending = [c for c, s in self.states.items()
+                   if s.state in ("QUEUED", "RUNNING", "WAITING")]
         now = time.monotonic()
         for i in range(0, len(pending), chunk):
             metas = self._fetch(pending[i:i + chunk])
@@ -105,7 +109,7 @@ class RunTracker:
 
     @property
     def counts(self) -> dict[str, int]:
-        out = {"QUEUED": 0, "RUNNING": 0, "DONE": 0, "FAILED": 0}
+        out = {"QUEUED": 0, "RUNNING": 0, "WAITING": 0, "DONE": 0, "FAILED": 0}
         for s in self.states.values():
             out[s.state] += 1
         return out

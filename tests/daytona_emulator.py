@@ -10,7 +10,14 @@ Faults are injectable (constructor, ``set_faults`` or ``POST /_admin/faults``) a
 every call is recorded, so tests can check that each sandbox was deleted and that the
 API key never reached a sandbox. Run standalone::
 
-    python tests/daytona_emulator.py --port 3986 --create-latency 0.3
+    python tests/daytona_emulator.py --port 3986 --create-latency 0.3 --quota-cpu 20
+
+At account scale it models what the real service does (daytona-api.md): the
+organisation's CPU / memory / disk quotas (a create past one answers 403 with Daytona's
+message; stopped sandboxes still hold disk), a create rate limit (429 with Retry-After),
+sandboxes stuck in creating or in deleting ("destroying"), snapshots built from a
+declared image (``POST /api/snapshots``; every build is counted) and the resources a
+sandbox gets from its snapshot. It records the peak number of sandboxes alive at once.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import secrets
 import shutil
@@ -54,6 +62,18 @@ class Faults:
     exec_delay: float = 0.0  # seconds before each exec starts (slow daemon)
     exec_timeout_cap: int | None = None  # kill every exec after at most this many seconds
     fail_lists: int = 0  # the next K list calls answer 500 (-1: every list)
+    # The organisation's quotas (None: unlimited): a create that would take the live
+    # sandboxes past one answers 403 "Total CPU quota exceeded. Maximum allowed: N".
+    quota_cpu: int | None = None
+    quota_memory: int | None = None
+    quota_disk: int | None = None
+    quota_message_old: bool = False  # the older servers' "(11 > 10)" shape
+    create_rate_limit: int = 0  # at most K creates per create_rate_window s, then 429
+    create_rate_window: float = 1.0
+    stuck_deletes: int = 0  # the next K deleted sandboxes stay "destroying" (-1: every one)
+    delete_delay: float = 0.0  # seconds a deleted sandbox stays "destroying"
+    build_delay: float = 0.0  # seconds a snapshot takes to build
+    fail_builds: int = 0  # the next K snapshot builds end in "build_failed"
 
     def update(self, data: dict[str, Any]) -> None:
         names = {f.name for f in dataclasses.fields(self)}
@@ -77,6 +97,10 @@ class EmuSandbox:
     never_starts: bool = False
     fails: bool = False
     procs: set[int] = field(default_factory=set)
+    cpu: int = 1
+    memory: int = 1
+    disk: int = 3
+    destroy_at: float | None = None  # "destroying" until then (inf: stuck)
 
     def current_state(self) -> str:
         if self.state == "creating" and not self.never_starts:
@@ -84,6 +108,29 @@ class EmuSandbox:
                 return "starting"
             self.state = "error" if self.fails else "started"
         return self.state
+
+
+@dataclass
+class EmuSnapshot:
+    id: str
+    name: str
+    body: dict[str, Any]
+    created_at: str
+    ready_at: float
+    cpu: int = 1
+    memory: int = 1
+    disk: int = 3
+    fails: bool = False
+    state: str = "building"
+
+    def current_state(self) -> str:
+        if self.state == "building" and time.monotonic() >= self.ready_at:
+            self.state = "build_failed" if self.fails else "active"
+        return self.state
+
+
+# Sandbox states holding vCPU and memory quota; every state but archived holds disk.
+RUNNING_STATES = frozenset({"creating", "starting", "started", "destroying", "error"})
 
 
 def _iso(ts: float | None = None) -> str:
@@ -109,6 +156,14 @@ class DaytonaEmulator:
         self.exec_envs: list[dict[str, str]] = []  # the full env each process started with
         self.uploads: list[tuple[str, str, bytes]] = []  # (sandbox id, path, content)
         self.auth_failures = 0
+        self.snapshots: dict[str, EmuSnapshot] = {}  # by name
+        self.builds: list[str] = []  # snapshot names, one entry per build started
+        self.peak_alive = 0  # most sandboxes alive (not destroyed) at once
+        self.refused: list[int] = []  # statuses of refused creates (403 quota, 429)
+        self._create_times: list[float] = []
+        self.counted_from = 0  # /_admin/counters counts creates from here
+        self._live: dict[str, EmuSandbox] = {}  # not destroyed (what quotas and peak count)
+        self._destroying: set[str] = set()
         self._base = tempfile.mkdtemp(prefix="daytona-emu-")
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -166,10 +221,42 @@ class DaytonaEmulator:
     def alive(self) -> list[str]:
         """Ids of sandboxes created and not deleted."""
         with self.lock:
-            return [s.id for s in self.sandboxes.values() if s.state != "destroyed"]
+            return list(self._live)
 
     def leaked(self) -> list[str]:
         return [i for i in self.created if i not in self.deleted]
+
+    def stop_sandbox(self, sandbox_id: str) -> None:
+        """What auto-stop does: the sandbox runs nothing but still holds disk quota."""
+        with self.lock:
+            sandbox = self.sandboxes[sandbox_id]
+            sandbox.state = "stopped"
+        self._kill_all(sandbox)
+
+    def finish_deletes(self) -> list[str]:
+        """Let every sandbox stuck in "destroying" finish; their ids."""
+        with self.lock:
+            stuck = [self.sandboxes[i] for i in self._destroying]
+            for sandbox in stuck:
+                sandbox.destroy_at = 0.0
+            self.settle()
+        return [s.id for s in stuck]
+
+    def usage(self) -> dict[str, int]:
+        """vCPU, memory and disk the live sandboxes hold against the quotas."""
+        with self.lock:
+            self.settle()
+            live = list(self._live.values())
+            running = [s for s in live if s.current_state() in RUNNING_STATES]
+            return {"cpu": sum(s.cpu for s in running), "memory": sum(s.memory for s in running),
+                    "disk": sum(s.disk for s in live if s.state != "archived"),
+                    "sandboxes": len(live)}
+
+    def settle(self) -> None:
+        """Deletions whose time has come finish (called under the lock on every request)."""
+        now = time.monotonic()
+        for sid in [i for i in self._destroying if (self.sandboxes[i].destroy_at or 0) <= now]:
+            self._finish_destroy(self.sandboxes[sid])
 
     def age(self, sandbox_id: str, seconds: float) -> None:
         """Pretend a sandbox was created ``seconds`` ago (for reaper tests)."""
@@ -186,6 +273,9 @@ class DaytonaEmulator:
                 "calls": list(self.calls),
                 "exec_envs": list(self.exec_envs),
                 "faults": dataclasses.asdict(self.faults),
+                "peak_alive": self.peak_alive,
+                "refused": list(self.refused),
+                "builds": list(self.builds),
             }
 
     def record(self, method: str, path: str, status: int, **summary: Any) -> None:
@@ -200,7 +290,9 @@ class DaytonaEmulator:
             "id": s.id, "organizationId": "org-emulator", "name": s.id, "user": "daytona",
             "env": s.env, "labels": s.labels, "public": False,
             "networkBlockAll": bool(s.body.get("networkBlockAll", False)), "kvm": False,
-            "target": "emu", "cpu": 1, "gpu": 0, "memory": 1, "disk": 3,
+            "networkAllowList": s.body.get("networkAllowList"),
+            "target": "emu", "cpu": s.cpu, "gpu": 0, "memory": s.memory, "disk": s.disk,
+            "snapshot": s.body.get("snapshot"),
             "state": s.current_state(), "toolboxProxyUrl": self.toolbox_url,
             "autoStopInterval": s.body.get("autoStopInterval"),
             "autoDeleteInterval": s.body.get("autoDeleteInterval"),
@@ -208,7 +300,62 @@ class DaytonaEmulator:
             "errorReason": "emulated start failure" if s.state == "error" else None,
         }
 
-    def new_sandbox(self, body: dict[str, Any]) -> EmuSandbox:
+    def quota_refusal(self, size: tuple[int, int, int]) -> str | None:
+        """Daytona's 403 message when a sandbox of ``size`` would pass a quota (locked)."""
+        f = self.faults
+        used = self.usage()
+        for name, want, have, quota in (("CPU", size[0], used["cpu"], f.quota_cpu),
+                                         ("memory", size[1], used["memory"], f.quota_memory),
+                                         ("disk", size[2], used["disk"], f.quota_disk)):
+            if quota is not None and have + want > quota:
+                if f.quota_message_old:
+                    return f"Total {name} quota exceeded ({have + want} > {quota})"
+                return f"Total {name} quota exceeded. Maximum allowed: {quota}"
+        return None
+
+    def rate_limited(self) -> float | None:
+        """Seconds until a create is allowed again, when the rate limit is hit (locked)."""
+        f = self.faults
+        if not f.create_rate_limit:
+            return None
+        now = time.monotonic()
+        self._create_times = [t for t in self._create_times if t > now - f.create_rate_window]
+        if len(self._create_times) >= f.create_rate_limit:
+            return self._create_times[0] + f.create_rate_window - now
+        self._create_times.append(now)
+        return None
+
+    def new_snapshot(self, body: dict[str, Any]) -> EmuSnapshot | None:
+        """A build of ``body`` (CreateSnapshot); None when the name exists (locked)."""
+        name = body.get("name") or ""
+        if name in self.snapshots:
+            return None
+        fails = self.faults.fail_builds > 0
+        if fails:
+            self.faults.fail_builds -= 1
+        snap = EmuSnapshot(id=str(uuid.uuid4()), name=name, body=body, created_at=_iso(),
+                           ready_at=time.monotonic() + self.faults.build_delay,
+                           cpu=body.get("cpu") or 1, memory=body.get("memory") or 1,
+                           disk=body.get("disk") or 3, fails=fails)
+        self.snapshots[name] = snap
+        self.builds.append(name)
+        return snap
+
+    def find_snapshot(self, key: str) -> EmuSnapshot | None:
+        with self.lock:
+            return self.snapshots.get(key) or next(
+                (s for s in self.snapshots.values() if s.id == key), None)
+
+    def snapshot_json(self, s: EmuSnapshot) -> dict[str, Any]:
+        return {"id": s.id, "organizationId": "org-emulator", "general": False, "name": s.name,
+                "imageName": s.body.get("imageName"), "state": s.current_state(),
+                "size": None, "entrypoint": None, "cpu": s.cpu, "gpu": 0, "mem": s.memory,
+                "disk": s.disk, "errorReason": "emulated build failure" if s.fails else None,
+                "createdAt": s.created_at, "updatedAt": s.created_at, "lastUsedAt": None,
+                "sourceSandboxId": None}
+
+    def new_sandbox(self, body: dict[str, Any], size: tuple[int, int, int] = (1, 1, 3)
+                    ) -> EmuSandbox:
         sid = str(uuid.uuid4())
         root = os.path.join(self._base, sid)
         os.mkdir(root, 0o700)
@@ -223,16 +370,36 @@ class DaytonaEmulator:
                 id=sid, root=root, labels=dict(body.get("labels") or {}),
                 env=dict(body.get("env") or {}), body=body, created_at=_iso(),
                 ready_at=time.monotonic() + self.faults.start_delay,
-                never_starts=never, fails=fails,
+                never_starts=never, fails=fails, cpu=size[0], memory=size[1], disk=size[2],
             )
             self.sandboxes[sid] = sandbox
+            self._live[sid] = sandbox
             self.created.append(sid)
+            self.peak_alive = max(self.peak_alive, len(self._live))
         return sandbox
 
     def destroy(self, sandbox: EmuSandbox) -> None:
+        """A delete: at once, or "destroying" for delete_delay (forever when stuck)."""
+        with self.lock:
+            f = self.faults
+            stuck = f.stuck_deletes != 0
+            if f.stuck_deletes > 0:
+                f.stuck_deletes -= 1
+            if stuck or f.delete_delay:
+                sandbox.state = "destroying"
+                sandbox.destroy_at = (float("inf") if stuck
+                                      else time.monotonic() + f.delete_delay)
+                self._destroying.add(sandbox.id)
+                self._kill_all(sandbox)  # its processes stop; its quota is held until done
+                return
+            self._finish_destroy(sandbox)
+
+    def _finish_destroy(self, sandbox: EmuSandbox) -> None:
         with self.lock:
             sandbox.state = "destroyed"
             self.deleted.append(sandbox.id)
+            self._live.pop(sandbox.id, None)
+            self._destroying.discard(sandbox.id)
         self._kill_all(sandbox)
         shutil.rmtree(sandbox.root, ignore_errors=True)
 
@@ -290,12 +457,28 @@ class DaytonaEmulator:
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
-        timed_out = False
+        # A timer kills the group at the deadline while this thread blocks in wait():
+        # Popen.wait(timeout=...) polls with sleeps of up to 50 ms, which a real daemon
+        # does not add to every command.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+        timer = threading.Timer(deadline, expire) if deadline else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
-            proc.wait(timeout=deadline)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            proc.wait()
         finally:
+            if timer is not None:
+                timer.cancel()
+            timed_out = expired.is_set()
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # the whole group, stragglers included
             except (ProcessLookupError, PermissionError):
@@ -404,9 +587,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorised():
             return None
         parts = [p for p in path.split("/") if p]
+        with self.emu.lock:
+            self.emu.settle()
         try:
             if parts[:2] == ["api", "sandbox"]:
                 return self._control(parts[2:], body)
+            if parts[:2] == ["api", "snapshots"]:
+                return self._snapshots(parts[2:], body)
             if parts and parts[0] == "toolbox" and len(parts) >= 3:
                 return self._toolbox(parts[1], "/".join(parts[2:]), body)
         except Exception as exc:  # noqa: BLE001 - the emulator answers, never dies
@@ -415,6 +602,39 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     do_GET = do_POST = do_DELETE = do_PUT = _dispatch  # noqa: N815 - stdlib names
+
+    def _snapshots(self, rest: list[str], body: bytes) -> None:
+        emu, method = self.emu, self.command
+        if not rest and method == "POST":
+            data = json.loads(body or b"{}")
+            with emu.lock:
+                snap = emu.new_snapshot(data)
+            if snap is None:
+                emu.record("POST", "snapshot-create", 409, name=data.get("name"))
+                return self._send(409, _error(409, f"Snapshot with name {data.get('name')} "
+                                              "already exists", "CONFLICT"))
+            emu.record("POST", "snapshot-create", 200, name=snap.name,
+                       dockerfile=(data.get("buildInfo") or {}).get("dockerfileContent"),
+                       cpu=data.get("cpu"), memory=data.get("memory"), disk=data.get("disk"))
+            return self._send(200, emu.snapshot_json(snap))
+        if not rest and method == "GET":
+            with emu.lock:
+                items = [emu.snapshot_json(s) for s in emu.snapshots.values()]
+            return self._send(200, {"items": items, "total": len(items), "page": 1,
+                                    "totalPages": 1})
+        snap = emu.find_snapshot(rest[0]) if len(rest) == 1 else None
+        if snap is None:
+            emu.record(method, "snapshot-get", 404, name=rest[0] if rest else None)
+            return self._send(404, _error(404, f"Snapshot {rest[0] if rest else ''} not found",
+                                          "NOT_FOUND"))
+        if method == "GET":
+            emu.record(method, "snapshot-get", 200, name=snap.name)
+            return self._send(200, emu.snapshot_json(snap))
+        if method == "DELETE":
+            with emu.lock:
+                emu.snapshots.pop(snap.name, None)
+            return self._send(200, None)
+        return self._send(405, _error(405, "method not allowed", "METHOD_NOT_ALLOWED"))
 
     def _get(self, sid: str) -> EmuSandbox | None:
         with self.emu.lock:
@@ -452,6 +672,9 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.emu
         summary = {"labels": body.get("labels"), "env": body.get("env"),
                    "networkBlockAll": body.get("networkBlockAll"),
+                   "networkAllowList": body.get("networkAllowList"),
+                   "domainAllowList": body.get("domainAllowList"),
+                   "snapshot": body.get("snapshot"),
                    "autoStopInterval": body.get("autoStopInterval"),
                    "autoDeleteInterval": body.get("autoDeleteInterval"),
                    "ttlMinutes": body.get("ttlMinutes")}
@@ -459,6 +682,7 @@ class _Handler(BaseHTTPRequestHandler):
             f = emu.faults
             if f.rate_limit_creates > 0:
                 f.rate_limit_creates -= 1
+                emu.refused.append(429)
                 emu.record("POST", "create", 429, **summary)
                 headers = {} if f.retry_after is None else {"Retry-After": f"{f.retry_after:g}"}
                 return self._send(429, _error(429, "Too many requests", "TOO_MANY_REQUESTS"),
@@ -471,8 +695,30 @@ class _Handler(BaseHTTPRequestHandler):
                 f.fail_creates -= 1
                 emu.record("POST", "create", 500, **summary)
                 return self._send(500, _error(500, "Runner exploded", "INTERNAL_ERROR"))
+            size: tuple[int, int, int] = (body.get("cpu") or 1, body.get("memory") or 1,
+                                          body.get("disk") or 3)
+            if body.get("snapshot"):
+                snap = emu.find_snapshot(body["snapshot"])
+                if snap is None or snap.current_state() != "active":
+                    why = "not found" if snap is None else f"is {snap.current_state()}"
+                    emu.record("POST", "create", 400, **summary)
+                    return self._send(400, _error(400, f"Snapshot {body['snapshot']} {why}",
+                                                  "BAD_REQUEST"))
+                size = (snap.cpu, snap.memory, snap.disk)
+            refusal = emu.quota_refusal(size)
+            if refusal is not None:
+                emu.refused.append(403)
+                emu.record("POST", "create", 403, **summary)
+                return self._send(403, _error(403, refusal, "FORBIDDEN"))
+            wait = emu.rate_limited()
+            if wait is not None:
+                emu.refused.append(429)
+                emu.record("POST", "create", 429, **summary)
+                return self._send(429, _error(429, "Too many requests", "TOO_MANY_REQUESTS"),
+                                  {"Retry-After": f"{max(1, math.ceil(wait))}"})
             latency = f.create_latency
-        sandbox = emu.new_sandbox(body)  # exists before the answer, as on the real service
+            # Exists before the answer, as on the real service; counted at once for quotas.
+            sandbox = emu.new_sandbox(body, size)
         emu.record("POST", "create", 200, sandbox=sandbox.id, **summary)
         if latency:
             time.sleep(latency)
@@ -508,6 +754,9 @@ class _Handler(BaseHTTPRequestHandler):
         if sandbox is None:
             emu.record("DELETE", "delete", 404, sandbox=sid)
             return None
+        if sandbox.state == "destroying":  # asked again: still on its way
+            emu.record("DELETE", "delete", 200, sandbox=sid, again=True)
+            return self._send(200, emu.sandbox_json(sandbox))
         with emu.lock:
             failing = emu.faults.fail_deletes
             if failing:
@@ -617,6 +866,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, dataclasses.asdict(emu.faults))
         if path == "/_admin/state" and self.command == "GET":
             return self._send(200, emu.state())
+        if path == "/_admin/counters":  # GET: read; POST: start counting afresh
+            with emu.lock:
+                if self.command == "POST":
+                    emu.refused.clear()
+                    emu.peak_alive = len(emu._live)
+                    emu.counted_from = len(emu.created)
+                return self._send(200, {"created": len(emu.created) - emu.counted_from,
+                                        "refused": list(emu.refused),
+                                        "peak_alive": emu.peak_alive,
+                                        "alive": len(emu._live)})
         return self._send(404, {"error": "no such admin route"})
 
 
@@ -627,9 +886,11 @@ def main() -> None:
     parser.add_argument("--api-key", default=os.environ.get("DAYTONA_API_KEY", DEFAULT_KEY))
     parser.add_argument("--create-latency", type=float, default=0.0)
     parser.add_argument("--start-delay", type=float, default=0.0)
+    parser.add_argument("--quota-cpu", type=int, default=None,
+                        help="the organisation's vCPU quota (a default sandbox takes 1)")
     args = parser.parse_args()
     emu = DaytonaEmulator(args.api_key, args.host, args.port, create_latency=args.create_latency,
-                          start_delay=args.start_delay).start()
+                          start_delay=args.start_delay, quota_cpu=args.quota_cpu).start()
     print(f"Daytona emulator on {emu.url} (toolbox {emu.toolbox_url})", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on `kill` too
     try:

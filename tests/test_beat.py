@@ -67,6 +67,7 @@ def competition_toml(name: str = "tick", extra: str = 'every = 6') -> str:
     ('schedul = "0 9 * * 1"', "field 'schedul' is unknown"),
     ('network = "yes"', "field 'network' must be a bool"),
     ('env = ["BAD-NAME"]', "field 'env' has an invalid variable name 'BAD-NAME'"),
+    ('max_sandboxes = 0', "field 'max_sandboxes' = 0: must be at least 1"),
 ])
 def test_a_malformed_entry_is_refused_naming_entry_and_field(tmp_path, monkeypatch, extra,
                                                              message):
@@ -88,6 +89,14 @@ def test_missing_manifest_duplicate_names_and_missing_file_are_refused(tmp_path,
         load_competitions(dup)
     with pytest.raises(CompetitionsError, match="no such file"):
         load_competitions(tmp_path / "absent.toml")
+
+
+def test_a_competition_sets_its_own_sandbox_budget(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_forge_toml(tmp_path, competition_toml(extra="max_sandboxes = 3")
+                            + competition_toml("tock"))
+    comps = load_competitions(path)
+    assert comps["tick"].max_sandboxes == 3 and comps["tock"].max_sandboxes is None
 
 
 def test_defaults_are_weekly_monday_9am_los_angeles(tmp_path):

@@ -161,7 +161,9 @@ def test_rate_limited_create_is_retried_with_backoff(emu, backend):
     assert result.success, result.error_message
     waits = [x for x in lines if x.startswith("[Daytona] Rate limited (429); retrying in ")]
     assert len(waits) == 2
-    assert waits[0].endswith("(attempt 2/5)") and waits[1].endswith("(attempt 3/5)")
+    assert waits[0].endswith("(attempt 2, within the run's wait bound)")
+    assert waits[1].endswith("(attempt 3, within the run's wait bound)")
+    assert result.timings["refused"] == 2
 
 
 def test_retry_after_is_honoured_and_503_retried(emu):
@@ -175,13 +177,22 @@ def test_retry_after_is_honoured_and_503_retried(emu):
     assert any("Service unavailable (503); retrying" in x for x in lines)
 
 
-def test_rate_limit_gives_up_after_bounded_attempts(emu):
-    impatient = DaytonaBackend(create_attempts=3, sleep=lambda s: None)
-    emu.set_faults(rate_limit_creates=10)
-    result, _ = run(impatient, make_task(WRITE_OBJECTIVE))
+def test_rate_limit_is_waited_out_until_the_runs_wait_bound(emu):
+    """429s are retried (with backoff) until the run's wait bound, then named clearly."""
+    from worker.records import SandboxBudget
+
+    patient = DaytonaBackend(backoff_base=0.2, backoff_cap=0.4)
+    emu.set_faults(rate_limit_creates=10_000)
+    t0 = time.monotonic()
+    result, lines = run(patient, make_task(WRITE_OBJECTIVE, budget=SandboxBudget(slot_wait=2)))
+    assert 1.5 <= time.monotonic() - t0 < 8
     assert not result.success
-    assert result.error_message == ("Sandbox creation failed: Rate limited (429); "
-                                    "gave up after 3 attempts")
+    assert result.error_message.startswith(
+        "Sandbox creation failed: no Daytona sandbox within the run's wait bound of 2s")
+    assert "Rate limited" not in result.error_message or "429" in result.error_message
+    assert "forge reap" in result.error_message and "raise the Daytona account's tier" in \
+        result.error_message
+    assert sum(x.startswith("[Daytona] Rate limited (429); retrying") for x in lines) >= 3
 
 
 def test_create_500_fails_cleanly(emu, backend):

@@ -94,3 +94,94 @@ def test_bad_phase_deadline_is_refused(tmp_path):
     path = write(tmp_path, '[[candidate]]\nid = "a"\nscript = "a.py"\nupload_timeout = 0\n')
     with pytest.raises(ManifestError, match="candidate 'a': field 'upload_timeout'"):
         load_manifest(path)
+
+
+# -- the [daytona] table -------------------------------------------------------------------
+
+ONE = '[[candidate]]\nid = "a"\nscript = "a.py"\nrequirements = ["requests"]\n'
+
+
+def test_daytona_table_is_read_into_typed_settings(tmp_path):
+    from worker.records import DaytonaSpec, ImageSpec, Resources
+
+    m = load_manifest(write(tmp_path, (
+        '[daytona]\nmax_sandboxes = 4\nnetwork_allow_list = ["10.0.0.0/8"]\n'
+        'domain_allow_list = ["PyPI.org"]\n'
+        '[daytona.image]\nbase = "python:3.12-slim"\npip = ["rich"]\ncommands = ["echo x"]\n'
+        '[daytona.resources]\ncpu = 2\nmemory = 4\n') + ONE))
+    assert m.max_sandboxes == 4
+    assert m.daytona == DaytonaSpec(
+        image=ImageSpec(base="python:3.12-slim", pip=("rich",), commands=("echo x",)),
+        resources=Resources(cpu=2, memory=4), network_allow_list=("10.0.0.0/8",),
+        domain_allow_list=("pypi.org",))
+    plain = load_manifest(write(tmp_path, ONE))
+    assert plain.daytona == DaytonaSpec() and plain.max_sandboxes is None
+
+
+@pytest.mark.parametrize("toml, words", [
+    ('[daytona]\nsnapshots = "x"\n', ["'daytona.snapshots' is unknown", "known fields"]),
+    ('[daytona]\nmax_sandboxes = 0\n', ["'max_sandboxes' must be at least 1"]),
+    ('[daytona]\nsnapshot = "x"\n[daytona.image]\npython = "3.12"\n', ["both set"]),
+    ('[daytona.image]\npip = ["x"]\n', ["needs 'base'", "or 'python'"]),
+    ('[daytona.image]\npython = "3.12"\nbase = "x"\n', ["not both"]),
+    ('[daytona.image]\npython = "twelve"\n', ["'image.python'", "\"3.12\""]),
+    ('[daytona.image]\npython = "3.12"\nfrom = "x"\n', ["'image.from' is unknown"]),
+    ('[daytona.resources]\ncpu = 2\n', ["'resources' need [daytona.image]"]),
+    ('[daytona]\nsnapshot = "x"\n[daytona.resources]\ncpu = 2\n',
+     ["'resources' need [daytona.image]", "instead of 'snapshot'"]),
+    ('[daytona.image]\npython = "3.12"\n[daytona.resources]\ngpu = 1\n',
+     ["'resources.gpu' is unknown"]),
+    ('[daytona]\nnetwork_allow_list = ["10.0.0.0/33"]\n', ["'network_allow_list'", "CIDR"]),
+    ('[daytona]\ndomain_allow_list = ["not a domain"]\n', ["'domain_allow_list'"]),
+    ('network = false\n[daytona]\nnetwork_allow_list = ["10.0.0.0/8"]\n',
+     ["allow-list", "'network = false'"]),
+    ('daytona = "yes"\n', ["'daytona' must be a table"]),
+])
+def test_bad_daytona_tables_are_refused_naming_the_field(tmp_path, toml, words):
+    path = write(tmp_path, toml + ONE)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    for word in (str(path), *words):
+        assert word in str(err.value)
+
+
+def test_daytona_plan_builds_requirements_into_the_image_and_carries_the_budget(
+        tmp_path, monkeypatch):
+    from dispatcher.plan import plan_run
+    from worker.records import ImageSpec
+
+    monkeypatch.setenv("FORGE_DAYTONA_MAX_SANDBOXES", "7")
+    monkeypatch.setenv("FORGE_DAYTONA_SLOT_WAIT", "99")
+    path = write(tmp_path, '[daytona.image]\npython = "3.12"\npip = ["rich"]\n' + ONE
+                 + '[[candidate]]\nid = "b"\nscript = "a.py"\nrequirements = ["rich", "attrs"]\n')
+    manifest = load_manifest(path)
+    daytona = plan_run("o", manifest, execution_mode="daytona", artifacts_dir=str(tmp_path))
+    a, b = daytona.tasks
+    assert a.daytona.image == ImageSpec(python="3.12", pip=("rich", "attrs", "requests"))
+    assert a.requirements == b.requirements == ()  # installed at build time, once
+    assert (a.budget.max_sandboxes, a.budget.slot_wait) == (7, 99) and a.budget.run_clock
+    local = plan_run("o", manifest, artifacts_dir=str(tmp_path))
+    assert local.tasks[0].requirements == ("requests",)  # local sandboxes install as before
+    assert local.tasks[0].budget.max_sandboxes == 0
+    override = plan_run("o", manifest, execution_mode="daytona", artifacts_dir=str(tmp_path),
+                        max_sandboxes=3)
+    assert override.tasks[0].budget.max_sandboxes == 3
+    # The budget is not part of what the run *is*; the image is.
+    assert override.run.definition_sha256 == daytona.run.definition_sha256
+    assert override.tasks[0].budget.run_clock != daytona.tasks[0].budget.run_clock
+    other = load_manifest(write(tmp_path, '[daytona.image]\npython = "3.11"\n' + ONE))
+    assert plan_run("o", other, execution_mode="daytona", artifacts_dir=str(tmp_path)
+                    ).run.definition_sha256 != daytona.run.definition_sha256
+
+
+def test_daytona_task_backstop_covers_the_wait_for_a_sandbox(tmp_path, monkeypatch):
+    from dispatcher.dispatch import BACKSTOP_MARGIN, build_chord
+    from dispatcher.plan import plan_run
+
+    monkeypatch.setenv("FORGE_DAYTONA_SLOT_WAIT", "500")
+    manifest = load_manifest(write(tmp_path, ONE))
+    for mode, wait in (("daytona", 500), ("local", 0)):
+        plan = plan_run("o", manifest, execution_mode=mode, artifacts_dir=str(tmp_path))
+        (sig,) = build_chord(plan).tasks
+        t = plan.tasks[0]
+        assert sig.options["time_limit"] == t.timeout + t.install_timeout + BACKSTOP_MARGIN + wait

@@ -16,7 +16,10 @@ config.load_dotenv_once()
 # The longest candidate deadline we plan for; the visibility timeout must exceed it,
 # or Redis redelivers a task that is still running (it would run twice).
 MAX_DEADLINE = config.env_int("FORGE_MAX_DEADLINE", 3600)
-VISIBILITY_TIMEOUT = config.env_int("FORGE_VISIBILITY_TIMEOUT", MAX_DEADLINE + 300)
+# A Daytona candidate may first wait this long for a sandbox (worker/budget.py), inside
+# its task: the visibility timeout covers the wait as well as the deadline.
+SLOT_WAIT = config.daytona_slot_wait()
+VISIBILITY_TIMEOUT = config.env_int("FORGE_VISIBILITY_TIMEOUT", MAX_DEADLINE + SLOT_WAIT + 300)
 # How often each worker looks for unacked tasks past the visibility timeout (a dead
 # node's tasks): kombu's default scans every 100 s; a cheap ZRANGE every few seconds
 # redelivers them within VISIBILITY_TIMEOUT + RESTORE_INTERVAL.

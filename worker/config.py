@@ -141,3 +141,50 @@ def is_daytona_configured() -> bool:
 
 def discord_webhook_url() -> str | None:
     return env("DISCORD_WEBHOOK_URL")
+
+
+def env_count(name: str, default: int, minimum: int = 0) -> int:
+    """A whole number of at least ``minimum``, refused clearly otherwise."""
+    value = env_int(name, default)
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}; e.g. {name}={default}")
+    return value
+
+
+# -- the Daytona sandbox budget (worker/budget.py; reference in docs/daytona.md) -----------
+
+# The first Daytona tier allows 10 vCPU and a default sandbox takes 1.
+DAYTONA_MAX_SANDBOXES = 10
+# Seconds a run may wait for sandboxes (slots, refusals, an image build) from its start.
+DAYTONA_SLOT_WAIT = 1800
+# Seconds a lease outlives its last heartbeat: how long a killed worker holds its slots.
+DAYTONA_LEASE_TTL = 30
+
+
+def daytona_max_sandboxes() -> int:
+    """Most Daytona sandboxes alive at once, across every worker and run."""
+    return env_count("FORGE_DAYTONA_MAX_SANDBOXES", DAYTONA_MAX_SANDBOXES, 1)
+
+
+def daytona_quota() -> tuple[int, int, int]:
+    """(vCPU, memory GiB, disk GiB) the budget may use; 0: the max sandboxes' worth of
+    default sandboxes (1 vCPU, 1 GiB, 3 GiB each)."""
+    return (env_count("FORGE_DAYTONA_MAX_CPU", 0), env_count("FORGE_DAYTONA_MAX_MEMORY", 0),
+            env_count("FORGE_DAYTONA_MAX_DISK", 0))
+
+
+def daytona_slot_wait() -> int:
+    return env_count("FORGE_DAYTONA_SLOT_WAIT", DAYTONA_SLOT_WAIT, 1)
+
+
+def daytona_lease_ttl() -> int:
+    return env_count("FORGE_DAYTONA_LEASE_TTL", DAYTONA_LEASE_TTL, 2)
+
+
+def budget_redis_url() -> str | None:
+    """The Redis the sandbox budget lives in (the result backend's, else the broker's);
+    None in embedded mode, where the budget is kept in the process."""
+    for url in (result_backend_url(), broker_url()):
+        if url and url.startswith(("redis://", "rediss://", "unix://")):
+            return url
+    return None

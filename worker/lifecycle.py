@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from worker.records import CandidateResult, CandidateTask
-from worker.sandbox.base import SandboxBackend, SandboxError, SandboxRequest
+from worker.sandbox.base import CreateStatus, SandboxBackend, SandboxError, SandboxRequest
 
 SCRIPT_NAME = "script.py"
 OUTPUT_NAME = "discord_post.md"
@@ -60,8 +60,14 @@ def run_lifecycle(
     log: LogFn,
     env_source: dict[str, str] | None = None,
     owner: str = "",
+    on_state: Callable[[str], None] | None = None,
 ) -> CandidateResult:
-    """Run one candidate in a fresh sandbox of ``backend`` and describe what happened."""
+    """Run one candidate in a fresh sandbox of ``backend`` and describe what happened.
+
+    ``on_state("waiting")`` / ``on_state("running")``: the sandbox waits for capacity (a
+    budget slot, the account's quota) and then has it. That wait is not the candidate's
+    time: it is left out of ``runtime_seconds`` and kept as ``timings["slot_wait"]``.
+    """
     import os
 
     result = CandidateResult(
@@ -75,6 +81,15 @@ def run_lifecycle(
     sandbox = None
     reservation = None
     mark = [t0]
+    shown = [""]
+
+    def state(name: str) -> None:
+        if name != shown[0]:
+            shown[0] = name
+            if on_state is not None:
+                on_state(name)
+
+    status = CreateStatus(on_state=state)
 
     def phase(name: str) -> None:
         """Seconds since the previous mark go to ``name`` (log calls included)."""
@@ -100,6 +115,8 @@ def run_lifecycle(
             owner=owner,
             egress=task.egress,
             exclusive=task.exclusive,
+            daytona=task.daytona,
+            budget=task.budget,
         )
         if request.exclusive:
             try:
@@ -110,10 +127,15 @@ def run_lifecycle(
             t0 = mark[0]
         log(f"[{label}] Creating sandbox...")
         try:
-            sandbox = backend.create(request, log)
+            sandbox = backend.create(request, log, status)
         except SandboxError as exc:
             result.sandbox_id = exc.sandbox_id
             return fail(f"Sandbox creation failed: {exc}")
+        finally:
+            result.warnings.extend(status.warnings)
+            result.stuck_sandboxes.extend(status.stuck)
+        if shown[0] == "waiting":
+            state("running")
         phase("create")
         result.sandbox_id = sandbox.id
         result.isolation = sandbox.isolation
@@ -191,11 +213,19 @@ def run_lifecycle(
             except Exception as exc:  # noqa: BLE001 - cleanup trouble is a warning only
                 warning = f"Cleanup failed for sandbox {sandbox.id}: {exc}"
                 result.warnings.append(warning)
+                result.stuck_sandboxes.append(sandbox.id)
                 log(f"[Warn] {warning}")
             phase("delete")
         if reservation is not None:
             reservation.release()
-        result.runtime_seconds = round(time.monotonic() - t0, 3)
+        if status.waited:  # capacity waits: not the candidate's time, nor its create's
+            result.timings["slot_wait"] = round(status.waited, 6)
+            if "create" in result.timings:
+                result.timings["create"] = round(max(0.0, result.timings["create"]
+                                                     - status.waited), 6)
+        if status.refused:
+            result.timings["refused"] = status.refused
+        result.runtime_seconds = round(time.monotonic() - t0 - status.waited, 3)
         result.finished_at = _now()
         if result.success:
             log(f"[Done] {result.runtime_seconds:.2f}s")

@@ -96,6 +96,105 @@ class Egress:
     def from_dict(cls, data: dict[str, Any] | None) -> Egress:
         data = data or {}
         return cls(tuple(data.get("allow") or ()), tuple(data.get("deny") or ()))
+class Resources:
+    """A Daytona sandbox's size: vCPUs, memory and disk in GiB (0: Daytona's default)."""
+
+    cpu: int = 0
+    memory: int = 0
+    disk: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Resources:
+        return _from_dict(cls, data or {})
+
+    def __bool__(self) -> bool:
+        return bool(self.cpu or self.memory or self.disk)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """A declared sandbox image: the SDK's declarative ``Image``, built once into a snapshot.
+
+    ``base`` is a registry image (``Image.base``); without it, ``python`` picks the SDK's
+    Debian slim image of that Python series (``Image.debian_slim``).
+    """
+
+    base: str = ""
+    python: str = ""
+    pip: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "python": self.python, "pip": list(self.pip),
+                "commands": list(self.commands)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ImageSpec | None:
+        if not data:
+            return None
+        data = dict(data)
+        data["pip"] = tuple(data.get("pip") or ())
+        data["commands"] = tuple(data.get("commands") or ())
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class DaytonaSpec:
+    """A competition's Daytona settings: where sandboxes start from, their size, network.
+
+    Part of the competition's definition (``definition_sha256``): they change what a
+    candidate sees. Empty fields mean Daytona's defaults.
+    """
+
+    snapshot: str = ""
+    image: ImageSpec | None = None
+    resources: Resources = field(default_factory=Resources)
+    network_allow_list: tuple[str, ...] = ()  # CIDRs
+    domain_allow_list: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot,
+                "image": self.image.to_dict() if self.image else None,
+                "resources": self.resources.to_dict(),
+                "network_allow_list": list(self.network_allow_list),
+                "domain_allow_list": list(self.domain_allow_list)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DaytonaSpec:
+        data = dict(data or {})
+        data["image"] = ImageSpec.from_dict(data.get("image"))
+        data["resources"] = Resources.from_dict(data.get("resources"))
+        data["network_allow_list"] = tuple(data.get("network_allow_list") or ())
+        data["domain_allow_list"] = tuple(data.get("domain_allow_list") or ())
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class SandboxBudget:
+    """How many Daytona sandboxes may be alive at once, and how long a run may wait.
+
+    Read by ``worker.budget``. 0 means "the worker's own configuration" (the
+    ``FORGE_DAYTONA_*`` variables). Not part of the competition's definition: resuming a
+    run under a different budget is fine. ``run_clock`` names the run's wait clock, one
+    per publish, so ``forge resume`` starts a fresh wait.
+    """
+
+    max_sandboxes: int = 0
+    max_cpu: int = 0
+    max_memory: int = 0
+    max_disk: int = 0
+    slot_wait: int = 0
+    run_clock: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SandboxBudget:
+        return _from_dict(cls, data or {})
 
 
 @dataclass(frozen=True)
@@ -126,6 +225,8 @@ class CandidateTask:
     egress: Egress = field(default_factory=Egress)
     # At most as many candidates at once per worker machine as it has cores (local).
     exclusive: bool = False
+    daytona: DaytonaSpec = field(default_factory=DaytonaSpec)
+    budget: SandboxBudget = field(default_factory=SandboxBudget)
 
     @property
     def task_id(self) -> str:
@@ -136,6 +237,7 @@ class CandidateTask:
         data["env_allow"] = list(self.env_allow)
         data["requirements"] = list(self.requirements)
         data["egress"] = self.egress.to_dict()
+        data["daytona"] = self.daytona.to_dict()
         return data
 
     @classmethod
@@ -145,6 +247,8 @@ class CandidateTask:
         data["requirements"] = tuple(data.get("requirements") or ())
         data["limits"] = Limits.from_dict(data.get("limits"))
         data["egress"] = Egress.from_dict(data.get("egress"))
+        data["daytona"] = DaytonaSpec.from_dict(data.get("daytona"))
+        data["budget"] = SandboxBudget.from_dict(data.get("budget"))
         return _from_dict(cls, data)
 
 
@@ -188,6 +292,9 @@ class CandidateResult:
     # cgroup, else the rusage of the sandbox's reaped processes. None: the backend
     # cannot tell (Daytona), or the command never ran.
     cpu_seconds: float | None = None
+    # Sandboxes that never started or never finished deleting within their deadline:
+    # deleted as far as the API let us, left for `forge reap` (the run's notes count them).
+    stuck_sandboxes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

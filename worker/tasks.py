@@ -216,8 +216,21 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     else:
         from worker.lifecycle import run_lifecycle
 
+        def on_state(state: str) -> None:
+            """Flower shows it: its event state turns an unknown ``task-<x>`` event into
+            state ``<X>`` (WAITING, then RUNNING once the sandbox has its slot); the run
+            store shows it too."""
+            from worker.store.hooks import mark_state
+
+            mark_state(task.run_id, task.candidate_id, state, me)
+            if self.request.id and not self.request.is_eager:
+                try:
+                    self.send_event(f"task-{state}")
+                except Exception as exc:  # noqa: BLE001 - monitoring must not fail a task
+                    logger.debug("task-%s event not sent: %s", state, exc)
+
         t_life = time.monotonic()
-        result = run_lifecycle(backend, task, log, owner=me)
+        result = run_lifecycle(backend, task, log, owner=me, on_state=on_state)
         result.timings["pre"] = round(t_life - t_enter, 6)
     progress.close()
     result.timings["entered_at"] = round(entered, 6)
@@ -302,18 +315,31 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
     )
 
 
-def _sandboxes_alive(run_id: str, notes: list[str]) -> int | None:
-    """How many of the run's Daytona sandboxes still exist; None (and a note) when the
-    API cannot tell: counting must never cost the run its summary."""
+def _sandboxes_alive(forge: ForgeResult) -> int | None:
+    """The end-of-run audit: how many of the run's Daytona sandboxes still exist (notes
+    say which, and which got stuck); None (and a note) when the API cannot tell:
+    counting must never cost the run its summary."""
+    run_id, notes = forge.run_id, forge.notes
+    stuck = [(r.candidate_id, i) for r in forge.results for i in r.stuck_sandboxes]
+    if stuck:
+        notes.append(f"{len(stuck)} Daytona sandbox(es) got stuck (never started, or never "
+                     "finished deleting, within their deadline): "
+                     + ", ".join(f"{sid} ({cid})" for cid, sid in stuck))
     try:
-        from worker.sandbox.daytona import alive_sandboxes
+        from worker.sandbox.daytona import left_behind
 
-        return alive_sandboxes(run_id)
+        alive = left_behind(run_id)
     except Exception as exc:  # noqa: BLE001 - any SDK/transport failure
         notes.append(f"Could not count the run's live Daytona sandboxes ({type(exc).__name__});"
                      " 'forge reap' sweeps any left behind")
         logger.warning("[%s] could not count live sandboxes: %s", run_id, type(exc).__name__)
         return None
+    if alive:
+        notes.append(f"{len(alive)} Daytona sandbox(es) of this run still alive at its end: "
+                     + ", ".join(f"{sid} ({state})" for sid, state in alive)
+                     + "; 'forge reap' removes them")
+        logger.warning("[%s] %d sandbox(es) still alive", run_id, len(alive))
+    return len(alive)
 
 
 # throws: a refused run (InvalidInput) is logged as expected, on one line, no traceback.
@@ -340,7 +366,7 @@ def collect_results(self, results: list[dict[str, Any]],
     forge = build_forge_result(results, run)
     t_scored = time.monotonic()
     if run.execution_mode == "daytona":
-        forge.sandboxes_alive = _sandboxes_alive(run.run_id, forge.notes)
+        forge.sandboxes_alive = _sandboxes_alive(forge)
     run_path = write_run_dir(forge, run.artifacts_dir)
     t_written = time.monotonic()
     logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from worker.sandbox.base import (
+    CreateStatus,
     Download,
     ExecResult,
     Sandbox,
@@ -12,6 +13,7 @@ from worker.sandbox.base import (
 )
 
 __all__ = [
+    "CreateStatus",
     "Download",
     "ExecResult",
     "Sandbox",

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from worker.records import Egress, Limits
+from worker.records import DaytonaSpec, Egress, Limits, SandboxBudget
 
 LogFn = Callable[[str], None]
+StateFn = Callable[[str], None]
 
 
 class SandboxError(Exception):
@@ -39,6 +40,29 @@ class SandboxRequest:
     ttl_seconds: int = 0
     egress: Egress = field(default_factory=Egress)  # additions to the local egress policy
     exclusive: bool = False  # hold a core of the worker machine (see ``reserve``)
+    daytona: DaytonaSpec = field(default_factory=DaytonaSpec)
+    budget: SandboxBudget = field(default_factory=SandboxBudget)
+
+
+def _no_state(_state: str) -> None:
+    pass
+
+
+@dataclass
+class CreateStatus:
+    """The lifecycle's window into ``create()``, filled in place so that it survives a
+    failed create.
+
+    ``on_state("waiting")`` when the sandbox must wait for capacity (a budget slot, the
+    account's quota, an image build) and ``on_state("running")`` when it has it: the task
+    shows both (Flower). ``waited`` seconds are not the candidate's time.
+    """
+
+    on_state: StateFn = _no_state
+    waited: float = 0.0
+    refused: int = 0  # creates the service refused (quota, rate limit) and we retried
+    warnings: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)  # sandbox ids left for `forge reap`
 
 
 @dataclass
@@ -94,4 +118,5 @@ class SandboxBackend(Protocol):
         worker, for local sandboxes), before the candidate's clock starts."""
         ...
 
-    def create(self, request: SandboxRequest, log: LogFn) -> Sandbox: ...
+    def create(self, request: SandboxRequest, log: LogFn,
+               status: CreateStatus | None = None) -> Sandbox: ...

@@ -37,7 +37,14 @@ import uuid
 
 from worker.records import Limits
 from worker.sandbox import bwrap, egress, netns, rtnetlink, slots
-from worker.sandbox.base import Download, ExecResult, LogFn, SandboxError, SandboxRequest
+from worker.sandbox.base import (
+    CreateStatus,
+    Download,
+    ExecResult,
+    LogFn,
+    SandboxError,
+    SandboxRequest,
+)
 from worker.sandbox.bwrap import candidate_python, python_env_files
 from worker.sandbox.capture import TailBuffer, pump
 
@@ -912,7 +919,8 @@ class LocalBackend:
             self.slots_dir or os.path.join(sandbox_parent(), "forge-cores"),
             on_wait=lambda: log("[Local] Waiting for a free core (exclusive competition)..."))
 
-    def create(self, request: SandboxRequest, log: LogFn) -> BwrapSandbox | PlainSandbox:
+    def create(self, request: SandboxRequest, log: LogFn,
+               status: CreateStatus | None = None) -> BwrapSandbox | PlainSandbox:
         try:
             _sweep_leftovers()
         except Exception:  # noqa: BLE001 - housekeeping must never stop a run

@@ -208,6 +208,16 @@ def _running(sender=None, task=None, args=None, **_kw) -> None:
         _mark(run_id, lambda s: s.mark_running(run_id, cid, worker=worker, trial=trial))
 
 
+def mark_state(run_id: str, candidate_id: str, state: str, worker: str | None = None,
+               trial: int = 0) -> None:
+    """A candidate waiting for a sandbox slot, or running again once it has one (the
+    lifecycle's ``on_state``); queued behind the other marks, best effort."""
+    if state == "waiting":
+        _mark(run_id, lambda s: s.mark_waiting(run_id, candidate_id, worker=worker, trial=trial))
+    elif state == "running":
+        _mark(run_id, lambda s: s.mark_running(run_id, candidate_id, worker=worker, trial=trial))
+
+
 @task_postrun.connect
 def _done(sender=None, args=None, retval=None, **_kw) -> None:
     if getattr(sender, "name", None) != RUN_CANDIDATE or not isinstance(retval, dict):
