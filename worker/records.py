@@ -96,6 +96,9 @@ class Egress:
     def from_dict(cls, data: dict[str, Any] | None) -> Egress:
         data = data or {}
         return cls(tuple(data.get("allow") or ()), tuple(data.get("deny") or ()))
+
+
+@dataclass(frozen=True)
 class Resources:
     """A Daytona sandbox's size: vCPUs, memory and disk in GiB (0: Daytona's default)."""
 
