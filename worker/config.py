@@ -188,3 +188,53 @@ def budget_redis_url() -> str | None:
         if url and url.startswith(("redis://", "rediss://", "unix://")):
             return url
     return None
+
+
+# -- observability (worker/observability/; reference in docs/observability.md) -----------
+
+LOG_FORMATS = ("text", "json")
+
+
+def sentry_dsn() -> str | None:
+    """Sentry's DSN. Unset: the SDK is never imported and nothing is sent. A secret (its
+    key authenticates the sender): never printed."""
+    return env("SENTRY_DSN")
+
+
+def log_format() -> str:
+    """``FORGE_LOG_FORMAT``: ``text`` (Celery's plain lines, the default) or ``json`` (one
+    JSON object per line, for a log pipeline)."""
+    value = (env("FORGE_LOG_FORMAT", "text") or "text").lower()
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"FORGE_LOG_FORMAT={value!r} is not a log format; use "
+                          f"{' or '.join(LOG_FORMATS)}")
+    return value
+
+
+def metrics_port() -> int | None:
+    """``FORGE_METRICS_PORT``: the worker's main process serves Prometheus metrics on it.
+    Unset: no metrics (prometheus_client is not even imported)."""
+    if env("FORGE_METRICS_PORT") is None:
+        return None
+    port = env_int("FORGE_METRICS_PORT", 9808)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"FORGE_METRICS_PORT={port} is not a TCP port; e.g. 9808")
+    return port
+
+
+def metrics_addr() -> str:
+    """Address the metrics port binds (default every interface, as Prometheus scrapes
+    containers; 127.0.0.1 keeps it to this machine)."""
+    return env("FORGE_METRICS_ADDR", "0.0.0.0") or "0.0.0.0"
+
+
+def metrics_dir() -> str | None:
+    """``FORGE_METRICS_DIR``: where the pool processes keep their metric files (one worker
+    per directory; wiped when the worker starts). Unset: a fresh temporary directory."""
+    return env("FORGE_METRICS_DIR")
+
+
+def flower_url() -> str | None:
+    """``FORGE_FLOWER_URL``: the Flower that watches this cluster (``forge doctor`` checks
+    it answers). May carry credentials: show it only through :func:`redact_url`."""
+    return env("FORGE_FLOWER_URL")
