@@ -34,9 +34,18 @@ def cmd_web(args: argparse.Namespace) -> int:
         return 2
     settings = from_environment(args.artifacts_dir)  # ConfigError: exit 2 (dispatcher.cli)
     check_bind(args.host, settings.token)
+    import logging
+
     import uvicorn
 
     from dispatcher.web.app import create_app
+
+    handler = logging.StreamHandler()  # the dashboard's own lines, beside uvicorn's
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    ours = logging.getLogger("dream_foundry")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
 
     app = create_app(settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,6 +20,8 @@ from dispatcher.web.settings import WebSettings
 from worker import config
 
 logger = logging.getLogger("dream_foundry.web")
+
+NAMES_TTL = 30.0  # seconds the runs filter's list of competitions is kept
 
 
 class StoreUnavailable(Exception):
@@ -39,6 +42,7 @@ class Data:
         self._store = None
         self._lock = threading.Lock()
         self._competitions: tuple[tuple[str, float], dict, str | None] | None = None
+        self._names: tuple[float, list[str]] | None = None
 
     # ------------------------------------------------------------------ store
 
@@ -77,6 +81,17 @@ class Data:
         except StoreError as exc:
             logger.warning("dashboard: %s", exc)
             raise StoreUnavailable(self.display) from None
+
+    def competition_names(self) -> list[str]:
+        """Names of the competitions with runs (the runs filter's choices). The store's
+        per-competition summary is a few queries per competition: kept for a while."""
+        now = time.monotonic()
+        cached = self._names
+        if cached is not None and now - cached[0] < NAMES_TTL:
+            return cached[1]
+        names = sorted(c.name for c in (self.read("competitions") or []) if c.name)
+        self._names = (now, names)
+        return names
 
     # ------------------------------------------------------------------ forge.toml
 

@@ -105,6 +105,9 @@ def merge(state, meta: dict[str, Any] | None, run_id: str,
     if status == "PROGRESS" and isinstance(info, dict):
         c = replace(c, log=_lines(info), worker=info.get("worker") or c.worker,
                     attempt=info.get("attempt") or c.attempt)
+        started = info.get("started")
+        if isinstance(started, int | float) and not isinstance(started, bool):
+            first_seen = datetime.fromtimestamp(started, UTC)  # when the task began
         if _RANK[c.state] < _RANK["running"]:
             c = replace(c, state="running")
     elif status == "SUCCESS" and isinstance(info, dict):
@@ -117,8 +120,9 @@ def merge(state, meta: dict[str, Any] | None, run_id: str,
     elif status in ("FAILURE", "REVOKED"):
         c = replace(c, state="done", success=False,
                     error=c.error or f"the task ended in state {status}")
-    if c.state == "running" and c.started_at is None:
-        c = replace(c, started_at=first_seen)
+    if c.state == "running" and first_seen is not None and (
+            c.started_at is None or first_seen < c.started_at):
+        c = replace(c, started_at=first_seen)  # the store's mark is written a little later
     return c
 
 
@@ -133,37 +137,53 @@ class LiveHub:
         self.backend = backend  # Celery's result backend (distributed), else None
         self.redis_url = redis_url  # its Redis, for pub/sub wake-ups
         self._watches: dict[str, _Watch] = {}
+        # (run, candidate) -> when this process first saw it running (the store's start
+        # mark may come later), and a finished candidate's last log lines.
         self._first_seen: dict[tuple[str, str], datetime] = {}
+        self._done_log: dict[tuple[str, str], tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ reading
 
     def snapshot(self, run_id: str) -> Snapshot | None:
-        """The run's state now (None: no such run). Blocking: call from a thread."""
+        """The run's state now (None: no such run). Blocking: call from a thread.
+
+        A finished candidate's task meta (its whole result) is read once per process, for
+        its last log lines; an unfinished one's (a few lines) on every read."""
         summary = self.data.read("run_summary", run_id)
         if summary is None:
             return None
         states = self.data.read("run_states", run_id) or []
         metas: dict[str, dict] = {}
+        wanted = set()
         if self.backend is not None and summary.status not in TERMINAL:
-            ids = [task_id_for(run_id, s.candidate_id) for s in states if s.state != "done"]
+            wanted = {s.candidate_id for s in states
+                      if s.state != "done" or (run_id, s.candidate_id) not in self._done_log}
             try:
                 from worker.states import task_metas
 
-                metas = task_metas(self.backend, ids) if ids else {}
+                metas = task_metas(self.backend, [task_id_for(run_id, c) for c in wanted])
             except Exception as exc:  # noqa: BLE001 - the store's view still stands
                 logger.warning("dashboard: task states of %s not read (%s)", run_id,
                                type(exc).__name__)
+                wanted = set()
         now = datetime.now(UTC)
         out = []
         for s in states:
-            meta = metas.get(task_id_for(run_id, s.candidate_id))
             key = (run_id, s.candidate_id)
+            meta = metas.get(task_id_for(run_id, s.candidate_id))
             if meta and meta.get("status") == "PROGRESS":
                 self._first_seen.setdefault(key, now)
-            out.append(merge(s, meta, run_id, self._first_seen.get(key)))
+            c = merge(s, meta, run_id, self._first_seen.get(key))
+            if c.state == "done":
+                if c.log or s.candidate_id in wanted:
+                    self._done_log[key] = c.log
+                elif key in self._done_log:
+                    c = replace(c, log=self._done_log[key])
+            out.append(c)
         if summary.status in TERMINAL:
             for s in states:
                 self._first_seen.pop((run_id, s.candidate_id), None)
+                self._done_log.pop((run_id, s.candidate_id), None)
         return Snapshot(summary, out)
 
     # ------------------------------------------------------------------ streaming
@@ -312,10 +332,10 @@ class _Watch:
 
             client = aioredis.Redis.from_url(self.hub.redis_url, socket_connect_timeout=3)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
-            prefix = self.hub.backend.get_key_for_task("")
-            prefix = prefix.decode() if isinstance(prefix, bytes) else prefix
+            key = self.hub.backend.get_key_for_task(f"{self.run_id}:x")
+            key = key.decode() if isinstance(key, bytes) else key
             self._client = client
-            await pubsub.psubscribe(f"{prefix}{self.run_id}:*")
+            await pubsub.psubscribe(key[:-1] + "*")  # celery-task-meta-<run>:*
             return pubsub
         except Exception as exc:  # noqa: BLE001
             logger.warning("dashboard: no task events for run %s (%s); polling instead",
