@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
-import json
 import logging
 import secrets
 from datetime import UTC, datetime
@@ -34,8 +32,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -57,9 +53,10 @@ from dispatcher.web import security
 from dispatcher.web.charts import score_chart
 from dispatcher.web.data import Data, StoreUnavailable, scheduled
 from dispatcher.web.live import TERMINAL, LiveCandidate, LiveHub, Renderers
+from dispatcher.web.render import environment
 from dispatcher.web.settings import WebSettings
 from worker import config
-from worker.validation import InvalidInput, check_candidate_id, check_run_id, shorten
+from worker.validation import InvalidInput, check_candidate_id, check_run_id
 
 logger = logging.getLogger("dream_foundry.web")
 
@@ -68,124 +65,6 @@ PER_PAGE = 50
 HISTORY_LIMIT = 100
 RUN_STATUSES = ("queued", "running", "finished", "failed")
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
-
-
-# ---------------------------------------------------------------------------- formatting
-
-
-def _when(value: datetime | None) -> str:
-    return "—" if value is None else f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
-
-
-def _num(value: Any, digits: int = 1) -> str:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    return "—" if f != f else f"{f:.{digits}f}"
-
-
-def _secs(value: Any) -> str:
-    text = _num(value, 2)
-    return text if text == "—" else f"{text}s"
-
-
-def _clock(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else \
-        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _elapsed(c: LiveCandidate) -> str:
-    if c.state == "done":
-        return _secs(c.runtime_seconds)
-    if c.started_at is None:
-        return "—"
-    return _clock((datetime.now(UTC) - c.started_at).total_seconds())
-
-
-def _discord_html(text: str) -> Markup:
-    """A post as Discord shows it: worker/report.py's renderer escapes every character
-    before it adds markup, and links only http(s) URLs."""
-    from worker.report import markdown_to_html
-
-    return Markup(markdown_to_html(text))
-
-
-def _tail(output: str | None) -> str:
-    from worker.report import output_tail
-
-    return output_tail(output)
-
-
-def _cut(value: Any, limit: int) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _e(value: Any, limit: int = 1000) -> str:
-    return html.escape(_cut(value, limit), quote=True)
-
-
-def _details(value: Any) -> Markup:
-    """A judge's details (no fixed shape) as HTML. Every key and value is escaped here
-    (``html.escape``) before it meets markup; a function, not a template macro, because
-    a run page holds thousands of these cells (a macro made it 3x slower)."""
-    return Markup(_details_html(value, 0))
-
-
-def _details_html(value: Any, depth: int) -> str:
-    if isinstance(value, bool):
-        return '<span class="gate ok">✓</span>' if value else '<span class="gate no">✗</span>'
-    if value is None:
-        return "—"
-    if isinstance(value, str | int | float):
-        return _e(value)
-    if depth >= 3:
-        return f"<code>{_e(json.dumps(value, default=str), 300)}</code>"
-    if isinstance(value, dict):
-        if not value:
-            return "—"
-        if all(isinstance(v, dict) and isinstance(v.get("valid"), bool)
-               for v in value.values()):  # named checks: {valid, score?, details?}
-            out = []
-            for k, v in value.items():
-                score = v.get("score")
-                score = f" · {score:.0f}" if isinstance(score, int | float) \
-                    and not isinstance(score, bool) else ""
-                note = f' <span class="muted">{_e(v["details"], 300)}</span>' \
-                    if v.get("details") else ""
-                ok = v["valid"]
-                out.append(f'<div class="chk"><span class="gate {"ok" if ok else "no"}">'
-                           f'{"✓" if ok else "✗"} {_e(k)}{score}</span>{note}</div>')
-            return "".join(out)
-        return '<dl class="kv">' + "".join(
-            f"<dt>{_e(k)}</dt><dd>{_details_html(v, depth + 1)}</dd>"
-            for k, v in list(value.items())[:40]) + "</dl>"
-    if isinstance(value, list | tuple):
-        if not value:
-            return "—"
-        shown = value[:100]
-        more = f'<p class="muted">… {len(value) - 100} more</p>' if len(value) > 100 else ""
-        if all(isinstance(v, dict) for v in value):
-            cols = list(dict.fromkeys(k for row in value for k in row))[:10]
-            head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-            body = "".join("<tr>" + "".join(f"<td>{_details_html(row.get(c), depth + 1)}</td>"
-                                            for c in cols) + "</tr>" for row in shown)
-            return f'<table class="qd"><tr>{head}</tr>{body}</table>{more}'
-        return '<ul class="plain">' + "".join(
-            f"<li>{_details_html(v, depth + 1)}</li>" for v in shown) + f"</ul>{more}"
-    return _e(value)
-
-
-def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                      autoescape=select_autoescape(default=True, default_for_string=True),
-                      trim_blocks=True, lstrip_blocks=True, auto_reload=False)
-    env.filters.update(when=_when, num=_num, secs=_secs, elapsed=_elapsed, tail=_tail,
-                       discord=_discord_html, shorten=shorten, details=_details,
-                       epoch=lambda d: f"{d.timestamp():.3f}" if d else "")
-    return env
 
 
 # ---------------------------------------------------------------------------- the app
@@ -197,7 +76,7 @@ class Dashboard:
     def __init__(self, settings: WebSettings):
         self.settings = settings
         self.data = Data(settings)
-        self.env = _environment()
+        self.env = environment(HERE / "templates")
         backend = redis_url = None
         if config.is_distributed():
             from worker.app import app as celery_app
@@ -207,8 +86,7 @@ class Dashboard:
                 str(config.result_backend_url() or "").startswith(("redis://", "rediss://")) \
                 else None
         self.distributed = backend is not None
-        self.hub = LiveHub(self.data, Renderers(head=self._head_html, row=self._row_html,
-                                                final=lambda run_id: None),
+        self.hub = LiveHub(self.data, Renderers(head=self._head_html, row=self._row_html),
                            settings.poll_interval, backend=backend, redis_url=redis_url)
 
     # ------------------------------------------------------------------ rendering

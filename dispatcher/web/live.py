@@ -190,7 +190,8 @@ class LiveHub:
 
     async def stream(self, run_id: str) -> AsyncIterator[str]:
         """The run's events, as ``text/event-stream``: first the whole current state,
-        then each change, then ``final`` (the finished page) and the end."""
+        then each change, then ``final`` (where the finished page's body is) and the
+        end."""
         watch = self._watches.get(run_id)
         if watch is None or watch.done:
             watch = self._watches[run_id] = _Watch(self, run_id)
@@ -228,7 +229,6 @@ class Renderers:
 
     head: Callable[[Any], str]  # RunSummary -> the run's header
     row: Callable[[LiveCandidate], str]  # -> the candidate's table row
-    final: Callable[[str], str | None]  # run id -> the finished run's page body
 
 
 def _sse(event: str, data: Any) -> str:
@@ -244,7 +244,7 @@ class _Watch:
         self.queues: set[asyncio.Queue] = set()
         self.head: tuple[Any, str] | None = None
         self.rows: dict[str, tuple[LiveCandidate, str]] = {}
-        self.final: str | None = None
+        self.final: str | None = None  # the finished body's URL, once finished
         self.task: asyncio.Task | None = None
         self.done = False
         self._client = None  # the Redis client of the pub/sub
@@ -255,7 +255,7 @@ class _Watch:
             events.append(("head", {"html": self.head[1]}))
         events += [("cand", {"id": cid, "html": html}) for cid, (_, html) in self.rows.items()]
         if self.final is not None:
-            events.append(("final", {"html": self.final}))
+            events.append(("final", {"url": self.final}))
         return events
 
     def start(self) -> None:
@@ -287,9 +287,9 @@ class _Watch:
                 html = hub.render.row(c)
                 self.rows[c.candidate_id] = (c, html)
                 events.append(("cand", {"id": c.candidate_id, "html": html}))
-        if snap.terminal:
-            self.final = hub.render.final(self.run_id) or ""
-            events.append(("final", {"html": self.final}))
+        if snap.terminal:  # each page fetches its own finished body (its form tokens)
+            self.final = f"/runs/{self.run_id}/body"
+            events.append(("final", {"url": self.final}))
         return events
 
     async def _run(self) -> None:
