@@ -13,7 +13,8 @@ what it last sent, and renders only the candidates that changed, once, for every
 In distributed mode it sleeps on the result backend's own pub/sub channels (the Redis
 backend publishes every task state it stores) so a change shows within milliseconds;
 otherwise, and as a fallback, it reads every ``poll_interval`` seconds. It stops when
-the last page closes, or once the run is finished, after sending the finished page.
+the last page closes, or once the run is finished, after telling the pages where the
+finished body is (each fetches its own: it holds the session's form tokens).
 """
 
 from __future__ import annotations
