@@ -23,6 +23,7 @@ EXTRA_COMMANDS.append("dispatcher.reap")
 EXTRA_COMMANDS.append("dispatcher.resume")
 EXTRA_COMMANDS.append("dispatcher.competitions_cli")
 EXTRA_COMMANDS.append("dispatcher.store_cli")
+EXTRA_COMMANDS.append("dispatcher.web.cli")
 
 
 def _positive_int(text: str) -> int:

@@ -25,6 +25,7 @@ FORBIDDEN_SANDBOX_ENV = frozenset(
         "REDIS_PASSWORD",
         "FORGE_DATABASE_URL",
         "POSTGRES_PASSWORD",
+        "FORGE_WEB_TOKEN",
     }
 )
 
@@ -188,3 +189,15 @@ def budget_redis_url() -> str | None:
         if url and url.startswith(("redis://", "rediss://", "unix://")):
             return url
     return None
+
+
+def web_token() -> str | None:
+    """``FORGE_WEB_TOKEN``: the secret that signs a person in to ``forge web``. Unset, the
+    dashboard's actions are off and it binds only to loopback. A secret: never logged."""
+    return env("FORGE_WEB_TOKEN")
+
+
+def flower_url() -> str | None:
+    """``FORGE_FLOWER_URL``: Flower's address as a browser reaches it (the dashboard links
+    each candidate to its task there)."""
+    return env("FORGE_FLOWER_URL")
