@@ -2,6 +2,8 @@
 #   make demo   - install what is needed, run the demo competition (embedded mode)
 #   make test   - install what is needed (incl. redis-server, PostgreSQL, bubblewrap,
 #                 chromium), run ruff and the whole test suite
+#   make web    - serve the dashboard on http://127.0.0.1:8000/ (`make demo web`: the
+#                 demo, then its run in the dashboard)
 # Everything Python goes into .venv; system packages come from apt when missing.
 
 PYTHON ?= python3
@@ -9,10 +11,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps-demo system-deps-test lint bench clean
+.PHONY: demo test web setup system-deps-demo system-deps-test lint bench clean
 
 demo: setup system-deps-demo
 	$(VENV)/bin/forge run
+
+# The dashboard on the local run store (artifacts/forge.db, or FORGE_DATABASE_URL); no
+# server to start: it reads what `make demo` (or any `forge run`) recorded.
+web: setup
+	$(VENV)/bin/forge web
 
 test: setup system-deps-test
 	$(VENV)/bin/ruff check .

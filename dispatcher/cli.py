@@ -24,6 +24,7 @@ EXTRA_COMMANDS.append("dispatcher.resume")
 EXTRA_COMMANDS.append("dispatcher.competitions_cli")
 EXTRA_COMMANDS.append("dispatcher.store_cli")
 EXTRA_COMMANDS.append("dispatcher.doctor")
+EXTRA_COMMANDS.append("dispatcher.web.cli")
 
 
 def _positive_int(text: str) -> int:
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     from worker.validation import InvalidInput
 
     try:
-        if args.command != "doctor":  # doctor reports a bad setting instead of stopping
+        # doctor reports a bad setting instead of stopping; the web app sets itself up
+        if args.command not in ("doctor", "web"):
             observability.setup_process("cli")  # JSON logs, Sentry: when configured
         return handler(args)
     except (ConfigError, InvalidInput) as exc:

@@ -73,7 +73,8 @@ def check_options(args: list[str], help_text: str) -> None:
 
 
 def test_services_and_volumes():
-    assert set(SERVICES) == {"redis", "postgres", "worker", "beat", "flower", "prometheus"}
+    assert set(SERVICES) == {"redis", "postgres", "worker", "beat", "flower", "web",
+                             "prometheus"}
     declared = set(COMPOSE["volumes"])
     for name, svc in SERVICES.items():
         for mount in svc.get("volumes", []):
@@ -109,7 +110,7 @@ def test_redis_is_durable_authenticated_and_health_checked():
 
 
 def test_celery_services_share_broker_and_artifacts():
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "beat", "flower", "web"):
         env = SERVICES[name]["environment"]
         for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
             assert env[key].startswith("redis://:${REDIS_PASSWORD") and "@redis:6379/" in env[key]
@@ -121,6 +122,7 @@ def test_celery_services_share_broker_and_artifacts():
     # Secrets for candidates and Discord go to workers only.
     assert {"path": ".env", "required": False} in worker["env_file"]
     assert "env_file" not in SERVICES["beat"] and "env_file" not in SERVICES["flower"]
+    assert "env_file" not in SERVICES["web"]
 
 
 def test_postgres_is_the_run_store_of_workers_and_beat():
@@ -136,7 +138,7 @@ def test_postgres_is_the_run_store_of_workers_and_beat():
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     assert all(p.startswith("127.0.0.1:") for p in pg.get("ports", []))
     password = env_example_values()["POSTGRES_PASSWORD"]
-    for name in ("worker", "beat"):
+    for name in ("worker", "beat", "web"):
         svc = SERVICES[name]
         url = parse_url(interpolate(svc["environment"]["FORGE_DATABASE_URL"]))
         assert (url.get_backend_name(), url.get_driver_name()) == ("postgresql", "psycopg")
@@ -203,6 +205,51 @@ def test_every_command_line_exists_with_its_options(service):
         assert pool in help_text
     if service == "flower":  # set through the environment: the option must exist
         assert "--basic-auth" in help_text
+
+
+def forge_help(args: list[str]) -> str:
+    """``forge <subcommand> --help`` in this virtualenv."""
+    assert args[0] == "forge", args
+    env = forge_env(None, ROOT / "artifacts")
+    done = subprocess.run([sys.executable, "-m", "dispatcher.cli", args[1], "--help"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_web_serves_the_store_on_loopback_by_default_with_a_token():
+    """The dashboard binds 0.0.0.0 in its container, which `forge web` allows only with
+    FORGE_WEB_TOKEN: compose requires it, .env.example's is a placeholder (so an
+    unchanged copy is refused, not served with a known token), and the host sees it on
+    127.0.0.1 unless FORGE_WEB_BIND says otherwise."""
+    from dispatcher.web.settings import check_bind
+    from worker.config import ConfigError, is_placeholder
+
+    web = SERVICES["web"]
+    cmd = argv(web["command"])
+    assert cmd == ["forge", "web", "--host", "0.0.0.0", "--port", "8000"]
+    check_options(["forge", "web", "x", *cmd[2:]], forge_help(cmd))
+    env = web["environment"]
+    assert env["FORGE_WEB_TOKEN"].startswith("${FORGE_WEB_TOKEN:?")
+    assert is_placeholder(env_example_values()["FORGE_WEB_TOKEN"])
+    with pytest.raises(ConfigError):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "a-real-token-of-32-characters-xx")  # with one: allowed
+    # The store of workers and beat, the broker for live state and starting runs.
+    assert env["FORGE_DATABASE_URL"] == SERVICES["worker"]["environment"]["FORGE_DATABASE_URL"]
+    assert env["CELERY_BROKER_URL"] == SERVICES["worker"]["environment"]["CELERY_BROKER_URL"]
+    assert web["depends_on"]["postgres"]["condition"] == "service_healthy"
+    (published,) = web["ports"]
+    assert published.startswith("${FORGE_WEB_BIND:-127.0.0.1}:")
+    assert interpolate(published) == "127.0.0.1:8000:8000"
+    assert interpolate(published).rsplit(":", 1)[1] == cmd[cmd.index("--port") + 1]
+    assert "/healthz" in " ".join(web["healthcheck"]["test"])
+    assert "8000" in " ".join(web["healthcheck"]["test"])
+    assert interpolate(env["FORGE_FLOWER_URL"]).startswith("http://127.0.0.1:")
+    # Re-posting writes the run directory's discord.json: the workers' volume.
+    artifacts = SERVICES["worker"]["environment"]["FORGE_ARTIFACTS_DIR"]
+    assert f"artifacts:{artifacts}" in web["volumes"]
+    assert env["FORGE_ARTIFACTS_DIR"] == artifacts
 
 
 def test_the_worker_health_check_command_exists():

@@ -25,6 +25,7 @@ FORBIDDEN_SANDBOX_ENV = frozenset(
         "REDIS_PASSWORD",
         "FORGE_DATABASE_URL",
         "POSTGRES_PASSWORD",
+        "FORGE_WEB_TOKEN",
     }
 )
 
@@ -234,7 +235,14 @@ def metrics_dir() -> str | None:
     return env("FORGE_METRICS_DIR")
 
 
+def web_token() -> str | None:
+    """``FORGE_WEB_TOKEN``: the secret that signs a person in to ``forge web``. Unset, the
+    dashboard's actions are off and it binds only to loopback. A secret: never logged."""
+    return env("FORGE_WEB_TOKEN")
+
+
 def flower_url() -> str | None:
-    """``FORGE_FLOWER_URL``: the Flower that watches this cluster (``forge doctor`` checks
-    it answers). May carry credentials: show it only through :func:`redact_url`."""
+    """``FORGE_FLOWER_URL``: Flower's address as a browser reaches it (the dashboard links
+    each candidate to its task there; ``forge doctor`` checks it answers). May carry
+    credentials: show it only through :func:`redact_url`."""
     return env("FORGE_FLOWER_URL")

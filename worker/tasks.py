@@ -168,6 +168,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
                 "log": lines[-LOG_WINDOW:],
                 "worker": me,
                 "attempt": attempt,
+                "started": entered,  # epoch: the dashboard's elapsed time counts from it
             })
         except Exception as exc:  # noqa: BLE001 - e.g. redis ConnectionError
             logger.warning("[%s] %s progress not stored: %s", task.run_id,

@@ -13,6 +13,7 @@ sandbox backend failure, a store write, a sandbox's life, a wait for a slot).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -47,10 +48,10 @@ def install() -> None:
         signal.connect(receiver, weak=False)
 
 
-def setup_process(service: str) -> None:
-    """A process Celery does not start (``cli``, ``web``): JSON logs and Sentry when
-    configured. One call at its entry point."""
-    logs.setup_process()
+def setup_process(service: str, level: int = logging.WARNING) -> None:
+    """A process Celery does not start (``cli``, ``web``): JSON logs (from ``level`` up)
+    and Sentry when configured. One call at its entry point; idempotent."""
+    logs.setup_process(level)
     sentry.init(service)
 
 

@@ -7,7 +7,8 @@ Two nets, because either alone misses something:
   the Discord webhook URL (with ``?wait=true``, and its id and token on their own), the
   password of every URL in the environment (broker, result backend, store, Flower),
   ``REDIS_PASSWORD``, ``POSTGRES_PASSWORD``, ``FLOWER_BASIC_AUTH`` (and its base64 form,
-  as an ``Authorization`` header carries it), the Sentry DSN and its key, and any
+  as an ``Authorization`` header carries it), the Sentry DSN and its key, the dashboard's
+  ``FORGE_WEB_TOKEN``, and any
   variable whose name says it holds a secret (``*_KEY``, ``*_TOKEN``, ``*_SECRET``,
   ``*_PASSWORD``...). Values passed into sandboxes are added as tasks name them (their
   allow-list), and from the competitions file at start. Each is replaced wherever it
@@ -36,7 +37,7 @@ MIN_GUESSED = 6
 
 # Variables that are secrets by name (their whole value).
 SECRET_VARIABLES = ("DAYTONA_API_KEY", "DISCORD_WEBHOOK_URL", "REDIS_PASSWORD",
-                    "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH", "SENTRY_DSN")
+                    "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH", "SENTRY_DSN", "FORGE_WEB_TOKEN")
 # A name with one of these parts holds a secret (API_KEY, GITHUB_TOKEN, DB_PASSWORD...).
 SECRET_NAME_PARTS = frozenset({"KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD",
                                "PASS", "AUTH", "CREDENTIAL", "CREDENTIALS", "DSN", "WEBHOOK",
