@@ -290,3 +290,40 @@ def test_the_scrubber_knows_each_kind_of_secret():
     assert out.count(FILTERED) >= 9
     nested = scrubber.scrub_data({"a": [hook, {"k": ("ghp_abcdef123456",)}], "n": 3})
     assert nested == {"a": [FILTERED, {"k": [FILTERED]}], "n": 3}
+
+
+WEB = """
+import os, sys
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from dispatcher.web.app import create_app
+from dispatcher.web.settings import WebSettings
+
+app = create_app(WebSettings(artifacts_dir=sys.argv[1]))
+
+def boom(request):
+    raise RuntimeError("dashboard bug; token " + os.environ["FORGE_WEB_TOKEN"])
+
+app.router.routes.append(Route("/boom", boom))
+with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as client:
+    print("STATUS", client.get("/boom").status_code)
+from worker.observability import sentry
+sentry.flush(10)
+"""
+
+
+def test_the_web_app_reports_its_errors(tmp_path):
+    """create_app is the dashboard's one-call set-up: an unexpected error in a request
+    is an event tagged service=web, its secret scrubbed."""
+    token = f"web-token-{TOKEN}-0123456789"
+    with SentryReceiver() as receiver:
+        env = {**forge_env(None, tmp_path / "artifacts"), "SENTRY_DSN": receiver.dsn,
+               "FORGE_WEB_TOKEN": token}
+        done = subprocess.run([sys.executable, "-c", WEB, str(tmp_path / "artifacts")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "STATUS 500" in done.stdout, done.stderr[-3000:]
+        [event] = receiver.wait_for(lambda e: e.get("exception"))
+        assert event["tags"]["service"] == "web"
+        assert event["exception"]["values"][-1]["mechanism"]["type"] == "starlette"  # once
+        assert event["exception"]["values"][-1]["value"] == "dashboard bug; token [Filtered]"
+        scrubbed_everywhere(receiver, [token])

@@ -77,6 +77,12 @@ def init(service: str) -> bool:
             LoggingIntegration(level=logging.INFO, event_level=logging.ERROR),
         ],
     )
+    if service == "web":
+        # The dashboard logs each failed request it answers with its error page; the
+        # SDK's Starlette integration already reports the exception itself: once is enough.
+        from sentry_sdk.integrations.logging import ignore_logger
+
+        ignore_logger("dream_foundry.web")
     sentry_sdk.get_global_scope().set_tag("service", service)
     _service = service
     return True
