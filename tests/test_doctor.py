@@ -83,7 +83,7 @@ def by_name(lines: list[str]) -> dict[str, str]:
     return found
 
 
-def test_doctor_on_a_good_set_up(parts, tmp_path):
+def test_doctor_on_a_good_set_up(parts, tmp_path, workers):
     tmp, redis, flower_port, conf, emulator = parts
     from worker.store import open_store
     from worker.store.db import dispose_all
@@ -98,14 +98,19 @@ def test_doctor_on_a_good_set_up(parts, tmp_path):
                     FORGE_FLOWER_URL=f"http://admin:{FLOWER_PW}@127.0.0.1:{flower_port}",
                     SENTRY_DSN=f"https://{DSN_KEY}@o1.ingest.sentry.io/4242")
     created = len(emulator.created)
+    # Before any worker runs: the one optional ✗, which does not fail doctor.
+    code, lines, output = doctor(env)
+    checks = by_name(lines)
+    assert code == 0, output
+    assert checks["workers"].startswith("✗ workers (optional): none answered")
+    assert "— fix: start one: celery -A worker worker" in checks["workers"]
+    workers(env, n=1, concurrency=1, pool="solo", prefix="doc")
     code, lines, output = doctor(env)
     checks = by_name(lines)
     assert sorted(checks) == sorted(CHECKS), lines
     assert code == 0, output
-    # No worker runs in this test: the one optional ✗, which does not fail doctor.
-    assert checks["workers"].startswith("✗ workers (optional): none answered")
-    assert "— fix: start one: celery -A worker worker" in checks["workers"]
-    assert all(line.startswith("✓") for name, line in checks.items() if name != "workers")
+    assert all(line.startswith("✓") for line in checks.values()), lines
+    assert checks["workers"].startswith("✓ workers: 1 answer (doc1@"), checks["workers"]
     assert f"redis://:***@127.0.0.1:{redis.port}/0 answers" in checks["broker"]
     assert "at schema" in checks["store"] and "forge.db" in checks["store"]
     assert "accepted the key; 0 of our sandboxes alive" in checks["daytona"]

@@ -198,8 +198,20 @@ LOG_FORMATS = ("text", "json")
 
 def sentry_dsn() -> str | None:
     """Sentry's DSN. Unset: the SDK is never imported and nothing is sent. A secret (its
-    key authenticates the sender): never printed."""
-    return env("SENTRY_DSN")
+    key authenticates the sender): never printed, not even when it is refused."""
+    dsn = env("SENTRY_DSN")
+    if dsn is None:
+        return None
+    try:
+        parts = urlsplit(dsn)
+        ok = (parts.scheme in ("http", "https") and bool(parts.username)
+              and bool(parts.hostname) and parts.path.rstrip("/").rsplit("/", 1)[-1].isdigit())
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError("SENTRY_DSN is not a Sentry DSN (https://<key>@<host>/<project>); "
+                          "copy it from the Sentry project's settings, Client Keys")
+    return dsn
 
 
 def log_format() -> str:
@@ -214,7 +226,7 @@ def log_format() -> str:
 
 def metrics_port() -> int | None:
     """``FORGE_METRICS_PORT``: the worker's main process serves Prometheus metrics on it.
-    Unset: no metrics (prometheus_client is not even imported)."""
+    Unset: no metrics (none defined, none served)."""
     if env("FORGE_METRICS_PORT") is None:
         return None
     port = env_int("FORGE_METRICS_PORT", 9808)

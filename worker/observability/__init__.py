@@ -1,8 +1,8 @@
 """Observability: Sentry events, structured logs and Prometheus metrics (docs/observability.md).
 
 All three are off by default and then cost nothing: without ``SENTRY_DSN`` the SDK is
-never imported, without ``FORGE_METRICS_PORT`` prometheus_client is not, and logs stay
-Celery's plain text unless ``FORGE_LOG_FORMAT=json``.
+never imported, without ``FORGE_METRICS_PORT`` no metric is defined or served, and logs
+stay Celery's plain text unless ``FORGE_LOG_FORMAT=json``.
 
 Hooks, so the tasks themselves need no edits: Celery signals (connected by
 :func:`install`, which ``worker/app.py`` calls once) for workers and beat;
@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import signals
 
+from worker import config
 from worker.observability import context, logs, metrics, sentry
 
 __all__ = ["candidate_state", "install", "report", "sandbox_alive", "setup_process"]
@@ -31,6 +32,11 @@ def install() -> None:
     global _installed
     if _installed:
         return
+    # A bad value stops the process here, with the fix (as the app's other settings do),
+    # rather than later inside a signal, where Celery would only log it.
+    config.log_format()
+    config.metrics_port()
+    config.sentry_dsn()
     _installed = True
     for signal, receiver in (
         (signals.celeryd_init, _worker_init),

@@ -1,7 +1,8 @@
 """Prometheus metrics of competitions (names, labels and meaning: docs/observability.md).
 
 **Export.** With ``FORGE_METRICS_PORT`` set, a worker's main process serves ``/metrics``
-on it; without it nothing is measured and ``prometheus_client`` is not imported.
+on it; without it nothing is defined or measured (this code never imports
+``prometheus_client`` then; Celery's command line may, through Flower's plugin).
 
 **Prefork.** Candidates run in pool processes, a scrape reaches the main process: so
 this uses prometheus_client's multiprocess mode. Each process writes its values to
@@ -104,6 +105,8 @@ def init_worker() -> bool:
     values.ValueClass = values.get_value_class()  # in case it was imported before
     _dir = directory
     _m = _define()
+    for backend in ("local", "daytona"):  # 0, not absent, while none is alive: the main
+        _m.sandboxes.labels(backend)  # process (never recycled) holds the zero samples
     return True
 
 
