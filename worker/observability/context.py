@@ -40,8 +40,11 @@ current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
 worker_name: str | None = None
 
 
+MAX_FIELD = 200  # characters: a message from the broker is not trusted to be sane
+
+
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_FIELD else None
 
 
 def from_task(task: Any, task_id: str | None, args: Any) -> TaskContext:

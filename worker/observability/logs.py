@@ -28,7 +28,9 @@ from worker.observability import context
 
 # Attributes every LogRecord has; anything else a caller passed in ``extra`` is a field.
 _STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {
-    "message", "asctime", "data"}  # data: Celery's copy of its own message arguments
+    "message", "asctime",
+    "data",  # Celery's copy of its own message arguments
+    "color_message"}  # uvicorn's copy of its message with terminal colours
 
 
 def enabled() -> bool:
