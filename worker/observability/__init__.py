@@ -17,8 +17,6 @@ import logging
 import os
 from typing import Any
 
-from celery import signals
-
 from worker import config
 from worker.observability import context, logs, metrics, sentry
 
@@ -38,6 +36,9 @@ def install() -> None:
     config.metrics_port()
     config.sentry_dsn()
     _installed = True
+    from celery import signals  # here: the lifecycle imports this package, also where
+    # there is no Celery (a sandbox test's bare interpreter)
+
     for signal, receiver in (
         (signals.celeryd_init, _worker_init),
         (signals.celeryd_after_setup, _worker_after_setup),
