@@ -23,6 +23,7 @@ EXTRA_COMMANDS.append("dispatcher.reap")
 EXTRA_COMMANDS.append("dispatcher.resume")
 EXTRA_COMMANDS.append("dispatcher.competitions_cli")
 EXTRA_COMMANDS.append("dispatcher.store_cli")
+EXTRA_COMMANDS.append("dispatcher.doctor")
 EXTRA_COMMANDS.append("dispatcher.web.cli")
 
 
@@ -315,10 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = getattr(args, "func", None) or COMMANDS[args.command]
+    from worker import observability
     from worker.config import ConfigError
     from worker.validation import InvalidInput
 
     try:
+        # doctor reports a bad setting instead of stopping; the web app sets itself up
+        if args.command not in ("doctor", "web"):
+            observability.setup_process("cli")  # JSON logs, Sentry: when configured
         return handler(args)
     except (ConfigError, InvalidInput) as exc:
         return _err(str(exc))

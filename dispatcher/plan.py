@@ -47,8 +47,10 @@ _LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False,
 def _fingerprinted(task: CandidateTask) -> dict:
     """The task fields that define the competition: not the run id or script text (the
     sha256 stands for it), not the sandbox budget (how many run at once changes no
-    result), and later fields only when they differ from their defaults."""
-    doc = {k: v for k, v in task.to_dict().items() if k not in ("run_id", "script", "budget")}
+    result) nor the competition's name (a label), and later fields only when they differ
+    from their defaults."""
+    doc = {k: v for k, v in task.to_dict().items()
+           if k not in ("run_id", "script", "budget", "competition")}
     for key, default in _LATER_DEFAULTS.items():
         if doc.get(key) == default:
             del doc[key]
@@ -135,6 +137,7 @@ def plan_run(
             exclusive=one_per_core,
             daytona=daytona,
             budget=budget,
+            competition=competition,
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
         for c in manifest.candidates

@@ -239,10 +239,12 @@ class CeleryWorker:
     """A real ``celery -A worker worker`` process."""
 
     def __init__(self, env: dict[str, str], name: str, logdir: Path, concurrency: int = 2,
-                 pool: str = "prefork", extra_args: tuple[str, ...] = ()):
+                 pool: str = "prefork", extra_args: tuple[str, ...] = (),
+                 split_stdout: bool = False):
         self.env = env
         self.name = name
-        self.logfile = Path(logdir) / f"{name}.log"
+        self.logfile = Path(logdir) / f"{name}.log"  # stderr (and stdout unless split)
+        self.stdout_file = Path(logdir) / f"{name}.out" if split_stdout else None
         self.concurrency = concurrency
         self.pool = pool
         self.extra_args = extra_args
@@ -253,8 +255,12 @@ class CeleryWorker:
                 "-n", f"{self.name}@%h", "-c", str(self.concurrency), "-P", self.pool,
                 "--without-mingle", "--without-gossip", *self.extra_args]
         self.log = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        out = open(self.stdout_file, "ab") if self.stdout_file else None
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=out or self.log,
+                                     stderr=self.log if out else subprocess.STDOUT,
+                                     start_new_session=True)
+        if out:
+            out.close()  # the child has its own copy
         if wait_ready:
             self.wait_ready()
         return self

@@ -73,15 +73,23 @@ def check_options(args: list[str], help_text: str) -> None:
 
 
 def test_services_and_volumes():
-    assert set(SERVICES) == {"redis", "postgres", "worker", "beat", "flower", "web"}
+    assert set(SERVICES) == {"redis", "postgres", "worker", "beat", "flower", "web",
+                             "prometheus"}
     declared = set(COMPOSE["volumes"])
     for name, svc in SERVICES.items():
         for mount in svc.get("volumes", []):
             source = mount.split(":")[0]
+            if source.startswith("./"):  # a file of the repository, read-only
+                assert (ROOT / source).is_file() and mount.endswith(":ro"), (name, mount)
+                continue
             assert source in declared, (name, mount)
         assert "container_name" not in svc, name  # would stop --scale
     assert declared == {"redis-data", "postgres-data", "artifacts", "beat-state",
-                        "flower-state"}
+                        "flower-state", "prometheus-data"}
+    # Prometheus is optional (a profile) and, like Flower, published on loopback only.
+    prom = SERVICES["prometheus"]
+    assert prom["profiles"] == ["monitoring"]
+    assert all(interpolate(p).startswith("127.0.0.1:") for p in prom["ports"])
 
 
 def test_redis_is_durable_authenticated_and_health_checked():

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker import config
+from worker import config, observability
 
 config.load_dotenv_once()
+observability.install()  # Sentry, JSON logs, metrics: Celery signals, inert unless configured
 
 # The longest candidate deadline we plan for; the visibility timeout must exceed it,
 # or Redis redelivers a task that is still running (it would run twice).

@@ -191,6 +191,62 @@ def budget_redis_url() -> str | None:
     return None
 
 
+# -- observability (worker/observability/; reference in docs/observability.md) -----------
+
+LOG_FORMATS = ("text", "json")
+
+
+def sentry_dsn() -> str | None:
+    """Sentry's DSN. Unset: the SDK is never imported and nothing is sent. A secret (its
+    key authenticates the sender): never printed, not even when it is refused."""
+    dsn = env("SENTRY_DSN")
+    if dsn is None:
+        return None
+    try:
+        parts = urlsplit(dsn)
+        ok = (parts.scheme in ("http", "https") and bool(parts.username)
+              and bool(parts.hostname) and parts.path.rstrip("/").rsplit("/", 1)[-1].isdigit())
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError("SENTRY_DSN is not a Sentry DSN (https://<key>@<host>/<project>); "
+                          "copy it from the Sentry project's settings, Client Keys")
+    return dsn
+
+
+def log_format() -> str:
+    """``FORGE_LOG_FORMAT``: ``text`` (Celery's plain lines, the default) or ``json`` (one
+    JSON object per line, for a log pipeline)."""
+    value = (env("FORGE_LOG_FORMAT", "text") or "text").lower()
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"FORGE_LOG_FORMAT={value!r} is not a log format; use "
+                          f"{' or '.join(LOG_FORMATS)}")
+    return value
+
+
+def metrics_port() -> int | None:
+    """``FORGE_METRICS_PORT``: the worker's main process serves Prometheus metrics on it.
+    Unset: no metrics (none defined, none served)."""
+    if env("FORGE_METRICS_PORT") is None:
+        return None
+    port = env_int("FORGE_METRICS_PORT", 9808)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"FORGE_METRICS_PORT={port} is not a TCP port; e.g. 9808")
+    return port
+
+
+def metrics_addr() -> str:
+    """Address the metrics port binds (default every interface, as Prometheus scrapes
+    containers; 127.0.0.1 keeps it to this machine)."""
+    return env("FORGE_METRICS_ADDR", "0.0.0.0") or "0.0.0.0"
+
+
+def metrics_dir() -> str | None:
+    """``FORGE_METRICS_DIR``: where the pool processes keep their metric files (one worker
+    per directory; wiped when the worker starts). Unset: a fresh temporary directory."""
+    return env("FORGE_METRICS_DIR")
+
+
 def web_token() -> str | None:
     """``FORGE_WEB_TOKEN``: the secret that signs a person in to ``forge web``. Unset, the
     dashboard's actions are off and it binds only to loopback. A secret: never logged."""
@@ -199,5 +255,6 @@ def web_token() -> str | None:
 
 def flower_url() -> str | None:
     """``FORGE_FLOWER_URL``: Flower's address as a browser reaches it (the dashboard links
-    each candidate to its task there)."""
+    each candidate to its task there; ``forge doctor`` checks it answers). May carry
+    credentials: show it only through :func:`redact_url`."""
     return env("FORGE_FLOWER_URL")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from worker import observability
 from worker.records import CandidateResult, CandidateTask
 from worker.sandbox.base import CreateStatus, SandboxBackend, SandboxError, SandboxRequest
 
@@ -86,6 +87,7 @@ def run_lifecycle(
     def state(name: str) -> None:
         if name != shown[0]:
             shown[0] = name
+            observability.candidate_state(backend.name, name)
             if on_state is not None:
                 on_state(name)
 
@@ -97,9 +99,12 @@ def run_lifecycle(
         result.timings[name] = round(result.timings.get(name, 0.0) + t - mark[0], 6)
         mark[0] = t
 
-    def fail(message: str) -> CandidateResult:
+    def fail(message: str, error: BaseException | None = None) -> CandidateResult:
+        """``error``: the backend's or our own failure, not the candidate's: reported."""
         result.error_message = message
         log(f"[Error] {message}")
+        if error is not None:
+            observability.report(error, "sandbox_backend", backend=backend.name)
         return result
 
     try:
@@ -122,7 +127,7 @@ def run_lifecycle(
             try:
                 reservation = backend.reserve(request, log)
             except OSError as exc:
-                return fail(f"Could not reserve a core for this exclusive competition: {exc}")
+                return fail(f"Could not reserve a core for this exclusive competition: {exc}", exc)
             phase("reserve")  # waiting for a core is not the candidate's runtime
             t0 = mark[0]
         log(f"[{label}] Creating sandbox...")
@@ -130,13 +135,14 @@ def run_lifecycle(
             sandbox = backend.create(request, log, status)
         except SandboxError as exc:
             result.sandbox_id = exc.sandbox_id
-            return fail(f"Sandbox creation failed: {exc}")
+            return fail(f"Sandbox creation failed: {exc}", exc)
         finally:
             result.warnings.extend(status.warnings)
             result.stuck_sandboxes.extend(status.stuck)
         if shown[0] == "waiting":
             state("running")
         phase("create")
+        observability.sandbox_alive(backend.name, +1)
         result.sandbox_id = sandbox.id
         result.isolation = sandbox.isolation
         log(f"[{label}] Sandbox ready: {sandbox.id[:8]}...")
@@ -145,7 +151,7 @@ def run_lifecycle(
             sandbox.upload(task.script.encode("utf-8"), f"{sandbox.workdir}/{SCRIPT_NAME}",
                            task.upload_timeout)
         except SandboxError as exc:
-            return fail(f"Upload failed: {exc}")
+            return fail(f"Upload failed: {exc}", exc)
         phase("upload")
         log(f"[{label}] Script uploaded")
 
@@ -201,9 +207,9 @@ def run_lifecycle(
         result.success = True
         return result
     except SandboxError as exc:
-        return fail(f"{exc.phase} failed: {exc}")
+        return fail(f"{exc.phase} failed: {exc}", exc)
     except Exception as exc:  # noqa: BLE001 - the chord must never see an exception
-        return fail(f"Internal error ({type(exc).__name__}): {exc}")
+        return fail(f"Internal error ({type(exc).__name__}): {exc}", exc)
     finally:
         if sandbox is not None:
             phase("collect")
@@ -215,6 +221,7 @@ def run_lifecycle(
                 result.warnings.append(warning)
                 result.stuck_sandboxes.append(sandbox.id)
                 log(f"[Warn] {warning}")
+            observability.sandbox_alive(backend.name, -1)
             phase("delete")
         if reservation is not None:
             reservation.release()

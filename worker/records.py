@@ -230,6 +230,7 @@ class CandidateTask:
     exclusive: bool = False
     daytona: DaytonaSpec = field(default_factory=DaytonaSpec)
     budget: SandboxBudget = field(default_factory=SandboxBudget)
+    competition: str | None = None  # the scheduled competition, for logs and error events
 
     @property
     def task_id(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
-from worker import tasklog
+from worker import observability, tasklog
 from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
 from worker.lifecycle import worker_name
 from worker.progress import ProgressWriter
@@ -210,6 +210,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     try:
         backend = get_backend(task.execution_mode)
     except Exception as exc:  # noqa: BLE001 - e.g. the SDK missing on this worker
+        observability.report(exc, "sandbox_backend", backend=task.execution_mode)
         result = CandidateResult(candidate_id=task.candidate_id,
                                  execution_mode=task.execution_mode, worker=me,
                                  error_message=f"{exc}")

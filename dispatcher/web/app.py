@@ -55,7 +55,7 @@ from dispatcher.web.data import Data, StoreUnavailable, scheduled
 from dispatcher.web.live import TERMINAL, LiveCandidate, LiveHub, Renderers
 from dispatcher.web.render import environment
 from dispatcher.web.settings import WebSettings
-from worker import config
+from worker import config, observability
 from worker.validation import InvalidInput, check_candidate_id, check_run_id
 
 logger = logging.getLogger("dream_foundry.web")
@@ -387,6 +387,7 @@ def finished_view(detail) -> dict[str, Any]:
 
 def create_app(settings: WebSettings) -> Starlette:
     """The dashboard for ``settings`` (see :mod:`dispatcher.web.settings`)."""
+    observability.setup_process("web", logging.INFO)  # Sentry, JSON logs: when configured
     d = Dashboard(settings)
     routes = [
         Route("/", d.competitions_page),

@@ -39,13 +39,15 @@ def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dispatcher.web.app import create_app
+    from worker.observability import logs
 
-    handler = logging.StreamHandler()  # the dashboard's own lines, beside uvicorn's
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-    ours = logging.getLogger("dream_foundry")
-    ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
+    if not logs.enabled():  # FORGE_LOG_FORMAT=json: the root's JSON handler takes it all
+        handler = logging.StreamHandler()  # the dashboard's own lines, beside uvicorn's
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        ours = logging.getLogger("dream_foundry")
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
 
     app = create_app(settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host
@@ -54,5 +56,6 @@ def cmd_web(args: argparse.Namespace) -> int:
           f"actions {'on: sign in with FORGE_WEB_TOKEN' if settings.token else 'off'})",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", server_header=False,
-                proxy_headers=False, timeout_graceful_shutdown=2, access_log=True)
+                proxy_headers=False, timeout_graceful_shutdown=2, access_log=True,
+                **({"log_config": None} if logs.enabled() else {}))  # None: ours, not its
     return 0

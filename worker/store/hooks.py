@@ -34,7 +34,7 @@ from celery.signals import (
     worker_ready,
 )
 
-from worker import config
+from worker import config, observability
 from worker.records import CandidateResult, ForgeResult, RunSpec
 
 if TYPE_CHECKING:
@@ -248,6 +248,7 @@ def record_finished(result: ForgeResult, artifacts_dir: str | os.PathLike | None
         store = _store(url)
         store.write_finished(result)
     except Exception as exc:  # noqa: BLE001 - the run directory holds it: retry later
+        observability.report(exc, "store_write", run_id=result.run_id)
         importer.park(artifacts, result.run_id, result.artifacts_dir, _reason(exc))
         logger.warning("[%s] run store %s not written (%s); the run directory has the "
                        "whole run and the write is retried (a worker start, beat, the next "
