@@ -15,6 +15,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from worker import trace
 from worker.records import DEFAULT_OBJECTIVE
 
 # Modules that add a subcommand: each has register(subparsers) setting func=handler.
@@ -148,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mode = (f"distributed (broker {config.redact_url(config.broker_url() or '')})"
                 if distributed else "embedded (in-process worker)")
         ui.header(out, plan, mode)
+        trace.mark("planned")
         t0 = time.monotonic()
         if args.detach:
             from dispatcher import dispatch
@@ -163,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         with ui.Progress(out, plan) as progress:
             result = execute(plan, log_callback=progress.log, on_tick=progress.tick)
+        trace.mark("display.closed")
     except (ManifestError, config.ConfigError, ValueError) as exc:
         return _err(str(exc))
     except KeyboardInterrupt:
@@ -174,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ui.summary(out, result, time.monotonic() - t0)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    trace.mark("printed")
     return 0
 
 
@@ -310,6 +314,7 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "post": cmd_
 
 
 def main(argv: list[str] | None = None) -> int:
+    trace.mark("cli.main")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -8,7 +8,7 @@ from dispatcher import dispatch
 from dispatcher.manifest import Manifest, load_manifest
 from dispatcher.plan import RunPlan, plan_run
 from dispatcher.tracker import LogCallback, RunTracker
-from worker import config
+from worker import config, trace
 from worker.records import DEFAULT_OBJECTIVE, ForgeResult, Limits
 from worker.validation import check_artifacts_dir, check_objective, check_run_id, check_timeout
 
@@ -95,12 +95,18 @@ def execute(
     from dispatcher.embedded import embedded_worker
     from worker.app import app
 
+    trace.mark("worker.starting")
     width = max(1, min(len(plan.tasks), MAX_EMBEDDED_CONCURRENCY))
     with embedded_worker(app, width):
+        trace.mark("worker.ready")
         dispatch.publish(plan)
+        trace.mark("published")
         if on_published:
             on_published(plan)
-        return dispatch.wait(plan, on_log=log_callback, on_tick=on_tick)
+        result = dispatch.wait(plan, on_log=log_callback, on_tick=on_tick)
+        trace.mark("result")
+    trace.mark("worker.stopped")
+    return result
 
 
 def run_forge(

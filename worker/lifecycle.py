@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from worker import observability
+from worker import observability, trace
 from worker.records import CandidateResult, CandidateTask
 from worker.sandbox.base import CreateStatus, SandboxBackend, SandboxError, SandboxRequest
 
@@ -79,6 +79,7 @@ def run_lifecycle(
     )
     label = backend.label
     t0 = time.monotonic()
+    trace.mark(f"cand.begin {task.candidate_id}")
     sandbox = None
     reservation = None
     mark = [t0]
@@ -98,6 +99,7 @@ def run_lifecycle(
         t = time.monotonic()
         result.timings[name] = round(result.timings.get(name, 0.0) + t - mark[0], 6)
         mark[0] = t
+        trace.mark(f"cand.{name} {task.candidate_id}")
 
     def fail(message: str, error: BaseException | None = None) -> CandidateResult:
         """``error``: the backend's or our own failure, not the candidate's: reported."""

@@ -17,7 +17,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
-from worker import observability, tasklog
+from worker import observability, tasklog, trace
 from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
 from worker.lifecycle import worker_name
 from worker.progress import ProgressWriter
@@ -360,6 +360,7 @@ def collect_results(self, results: list[dict[str, Any]],
     from worker.rundir import write_run_dir
 
     entered, t0 = time.time(), time.monotonic()
+    trace.mark("body.entered")
     run = _run_spec(_load_run_data(self.backend, run_data))
     if kept_task_ids:
         from worker.states import stored_results
@@ -367,10 +368,12 @@ def collect_results(self, results: list[dict[str, Any]],
         results = stored_results(self.backend, kept_task_ids) + list(results)
     forge = build_forge_result(results, run)
     t_scored = time.monotonic()
+    trace.mark("body.scored")
     if run.execution_mode == "daytona":
         forge.sandboxes_alive = _sandboxes_alive(forge)
     run_path = write_run_dir(forge, run.artifacts_dir)
     t_written = time.monotonic()
+    trace.mark("body.written")
     logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)
     if run.post_to_discord:
         from worker import config
@@ -383,6 +386,7 @@ def collect_results(self, results: list[dict[str, Any]],
     t_store = time.monotonic()
     record_finished(forge)  # one transaction; if it fails, owed and retried (never raises)
     t_stored = time.monotonic()
+    trace.mark("body.stored")
     out = forge.to_dict()
     # Not part of summary.json (it varies per delivery): ForgeResult.from_dict drops it.
     out["body_timings"] = {"entered_at": entered, "score": t_scored - t0,
