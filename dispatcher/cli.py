@@ -7,6 +7,8 @@ message names the problem and the fix).
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import json
 import sys
@@ -313,8 +315,17 @@ def cmd_post(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "post": cmd_post}
 
 
+def _exit_quickly() -> None:
+    """At exit, leave every object alive to the OS instead of the interpreter's last
+    garbage collections: after a run they walked every object the run made (Celery,
+    the embedded worker, the results) for 0.1-0.3 s, on the command's critical path.
+    Only cyclic garbage goes uncollected; exit handlers and stream flushes still run."""
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     trace.mark("cli.main")
+    atexit.register(_exit_quickly)  # runs once, at interpreter exit (tests: pytest's)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 from celery import chord, group
@@ -22,7 +22,7 @@ from dispatcher.tracker import LogCallback, RunTracker
 from worker.app import app
 from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
 from worker.records import ForgeResult
-from worker.tasks import collect_results, run_candidate, spec_key
+from worker.tasks import collect_results, run_candidate, spec_key, warm_body
 
 # Celery time limits are only a backstop: the sandbox layer enforces deadlines.
 BACKSTOP_MARGIN = 120
@@ -208,9 +208,39 @@ def wait(
         broker_grace = float(env_int("FORGE_BROKER_GRACE", 60))
     tracker = RunTracker(app, {t.candidate_id: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
+    with _task_ends() as ended:
+        return _follow(plan, tracker, body, ended, on_tick, poll_interval, broker_grace)
+
+
+@contextmanager
+def _task_ends() -> Iterator[threading.Event]:
+    """An event set whenever a task of this process's embedded worker has finished (its
+    result stored): the wait reads the states then, not at its next poll. Distributed,
+    the tasks run elsewhere and nothing sets it (the wait polls)."""
+    ended = threading.Event()
+    if broker_url() is not None:
+        yield ended
+        return
+    from celery.signals import task_postrun
+
+    def on_end(**_kwargs) -> None:
+        ended.set()
+
+    task_postrun.connect(on_end, weak=False)
+    try:
+        yield ended
+    finally:
+        task_postrun.disconnect(on_end)
+
+
+def _follow(plan: RunPlan, tracker: RunTracker, body, ended: threading.Event,
+            on_tick: Callable[[RunTracker], None] | None, poll_interval: float | None,
+            broker_grace: float) -> ForgeResult:
     interval = poll_interval or 0.1
     lost_since: float | None = None
+    warming = broker_url() is not None  # distributed: the body runs elsewhere
     while True:
+        ended.clear()  # before reading: an end after this read wakes the wait below
         try:
             t_poll = time.monotonic()
             tracker.poll()
@@ -230,6 +260,10 @@ def wait(
             continue
         if on_tick is not None:
             on_tick(tracker)
+        if not warming and tracker.all_started:
+            warming = True  # the candidates are processes of their own now
+            threading.Thread(target=warm_body, args=(plan.run.judge,), daemon=True,
+                             name="forge-warm-body").start()
         if state == "SUCCESS":
             tracker.poll()
             if on_tick is not None:
@@ -238,4 +272,4 @@ def wait(
         if state in ("FAILURE", "REVOKED"):
             raise RuntimeError(f"the run's callback failed: {outcome!r}")
         # Once every candidate is in, only the body's key is read: poll it closely.
-        time.sleep(BODY_POLL if tracker.finished else interval)
+        ended.wait(BODY_POLL if tracker.finished else interval)

@@ -22,6 +22,7 @@ from worker.sandbox.base import CreateStatus, SandboxBackend, SandboxError, Sand
 
 SCRIPT_NAME = "script.py"
 OUTPUT_NAME = "discord_post.md"
+EXECUTING_LINE = "[Run] Executing..."  # the candidate's own time begins (the tracker reads it)
 
 LogFn = Callable[[str], None]
 
@@ -171,7 +172,7 @@ def run_lifecycle(
                 return fail(f"Installing requirements failed ({why})")
             phase("install")
 
-        log("[Run] Executing...")
+        log(EXECUTING_LINE)
         ran = sandbox.exec(
             candidate_command(sandbox.workdir, task.objective),
             task.timeout,

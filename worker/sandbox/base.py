@@ -16,6 +16,10 @@ from worker.records import DaytonaSpec, Egress, Limits, SandboxBudget
 LogFn = Callable[[str], None]
 StateFn = Callable[[str], None]
 
+# The line a candidate logs while it waits for a budget slot (the dispatcher's tracker
+# shows such a candidate as WAITING; here, so it need not import a backend).
+WAITING_LINE = "[Daytona] waiting for a sandbox slot"
+
 
 class SandboxError(Exception):
     """A backend step failed; ``phase`` names the step for the result's error message."""
