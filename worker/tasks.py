@@ -36,11 +36,12 @@ tasklog.install()  # Celery's success line without the return value (see worker/
 def _warm_up(**_kwargs) -> None:
     """Probe bubblewrap once per pool process at start, not in a candidate's time."""
     try:
-        from worker.sandbox import bwrap, get_backend, local
+        from worker.sandbox import get_backend
+        from worker.sandbox.local import bwrap, prepare_process
 
         get_backend("local")
         if bwrap.probe().drop_uid:
-            local.prepare_process()
+            prepare_process()
     except Exception as exc:  # noqa: BLE001 - the first candidate will report it properly
         logger.warning("sandbox warm-up failed: %s", exc)
     import gc
@@ -51,9 +52,9 @@ def _warm_up(**_kwargs) -> None:
 @worker_process_shutdown.connect
 def _release(**_kwargs) -> None:
     """A pool process leaves through os._exit (no atexit): remove its sandbox helpers."""
-    from worker.sandbox import bwrap
+    from worker.sandbox.local.cleanup import release_process
 
-    bwrap.release_process()
+    release_process()
 
 
 def _attempt(task) -> int:
