@@ -21,6 +21,9 @@ from worker.sandbox.base import SandboxError, SandboxRequest
 from worker.sandbox.capture import TailBuffer
 from worker.sandbox.local import LocalBackend
 
+# Every test starts processes (local sandboxes (bubblewrap, slirp4netns)); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 SMALL = Limits(memory_mb=256, max_processes=32, max_file_mb=8, output_bytes=8192,
                artifact_bytes=4096)
 
