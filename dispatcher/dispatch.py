@@ -9,6 +9,7 @@ script or the environment.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from worker.app import app
 from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
 from worker.records import ForgeResult
 from worker.tasks import collect_results, run_candidate, spec_key, warm_body
+
+logger = logging.getLogger("dream_foundry")
 
 # Celery time limits are only a backstop: the sandbox layer enforces deadlines.
 BACKSTOP_MARGIN = 120
@@ -208,18 +211,21 @@ def wait(
         broker_grace = float(env_int("FORGE_BROKER_GRACE", 60))
     tracker = RunTracker(app, {t.candidate_id: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
-    with _task_ends() as ended:
+    with _task_ends(body.id) as ended:
         return _follow(plan, tracker, body, ended, on_tick, poll_interval, broker_grace)
 
 
 @contextmanager
-def _task_ends() -> Iterator[threading.Event]:
-    """An event set whenever a task of this process's embedded worker has finished (its
-    result stored): the wait reads the states then, not at its next poll. Distributed,
-    the tasks run elsewhere and nothing sets it (the wait polls)."""
+def _task_ends(body_id: str) -> Iterator[threading.Event]:
+    """An event set when there is news to read, so the wait reads it at once rather than
+    at its next poll: embedded, whenever a task of this process's worker has finished
+    (its result stored); distributed on Redis, when the chord body's result is stored
+    (the backend publishes every result on its key's channel). Polling stays the
+    fallback: a subscription that fails changes nothing but the delay."""
     ended = threading.Event()
     if broker_url() is not None:
-        yield ended
+        with _body_published(body_id, ended):
+            yield ended
         return
     from celery.signals import task_postrun
 
@@ -231,6 +237,28 @@ def _task_ends() -> Iterator[threading.Event]:
         yield ended
     finally:
         task_postrun.disconnect(on_end)
+
+
+@contextmanager
+def _body_published(body_id: str, ended: threading.Event) -> Iterator[None]:
+    """Set ``ended`` when the Redis result backend publishes the chord body's result."""
+    from worker.states import is_redis
+
+    backend = app.backend
+    worker = None
+    if is_redis(backend):
+        try:
+            pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(**{backend.get_key_for_task(body_id): lambda _m: ended.set()})
+            worker = pubsub.run_in_thread(  # a lost connection ends it quietly
+                sleep_time=0.5, daemon=True, exception_handler=lambda _e, _p, t: t.stop())
+        except Exception as exc:  # noqa: BLE001 - the wait polls instead
+            logger.debug("not subscribed to the chord body's result: %s", exc)
+    try:
+        yield
+    finally:
+        if worker is not None:
+            worker.stop()  # ends within sleep_time, then closes its connection
 
 
 def _follow(plan: RunPlan, tracker: RunTracker, body, ended: threading.Event,

@@ -58,7 +58,8 @@ def _release(**_kwargs) -> None:
 # track_started off: its first PROGRESS write ("[Run] Starting...") follows at once and
 # says the same, so STARTED would be one more encode and Redis write per candidate.
 @shared_task(bind=True, name="worker.tasks.run_candidate", acks_late=True,
-             reject_on_worker_lost=True, track_started=False)
+             reject_on_worker_lost=True, track_started=False,
+             resultrepr_maxsize=tasklog.RESULT_REPR_MAX)
 def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     """Run one candidate in a fresh sandbox; always return a CandidateResult dict.
 
@@ -176,7 +177,7 @@ def _sandboxes_alive(forge: ForgeResult) -> int | None:
 
 # throws: a refused run (InvalidInput) is logged as expected, on one line, no traceback.
 @shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True,
-             throws=(InvalidInput,))
+             throws=(InvalidInput,), resultrepr_maxsize=tasklog.RESULT_REPR_MAX)
 def collect_results(self, results: list[dict[str, Any]],
                     run_data: dict[str, Any],
                     kept_task_ids: list[str] | None = None) -> dict[str, Any]:
