@@ -266,12 +266,17 @@ def _follow(plan: RunPlan, tracker: RunTracker, body, ended: threading.Event,
             broker_grace: float) -> ForgeResult:
     interval = poll_interval or 0.1
     lost_since: float | None = None
-    warming = broker_url() is not None  # distributed: the body runs elsewhere
+    distributed = broker_url() is not None
+    warming = distributed  # distributed: the body runs elsewhere
+    # Distributed, with nobody to show progress to (the Python API without callbacks),
+    # the candidates' states need not be read at all: only the body's (one key).
+    watched = not distributed or tracker.on_log is not None or on_tick is not None
     while True:
         ended.clear()  # before reading: an end after this read wakes the wait below
         try:
             t_poll = time.monotonic()
-            tracker.poll()
+            if watched:
+                tracker.poll()
             if not poll_interval:  # adaptive: polling takes at most ~1/25 of the time
                 interval = min(2.0, max(0.1, 25 * (time.monotonic() - t_poll)))
             state, outcome = _body_state(body)
@@ -293,11 +298,12 @@ def _follow(plan: RunPlan, tracker: RunTracker, body, ended: threading.Event,
             threading.Thread(target=warm_body, args=(plan.run.judge,), daemon=True,
                              name="forge-warm-body").start()
         if state == "SUCCESS":
-            tracker.poll()
+            if watched:
+                tracker.poll()
             if on_tick is not None:
                 on_tick(tracker)
             return ForgeResult.from_dict(outcome)
         if state in ("FAILURE", "REVOKED"):
             raise RuntimeError(f"the run's callback failed: {outcome!r}")
         # Once every candidate is in, only the body's key is read: poll it closely.
-        ended.wait(BODY_POLL if tracker.finished else interval)
+        ended.wait(BODY_POLL if watched and tracker.finished else interval)

@@ -97,7 +97,7 @@ def execute(
 
     trace.mark("worker.starting")
     width = max(1, min(len(plan.tasks), MAX_EMBEDDED_CONCURRENCY))
-    with embedded_worker(app, width):
+    with embedded_worker(app, width, any(t.execution_mode == "local" for t in plan.tasks)):
         trace.mark("worker.ready")
         dispatch.publish(plan)
         trace.mark("published")
