@@ -28,12 +28,14 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.processes
 def test_import_linter_contracts_hold():
     done = lint_imports(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Contracts: 2 kept, 0 broken." in done.stdout, done.stdout
 
 
+@pytest.mark.processes
 def test_import_linter_catches_an_upward_import(tmp_path):
     """Positive control: the same contracts refuse a worker module importing dispatcher."""
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
