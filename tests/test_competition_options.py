@@ -19,9 +19,9 @@ from tests.manifests import write_manifest
 from worker import report
 from worker.judge import JudgeContext
 from worker.judge.events import EventsJudge
+from worker.judge.scoring import build_forge_result
 from worker.records import CandidateResult, CandidateTask, Egress, ForgeResult, RunSpec
 from worker.sandbox import get_backend
-from worker.tasks import build_forge_result
 
 OK = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n')\n"
 

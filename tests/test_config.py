@@ -9,7 +9,7 @@ import pytest
 
 from tests.procs import ROOT
 from worker import config
-from worker.lifecycle import build_env
+from worker.sandbox.visible import build_env
 
 
 @pytest.mark.parametrize("value", [None, "", "  ", "your_api_key", "your-webhook-url",

@@ -117,7 +117,7 @@ def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, work
     import glob
     import os
 
-    from worker.sandbox.local import sandbox_parent
+    from worker.sandbox.local.parent_dir import sandbox_parent
 
     def helpers() -> set[str]:
         return {p for pat in ("forge-etc-*", "forge-view-*")
