@@ -18,6 +18,7 @@ from worker.records import (
     DaytonaSpec,
     Egress,
     Limits,
+    ProjectRef,
     RunSpec,
     SandboxBudget,
 )
@@ -31,6 +32,9 @@ class RunPlan:
     tasks: tuple[CandidateTask, ...]
     # The manifest path and the explicit overrides, so `forge resume` can re-plan the run.
     source: dict = field(default_factory=dict)
+    # Directory candidates' bundles by sha256: stored once by ``dispatch.publish`` however
+    # many tasks (candidates, trials) share one, and never inside a task message.
+    bundles: dict[str, bytes] = field(default_factory=dict)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -41,7 +45,7 @@ def new_run_id(now: datetime | None = None) -> str:
 # Task fields added after runs were already being fingerprinted: left out at their
 # defaults, so a run planned by an older dispatcher keeps its fingerprint (and resumes).
 _LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False,
-                   "daytona": DaytonaSpec().to_dict()}
+                   "daytona": DaytonaSpec().to_dict(), "project": None}
 
 
 def _fingerprinted(task: CandidateTask) -> dict:
@@ -138,6 +142,7 @@ def plan_run(
             daytona=daytona,
             budget=budget,
             competition=competition,
+            project=_project_ref(c),
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
         for c in manifest.candidates
@@ -149,7 +154,8 @@ def plan_run(
         execution_mode=execution_mode,
         artifacts_dir=os.path.abspath(artifacts_dir),
         candidates=[CandidateInfo(id=c.id, name=c.name, description=c.description,
-                                  script=c.script_name) for c in manifest.candidates],
+                                  script=c.script_name, content_sha256=c.content_sha256)
+                    for c in manifest.candidates],
         judge=judge_name,
         timeout=default_timeout,
         post_to_discord=post_to_discord,
@@ -165,7 +171,19 @@ def plan_run(
               "egress_deny": None if egress_deny is None else list(egress_deny),
               "cpus": cpus, "speed": speed, "exclusive": exclusive,
               "max_sandboxes": max_sandboxes}
-    return RunPlan(run=run, tasks=tuple(tasks), source=source)
+    bundles = {c.project.bundle.sha256: c.project.bundle.data
+               for c in manifest.candidates if c.project}
+    return RunPlan(run=run, tasks=tuple(tasks), source=source, bundles=bundles)
+
+
+def _project_ref(c) -> ProjectRef | None:
+    """What a task message says of a directory candidate: the hash, not the bytes."""
+    p = c.project
+    if p is None:
+        return None
+    return ProjectRef(sha256=p.bundle.sha256, size=p.bundle.size, files=len(p.bundle.files),
+                      entry=p.entry, module=p.module, requirements_file=p.requirements_file,
+                      path=p.rel)
 
 
 def _daytona_image(manifest: Manifest, requirements: dict[str, tuple[str, ...]]

@@ -81,7 +81,8 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
         if where.queued or where.delivered:
             raise ResumeRefused(_refusal(spec.run_id, where, len(missing)))
     return ResumePlan(full=RunPlan(run=spec, tasks=tuple(tasks), source=record.source),
-                      missing=RunPlan(run=spec, tasks=tuple(missing), source=record.source),
+                      missing=RunPlan(run=spec, tasks=tuple(missing), source=record.source,
+                                      bundles=replanned.bundles),
                       kept_task_ids=tuple(t.task_id for t in kept))
 
 
@@ -102,9 +103,10 @@ def _refusal(run_id: str, where: runs.Whereabouts, missing: int) -> str:
 
 def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
     """Publish the missing candidates plus a body that also reads the kept ones."""
-    from dispatcher.dispatch import body_task_id, build_chord, never_joined
+    from dispatcher.dispatch import body_task_id, build_chord, never_joined, store_bundles
     from worker.tasks import collect_results
 
+    store_bundles(rp.missing)  # an expired project bundle is stored again
     record.status, record.resumes, record.published_at = "publishing", record.resumes + 1, None
     runs.save(app, record)
     kept = list(rp.kept_task_ids)

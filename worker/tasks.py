@@ -231,8 +231,13 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
                 except Exception as exc:  # noqa: BLE001 - monitoring must not fail a task
                     logger.debug("task-%s event not sent: %s", state, exc)
 
+        from worker.bundles import fetch_bundle
+
+        def bundle(sha256: str) -> bytes:  # a project's files, by hash, cached per process
+            return fetch_bundle(self.backend, sha256)
+
         t_life = time.monotonic()
-        result = run_lifecycle(backend, task, log, owner=me, on_state=on_state)
+        result = run_lifecycle(backend, task, log, owner=me, on_state=on_state, bundles=bundle)
         result.timings["pre"] = round(t_life - t_enter, 6)
     progress.close()
     result.timings["entered_at"] = round(entered, 6)
