@@ -60,7 +60,13 @@ from dispatcher.pack import Bundle, PackError, pack_directory
 from worker import config
 from worker.records import SPEED_BASES, DaytonaSpec, Egress, ImageSpec, Resources, sha256_text
 from worker.sandbox.egress import check_entry
-from worker.validation import CANDIDATE_ID_RE, CANDIDATE_ID_RULE, TIMEOUT_MAX, TIMEOUT_MIN
+from worker.validation import (
+    CANDIDATE_ID_RE,
+    CANDIDATE_ID_RULE,
+    MODULE_RE,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+)
 
 ID_RE = CANDIDATE_ID_RE  # the rule lives in worker/validation.py (the worker checks it too)
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "candidates" / "candidates.toml"
@@ -335,9 +341,6 @@ def _script(p: Path, where: str, entry: dict) -> tuple[Path, str]:
         return script_path, raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ManifestError(f"{where}: field 'script' is not UTF-8 text") from None
-
-
-MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _project(p: Path, where: str, entry: dict, packed: dict[str, Bundle]

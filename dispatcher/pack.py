@@ -13,7 +13,6 @@ summary.json ties a result to exactly the code that produced it.
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import tarfile
@@ -140,24 +139,29 @@ def pack_directory(root: str | os.PathLike, max_bytes: int) -> Bundle:
             f"{_mb(max_bytes)} ({max_bytes:,} bytes); largest: "
             + ", ".join(f"{e.rel} ({_mb(e.size)})" for e in biggest)
             + f". Leave data out with {IGNORE_FILE}, or raise FORGE_PROJECT_MAX_MB")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for e in entries:
-            info = tarfile.TarInfo(e.rel)
-            info.mtime, info.mode = BUNDLE_MTIME, e.mode
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if e.kind == "dir":
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif e.kind == "link":
-                info.type, info.linkname = tarfile.SYMTYPE, e.target
-                tar.addfile(info)
-            else:
-                with open(os.path.join(root, e.rel), "rb") as fh:
-                    content = fh.read()
-                info.size = len(content)  # as read: a file changing under us stays consistent
-                tar.addfile(info, io.BytesIO(content))
-    data = buf.getvalue()
+    # Written block by block and joined once: tarfile's own writer copies every file in
+    # 16 KiB pieces into a growing buffer, three times slower for a 5 MB project.
+    chunks: list[bytes] = []
+    for e in entries:
+        info = tarfile.TarInfo(e.rel)
+        info.mtime, info.mode = BUNDLE_MTIME, e.mode
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        content = b""
+        if e.kind == "dir":
+            info.type = tarfile.DIRTYPE
+        elif e.kind == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, e.target
+        else:
+            with open(os.path.join(root, e.rel), "rb") as fh:
+                content = fh.read()
+            info.size = len(content)  # as read: a file changing under us stays consistent
+        chunks.append(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if content:
+            chunks += (content, bytes(-len(content) % tarfile.BLOCKSIZE))
+    end = 2 * tarfile.BLOCKSIZE  # two zero blocks close the archive; pad to a whole record
+    used = sum(map(len, chunks)) + end
+    chunks.append(bytes(end + -used % tarfile.RECORDSIZE))
+    data = b"".join(chunks)
     return Bundle(sha256=sha256_bytes(data), data=data,
                   size=size, files=frozenset(e.rel for e in entries if e.kind == "file"))
