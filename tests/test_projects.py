@@ -53,7 +53,7 @@ def main(argv):
         "link": os.readlink("latest.json"),
         "via_link": json.load(open("latest.json"))["events"],
         "tinydep": tinydep.VALUE,
-        "tinydep_from": os.path.dirname(tinydep.__file__).startswith(here),
+        "tinydep_from": os.path.commonpath([tinydep.__file__, here]) == here,
         "present": sorted(os.listdir(".")),
         "cwd_is_workdir": os.path.dirname(os.path.abspath(argv[2])) == here,
     }
