@@ -306,8 +306,14 @@ def run_lifecycle(
 
 
 def _unpack(sandbox, task: CandidateTask, archive: bytes):
-    """Ship a project: the tar in one upload, unpacked by the sandbox's own python3 into
-    the work directory. None when it worked, else the failed ExecResult."""
+    """Ship a project into the work directory; None when it worked, else the failed
+    ExecResult. A backend whose sandbox can write the files itself (``unpack``: local
+    sandboxes, from the host) does so; otherwise the tar goes in one upload and the
+    sandbox's own python3 unpacks it (Daytona), as the candidate's user."""
+    unpack = getattr(sandbox, "unpack", None)
+    if unpack is not None:
+        unpack(archive, sandbox.workdir, task.upload_timeout)
+        return None
     path = f"{sandbox.workdir}/{ARCHIVE_NAME}"
     sandbox.upload(archive, path, task.upload_timeout)
     ran = sandbox.exec(["python3", "-c", UNPACK, path, sandbox.workdir], task.upload_timeout,

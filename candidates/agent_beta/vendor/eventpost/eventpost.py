@@ -21,4 +21,4 @@ def event_block(title, date, time, location, kind, url):
     """One event: its bold title on a line of its own, then one labelled line per field."""
     values = (date, time, location, kind, url)
     return [f"**{title}**"] + [f"{icon} {label}: {value}"
-                               for (icon, label), value in zip(LABELS, values)] + [""]
+                               for (icon, label), value in zip(LABELS, values, strict=True)] + [""]
