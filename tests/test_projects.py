@@ -424,3 +424,78 @@ def test_fifty_candidates_sharing_a_5mb_project_keep_one_copy_in_redis(
     grown = used() - control
     assert grown > generous > bound, grown
     client.delete(*[f"copy:{i}" for i in range(n)])
+
+
+def test_a_tampered_or_missing_bundle_is_a_failed_result_not_a_crash(
+        redis_server, workers, artifacts, tmp_path):
+    """A worker checks every bundle against the hash its task names: bytes changed in
+    Redis are refused, a bundle gone is reported, and the run still finishes."""
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "main.py").write_text("import sys\nopen(sys.argv[2], 'w').write('# ran')\n")
+    (tmp_path / "two" / "data.txt").write_text("two")
+    m = tmp_path / "candidates.toml"
+    m.write_text('[[candidate]]\nid = "one"\npath = "one"\nentry = "main.py"\n'
+                 '[[candidate]]\nid = "two"\npath = "two"\nentry = "main.py"\n')
+    env = forge_env(redis_server.url, artifacts)
+    done = run_forge_cli(["run", "--candidates", str(m), "--run-id", "tamper", "--no-post",
+                          "--detach"], env)
+    assert done.returncode == 0, done.stderr
+    client = redis_server.client()
+    one = bundle_key(pack_directory(tmp_path / "one", MB).sha256)
+    two = bundle_key(pack_directory(tmp_path / "two", MB).sha256)
+    data = client.get(one)
+    client.set(one, data.replace(b"# ran", b"# pwn"))  # same size, other bytes
+    client.delete(two)
+    workers(env, n=1, concurrency=2)
+    summary = wait_summary(artifacts, "tamper")
+    results = results_of(artifacts / "tamper", summary)
+    assert not results["one"]["success"] and not results["two"]["success"]
+    assert "does not match its sha256" in results["one"]["error_message"]
+    assert "not in the result backend" in results["two"]["error_message"]
+    assert results["one"]["sandbox_id"] is None  # refused before any sandbox was made
+
+
+def test_the_local_unpacker_never_follows_a_link_or_leaves_the_directory(tmp_path):
+    """The host-side unpack of a local sandbox treats the archive as hostile."""
+    import tarfile
+
+    from worker.sandbox.untar import UnsafeArchive, extract
+
+    def tar(*members: tuple[str, bytes, str]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name, data, link in members:
+                info = tarfile.TarInfo(name)
+                if link:
+                    info.type, info.linkname = tarfile.SYMTYPE, link
+                else:
+                    info.size = len(data)
+                t.addfile(info, io.BytesIO(data) if data else None)
+        return buf.getvalue()
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    hostile = [
+        tar(("../escape", b"x", "")),
+        tar(("/abs", b"x", "")),
+        tar(("up", b"", "../outside")),
+        tar(("abs", b"", str(outside))),
+        tar(("d", b"", "."), ("d/../../escape", b"x", "")),
+        tar(("d", b"", str(outside)), ("d/x", b"x", "")),
+    ]
+    for archive in hostile:
+        dest = tmp_path / f"dest{hostile.index(archive)}"
+        dest.mkdir()
+        with pytest.raises((UnsafeArchive, OSError)):
+            extract(archive, str(dest))
+    assert list(outside.iterdir()) == [] and not (tmp_path / "escape").exists()
+    # Positive control: a packed project unpacks whole, modes and links included.
+    project = make_project(tmp_path / "proj")
+    dest = tmp_path / "ok"
+    dest.mkdir()
+    extract(pack_directory(project, 20 * MB).data, str(dest))
+    assert (dest / "assets" / "blob.bin").read_bytes() == BLOB
+    assert os.access(dest / "tools" / "hello.sh", os.X_OK)
+    assert os.readlink(dest / "latest.json") == "data/feed.json"
