@@ -21,6 +21,9 @@ from worker.judge.events import EventsJudge
 from worker.judge.parse import parse_events
 from worker.records import CandidateResult, Score
 
+# Every test starts processes (the demo agents in local sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 CANDIDATES = Path(__file__).resolve().parent.parent / "candidates"
 FEED = json.loads((CANDIDATES / "data" / "events.json").read_text("utf-8"))
 BY_ID = {e["id"]: e for e in FEED["events"]}
@@ -105,6 +108,7 @@ def test_beta_project_ships_the_canonical_feed_and_reads_its_trust_lists(monkeyp
     assert set(known_hosts) == set(FEED["known_hosts"])
 
 
+@pytest.mark.processes
 def test_beta_ships_its_requirement_as_a_wheel_built_from_its_source():
     """The wheel in wheels/ is what vendor/build_wheel.py builds from vendor/ today (so
     the source cannot drift from what installs), the requirements file names it, and the

@@ -216,6 +216,7 @@ def test_a_project_packs_deterministically_and_candidates_share_one_bundle(tmp_p
         assert len(doc) < 4096 and task.project.sha256 in doc and task.script == ""
 
 
+@pytest.mark.processes
 def test_a_symlink_out_of_the_project_is_refused_at_planning(tmp_path):
     m = manifest(tmp_path)
     outside = tmp_path / "outside.txt"
@@ -235,6 +236,7 @@ def test_a_symlink_out_of_the_project_is_refused_at_planning(tmp_path):
     assert "data/leak.txt" not in load_manifest(m).candidates[0].project.bundle.files
 
 
+@pytest.mark.processes
 def test_an_oversize_project_is_refused_with_its_size_and_the_cap(tmp_path):
     m = manifest(tmp_path)
     (tmp_path / "agents" / "proj" / "assets" / "big.bin").write_bytes(os.urandom(1_500_000))
@@ -303,6 +305,7 @@ def test_a_project_runs_on_real_workers_in_local_mode(redis_server, workers, art
     assert summary["candidates"][0]["content_sha256"][:12] in report
 
 
+@pytest.mark.processes
 def test_a_project_runs_in_daytona_mode_uploaded_in_one_call(tmp_path):
     m = manifest(tmp_path)
     artifacts = tmp_path / "artifacts"
@@ -343,6 +346,7 @@ def test_a_project_runs_in_daytona_mode_uploaded_in_one_call(tmp_path):
                        and c["sandbox"] == sid)  # the entry runs from the uploaded directory
 
 
+@pytest.mark.processes
 def test_a_project_runs_in_embedded_mode(tmp_path):
     from dispatcher import run_forge
 
@@ -461,7 +465,7 @@ def test_the_local_unpacker_never_follows_a_link_or_leaves_the_directory(tmp_pat
     """The host-side unpack of a local sandbox treats the archive as hostile."""
     import tarfile
 
-    from worker.sandbox.untar import UnsafeArchive, extract
+    from worker.sandbox.local.untar import UnsafeArchive, extract
 
     def tar(*members: tuple[str, bytes, str]) -> bytes:
         buf = io.BytesIO()
