@@ -108,7 +108,6 @@ def test_beta_project_ships_the_canonical_feed_and_reads_its_trust_lists(monkeyp
     assert set(known_hosts) == set(FEED["known_hosts"])
 
 
-@pytest.mark.processes
 def test_beta_ships_its_requirement_as_a_wheel_built_from_its_source():
     """The wheel in wheels/ is what vendor/build_wheel.py builds from vendor/ today (so
     the source cannot drift from what installs), the requirements file names it, and the

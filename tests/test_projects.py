@@ -301,8 +301,10 @@ def test_a_project_runs_on_real_workers_in_local_mode(redis_server, workers, art
                                 objective)
     client = redis_server.client()
     assert len(list(client.scan_iter("forge-bundle:*"))) == 2  # one per project, not per task
-    report = (artifacts / "proj-local" / "report.md").read_text()
-    assert summary["candidates"][0]["content_sha256"][:12] in report
+    for page in ("report.md", "report.html"):  # the report ties results to their code
+        text = (artifacts / "proj-local" / page).read_text()
+        for c in summary["candidates"]:
+            assert f"sha256 {c['content_sha256']}" in text, (page, c["id"])
 
 
 @pytest.mark.processes
