@@ -505,3 +505,29 @@ def test_the_local_unpacker_never_follows_a_link_or_leaves_the_directory(tmp_pat
     assert (dest / "assets" / "blob.bin").read_bytes() == BLOB
     assert os.access(dest / "tools" / "hello.sh", os.X_OK)
     assert os.readlink(dest / "latest.json") == "data/feed.json"
+
+
+def test_resume_stores_an_expired_bundle_again(redis_server, workers, artifacts, tmp_path):
+    """``forge resume`` re-plans the run from today's files: the same project has the
+    same hash (so the run's definition still matches), and its bundle, gone from Redis
+    (expired), is stored again before the missing candidates are published."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "main.py").write_text("import sys\nopen(sys.argv[2], 'w').write('# resumed')\n")
+    m = tmp_path / "candidates.toml"
+    m.write_text('[[candidate]]\nid = "p"\npath = "p"\nentry = "main.py"\n')
+    env = forge_env(redis_server.url, artifacts)
+    done = run_forge_cli(["run", "--candidates", str(m), "--run-id", "res", "--no-post",
+                          "--detach"], env)
+    assert done.returncode == 0, done.stderr
+    client = redis_server.client()
+    key = bundle_key(pack_directory(root, MB).sha256)
+    assert client.exists(key)
+    client.delete("celery", key)  # the task lost from the queue, the bundle expired
+    workers(env, n=1, concurrency=1)
+    resumed = run_forge_cli(["resume", "res"], env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    summary = wait_summary(artifacts, "res")
+    result = results_of(artifacts / "res", summary)["p"]
+    assert result["success"] and result["artifact_content"] == "# resumed", result
+    assert client.exists(key)
