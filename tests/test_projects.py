@@ -531,3 +531,58 @@ def test_resume_stores_an_expired_bundle_again(redis_server, workers, artifacts,
     result = results_of(artifacts / "res", summary)["p"]
     assert result["success"] and result["artifact_content"] == "# resumed", result
     assert client.exists(key)
+
+
+@pytest.mark.processes
+def test_the_competitions_network_policy_applies_to_the_install(tmp_path):
+    """With network = false, pip in the sandbox cannot reach an index the host can: the
+    install fails with pip's reason and the index never sees a request. (Positive
+    control: pip on the host installs from that same index.)"""
+    import http.server
+    import subprocess
+    import sys
+
+    from dispatcher.plan import plan_run
+    from worker.lifecycle import run_lifecycle
+    from worker.sandbox.local import LocalBackend
+
+    name, wheel = tiny_wheel()
+    index = tmp_path / "index" / "simple" / "tinydep"
+    index.mkdir(parents=True)
+    (index / name).write_bytes(wheel)
+    (index / "index.html").write_text(f'<a href="{name}">{name}</a>')
+    seen: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path / "index"), **kw)
+
+        def log_message(self, *_a):
+            seen.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    try:
+        root = tmp_path / "p"
+        root.mkdir()
+        (root / "main.py").write_text("import sys, tinydep\nopen(sys.argv[2], 'w').write('#')\n")
+        (root / "requirements.txt").write_text(f"--index-url {url}\ntinydep==1.0\n")
+        (tmp_path / "c.toml").write_text('network = false\n[[candidate]]\nid = "p"\n'
+                                         'path = "p"\nentry = "main.py"\n')
+        plan = plan_run("obj", load_manifest(tmp_path / "c.toml"), artifacts_dir=".")
+        assert plan.tasks[0].network is False
+        result = run_lifecycle(LocalBackend(), plan.tasks[0], lambda _m: None,
+                               bundles=plan.bundles.__getitem__)
+        assert not result.success
+        assert "Installing requirements failed (exit code 1)" in result.error_message
+        assert "No matching distribution found for tinydep==1.0" in result.error_message
+        assert seen == []  # not one request left the sandbox
+        host = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                               "--disable-pip-version-check", "--target", str(tmp_path / "t"),
+                               "--index-url", url, "tinydep==1.0"],
+                              capture_output=True, text=True, timeout=120)
+        assert host.returncode == 0, host.stderr
+        assert (tmp_path / "t" / "tinydep.py").exists() and seen
+    finally:
+        server.shutdown()
