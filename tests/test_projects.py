@@ -586,3 +586,34 @@ def test_the_competitions_network_policy_applies_to_the_install(tmp_path):
         assert (tmp_path / "t" / "tinydep.py").exists() and seen
     finally:
         server.shutdown()
+
+
+def test_threads_of_a_worker_fetch_a_bundle_once(redis_server, tmp_path):
+    """Sixteen candidates of one project start at once on a thread pool: one fetch from
+    Redis, every thread gets the verified bytes; a wrong hash is refused."""
+    from worker.bundles import BundleCache, BundleError
+
+    bundle = pack_directory(make_project(tmp_path / "p"), 20 * MB)
+    client = redis_server.client()
+    client.set(bundle_key(bundle.sha256), bundle.data)
+
+    class Backend:  # what BundleCache uses of Celery's RedisBackend: get(key)
+        get = staticmethod(client.get)
+
+    cache = BundleCache()
+    barrier = threading.Barrier(16)
+    got: list[bytes] = []
+
+    def candidate() -> None:
+        barrier.wait()
+        got.append(cache.get(Backend, bundle.sha256))
+
+    threads = [threading.Thread(target=candidate) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cache.fetches == 1 and len(got) == 16 and all(g == bundle.data for g in got)
+    client.set(bundle_key("0" * 64), bundle.data)
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        cache.get(Backend, "0" * 64)

@@ -84,16 +84,33 @@ class BundleCache:
         self._items: OrderedDict[str, bytes] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}  # one fetch per bundle at a time
         self.fetches = 0  # trips to the backend (tests and the benchmark read it)
 
-    def get(self, backend: Any, sha256: str) -> bytes:
-        if not SHA256_RE.fullmatch(sha256 or ""):
-            raise BundleError(f"project hash {sha256!r} is not a sha256 hex digest")
+    def _cached(self, sha256: str) -> bytes | None:
         with self._lock:
             data = self._items.get(sha256)
             if data is not None:
                 self._items.move_to_end(sha256)
-                return data
+            return data
+
+    def get(self, backend: Any, sha256: str) -> bytes:
+        if not SHA256_RE.fullmatch(sha256 or ""):
+            raise BundleError(f"project hash {sha256!r} is not a sha256 hex digest")
+        data = self._cached(sha256)
+        if data is not None:
+            return data
+        # A thread pool (Daytona workers run 16 candidates at once) fetches a bundle once:
+        # the others wait for it rather than each pulling the same megabytes from Redis.
+        with self._lock:
+            fetching = self._fetching.setdefault(sha256, threading.Lock())
+        with fetching:
+            data = self._cached(sha256)
+            if data is None:
+                data = self._fetch(backend, sha256)
+        return data
+
+    def _fetch(self, backend: Any, sha256: str) -> bytes:
         raw = backend.get(bundle_key(sha256))
         self.fetches += 1
         if raw is None:
@@ -105,6 +122,7 @@ class BundleCache:
             raise BundleError(f"project bundle {sha256[:12]} does not match its sha256 "
                               "(corrupted or tampered with in the store): refusing to run it")
         with self._lock:
+            self._fetching.pop(sha256, None)
             if sha256 not in self._items and len(data) <= self.limit:
                 self._items[sha256] = data
                 self._size += len(data)
