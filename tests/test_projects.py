@@ -428,6 +428,7 @@ def test_fifty_candidates_sharing_a_5mb_project_keep_one_copy_in_redis(
     for i in range(n):
         client.set(f"copy:{i}", bundle.data)
     grown = used() - control
+    print(f"positive control: fifty copies add {grown / MB:.1f} MB")
     assert grown > generous > bound, grown
     client.delete(*[f"copy:{i}" for i in range(n)])
 
