@@ -81,6 +81,17 @@ def _body_run_data(run) -> dict:
     return {"run_id": run.run_id, "spec_key": key}
 
 
+def store_bundles(plan: RunPlan) -> int:
+    """Store each directory candidate's bundle once in the result backend (by sha256, the
+    results' TTL), before any task that names it is published. Returns how many were
+    written (an unchanged project shipped by an earlier run may still be there)."""
+    from worker.app import RESULT_EXPIRES
+    from worker.bundles import store_bundle
+
+    return sum(store_bundle(app.backend, sha, data, RESULT_EXPIRES)
+               for sha, data in plan.bundles.items())
+
+
 def build_chord(plan: RunPlan):
     run = plan.run
     header = group(
@@ -163,6 +174,7 @@ def publish(plan: RunPlan):
     leaves a run that `forge status` reports as cut short and `forge resume` can finish.
     """
     record_published(plan.run)  # the run store: run and candidates queued (best effort)
+    store_bundles(plan)
     record = runs.before_publish(app, plan)
     # We never join a task (wait() polls the backend): without never_joined the Redis
     # backend SUBSCRIBEs to every task's result channel, one round trip per task, and
