@@ -324,9 +324,15 @@ def _exit_quickly() -> None:
     gc.freeze()
 
 
+_exit_registered = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _exit_registered
     trace.mark("cli.main")
-    atexit.register(_exit_quickly)  # runs once, at interpreter exit (tests: pytest's)
+    if not _exit_registered:  # runs once, at interpreter exit (tests: pytest's)
+        atexit.register(_exit_quickly)
+        _exit_registered = True
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
