@@ -15,7 +15,7 @@ import subprocess
 import time
 import uuid
 
-from worker.sandbox.base import Download, ExecResult, SandboxError, SandboxRequest
+from worker.sandbox.base import Download, ExecResult, Phase, SandboxError, SandboxRequest
 from worker.sandbox.capture import TailBuffer
 from worker.sandbox.local.cgroups import ALL_CONTROLLERS, Cgroups
 from worker.sandbox.local.pyenv import base_pip_dir, make_python_env
@@ -58,7 +58,7 @@ class LocalSandbox:
     def _parts(self, path: str) -> list[str]:
         norm = os.path.normpath(path)
         if os.path.commonpath([norm, self.workdir]) != self.workdir or norm == self.workdir:
-            raise SandboxError("path", f"{path!r} is outside the sandbox", self.id)
+            raise SandboxError(Phase.PATH, f"{path!r} is outside the sandbox", self.id)
         return os.path.relpath(norm, self.workdir).split(os.sep)
 
     def _open_parent(self, parts: list[str]) -> int:
@@ -88,7 +88,7 @@ class LocalSandbox:
                     os.fchown(fh.fileno(), self.host_uid, self.host_uid)
                 fh.write(content)
         except OSError as exc:
-            raise SandboxError("Upload", f"could not write {path!r}: {exc}", self.id) from exc
+            raise SandboxError(Phase.UPLOAD, f"could not write {path!r}: {exc}", self.id) from exc
 
     def download(self, path: str, max_bytes: int, timeout: int) -> Download:
         parts = self._parts(path)
