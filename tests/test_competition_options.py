@@ -187,6 +187,7 @@ open(sys.argv[2], "w").write("# spun: " + sys.argv[1])
 """
 
 
+@pytest.mark.processes
 def test_options_travel_from_the_manifest_to_the_sandbox_and_the_report(tmp_path, monkeypatch):
     """Embedded run (real Celery worker in-process, real sandboxes)."""
     # The core slots of this test's own, not the machine's (other runs share those).

@@ -35,6 +35,9 @@ from worker.lifecycle import run_lifecycle
 from worker.records import CandidateResult, CandidateTask, Limits, sha256_text
 from worker.sandbox.local import LocalBackend, bwrap
 
+# Every test starts processes (hostile candidates in local sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 FORGE_LEVEL = True  # run the suite through dispatcher.run_forge as well
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"

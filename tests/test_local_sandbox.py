@@ -22,6 +22,9 @@ from worker.sandbox.local import LocalBackend, bwrap, cgroups, launch, leftovers
 from worker.sandbox.local.parent_dir import is_tmpfs, sandbox_parent
 from worker.sandbox.local.prefix_view import _traversable_by_anyone
 
+# Every test starts processes (local sandboxes (bubblewrap, slirp4netns)); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 SMALL = Limits(memory_mb=256, max_processes=32, max_file_mb=8, output_bytes=8192,
                artifact_bytes=4096)
 
