@@ -21,6 +21,7 @@ def _request(network: bool, **kw) -> SandboxRequest:
     return SandboxRequest(run_id="r-cap", candidate_id="c1", timeout=5, network=network, **kw)
 
 
+@pytest.mark.processes  # sandboxes (bubblewrap, slirp4netns) and their candidates
 def test_bubblewrap_backend_isolates_and_blocks_the_network() -> None:
     require_bwrap()
     assert netns.slirp4netns_path(), "slirp4netns missing: apt-get install slirp4netns"
@@ -41,6 +42,7 @@ def test_bubblewrap_backend_isolates_and_blocks_the_network() -> None:
     assert not any(NO_NET_WARNING in line for line in lines)  # control for the test below
 
 
+@pytest.mark.processes
 def test_plain_backend_says_it_cannot_block_the_network(plain) -> None:  # noqa: F811
     backend = LocalBackend()
     assert not backend.can_block_network
@@ -73,6 +75,7 @@ def test_daytona_sandbox_capabilities(network, spec, access, words) -> None:
     assert sb.isolation == "Daytona sandbox (remote, separate machine)" + words
 
 
+@pytest.mark.processes
 def test_phase_errors_are_typed_and_read_as_before() -> None:
     require_bwrap()
     sb = LocalBackend().create(_request(False), print)
