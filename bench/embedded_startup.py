@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -187,15 +188,43 @@ def startup(tmp: Path) -> dict:
 
 
 def seed(tmp: Path) -> dict:
-    """The seed's sequential loop over the demo agents, and the slowest one alone."""
-    scripts = sorted((ROOT / "candidates").glob("agent_*.py"))
+    """The seed's sequential loop over the demo agents, and the slowest one alone.
+
+    A script agent: ``python3 script "<objective>" <output>``, as the seed ran it. A
+    project agent (Agent Beta): what the forge does for it, done plainly: its
+    requirements installed by pip into a fresh directory (the forge installs them into
+    the sandbox's fresh environment, inside the run), then ``python3 -m <module>`` in a
+    copy of the project with that directory on the path."""
+    manifest = tomllib.loads(DEMO.read_text())
     each = {}
     t0 = now()
-    for s in scripts:
+    for c in manifest["candidate"]:
         t = now()
-        run_seed_style(str(s), OBJECTIVE, str(tmp / f"{s.stem}.md"))
-        each[s.stem] = now() - t
+        out = str(tmp / f"{c['id']}.md")
+        if "script" in c:
+            done = run_seed_style(str(DEMO.parent / c["script"]), OBJECTIVE, out)
+        else:
+            done = _project_seed_style(DEMO.parent / c["path"], c["module"], out, tmp)
+        assert done.returncode in (0, 1), done.stderr[-2000:]  # Delta crashes on purpose
+        each[c["id"]] = now() - t
     return {"sequential_s": now() - t0, "slowest_s": max(each.values()), "each": each}
+
+
+def _project_seed_style(source: Path, module: str, out: str,
+                        tmp: Path) -> subprocess.CompletedProcess:
+    work = tmp / f"project-{time.time_ns()}"
+    shutil.copytree(source, work)
+    site = work / ".deps"
+    if (work / "requirements.txt").is_file():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", "--no-input", "--target", str(site),
+                        "-r", "requirements.txt"], cwd=work, check=True,
+                       capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-m", module, OBJECTIVE, out], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120)
+    shutil.rmtree(work, ignore_errors=True)
+    return done
 
 
 def python_alone() -> float:
