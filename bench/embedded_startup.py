@@ -60,9 +60,11 @@ PHASES = [
     ("first task picked up", "published", "cand.begin@first"),
     ("sandbox creation (per candidate, median)", "cand.begin@each", "cand.create@each"),
     ("upload (per candidate, median)", "cand.create@each", "cand.upload@each"),
-    ("first candidate begins -> slowest starts executing", "cand.begin@first",
+    ("first candidate begins -> slowest's sandbox ready", "cand.begin@first",
      "cand.upload@slowest"),
-    ("slowest candidate executing", "cand.upload@slowest", "cand.exec@slowest"),
+    ("slowest: its requirements installed (pip, in its sandbox)", "cand.upload@slowest",
+     "cand.ready@slowest"),
+    ("slowest candidate executing", "cand.ready@slowest", "cand.exec@slowest"),
     ("its artifact and sandbox removal", "cand.exec@slowest", "cand.delete@slowest"),
     ("last sandbox gone -> chord body starts", "cand.delete@last", "body.entered"),
     ("judging", "body.entered", "body.scored"),
@@ -135,6 +137,8 @@ def breakdown(marks: list[tuple[float, str, str]], spawn: float, exit_: float,
         if who:
             per.setdefault(label, {})[who] = t
         at.setdefault(label, t)  # the first stamp of a label
+    # a candidate's script starts after its upload, or after its install when it has one
+    per["cand.ready"] = {**per.get("cand.upload", {}), **per.get("cand.install", {})}
     begins = per.get("cand.begin", {})
     execs = per.get("cand.exec", {})
     slowest = max(runtimes, key=runtimes.get)
