@@ -61,10 +61,10 @@ def store_bundle(backend: Any, sha256: str, data: bytes, expires: int) -> bool:
     its expiry is pushed out so a later run keeps it alive); on any other backend (the
     embedded worker's memory backend) a get, then a set when missing.
     """
-    from celery.backends.redis import RedisBackend
+    from worker.states import is_redis  # not the Redis client's import, when embedded
 
     key = bundle_key(sha256)
-    if isinstance(backend, RedisBackend):
+    if is_redis(backend):
         client = backend.client
         if client.exists(key):
             client.expire(key, expires)
