@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from worker import keys
+
 T = TypeVar("T")
 
 DEFAULT_OBJECTIVE = "Generate weekly 'AI Events in San Francisco' post for Discord"
@@ -289,9 +291,7 @@ class CandidateTask:
         return _from_dict(cls, data)
 
 
-def task_id_for(run_id: str, candidate_id: str) -> str:
-    """Deterministic task id, so a redelivered task is recognisable."""
-    return f"{run_id}:{candidate_id}"
+task_id_for = keys.candidate_task_id  # the name callers know
 
 
 @dataclass

@@ -163,9 +163,9 @@ def _sandboxes_alive(forge: ForgeResult) -> int | None:
                      "finished deleting, within their deadline): "
                      + ", ".join(f"{sid} ({cid})" for cid, sid in stuck))
     try:
-        from worker.sandbox.daytona import left_behind
+        from worker.sandbox import get_backend
 
-        alive = left_behind(run_id)
+        alive = get_backend("daytona").left_behind(run_id)  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - any SDK/transport failure
         notes.append(f"Could not count the run's live Daytona sandboxes ({type(exc).__name__});"
                      " 'forge reap' sweeps any left behind")
