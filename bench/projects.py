@@ -62,7 +62,8 @@ def one_run(manifest: Path, cold: bool) -> dict[str, float]:
     from dispatcher.dispatch import app, store_bundles
     from dispatcher.manifest import load_manifest
     from dispatcher.plan import plan_run
-    from worker.bundles import BundleCache, bundle_key
+    from worker.bundles import BundleCache
+    from worker.keys import bundle_key
     from worker.lifecycle import SCRIPT_NAME, _unpack
     from worker.sandbox.base import SandboxRequest
     from worker.sandbox.local import LocalBackend

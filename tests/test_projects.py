@@ -26,7 +26,8 @@ from dispatcher.manifest import ManifestError, load_manifest
 from dispatcher.pack import pack_directory
 from tests.daytona_emulator import DaytonaEmulator
 from tests.procs import CeleryWorker, forge_env, run_forge_cli
-from worker.bundles import ARCHIVE_NAME, UNPACK, bundle_key
+from worker.bundles import ARCHIVE_NAME, UNPACK
+from worker.keys import bundle_key
 
 MB = 1_000_000
 BLOB = bytes(range(256)) * 16 + b"\x00\r\n\xff"  # every byte value, CR/LF, NUL
