@@ -209,8 +209,10 @@ def test_a_project_packs_deterministically_and_candidates_share_one_bundle(tmp_p
     assert pack_directory(tmp_path / "agents" / "proj", 20 * MB).sha256 != again.sha256
     (tmp_path / "agents" / "proj" / "secret.txt").write_text("changed, still ignored")
     from dispatcher.plan import plan_run
+    from dispatcher.request import RunRequest
 
-    plan = plan_run("obj", load_manifest(tmp_path / "candidates.toml"), artifacts_dir=".")
+    plan = plan_run(RunRequest("obj", artifacts_dir=str(tmp_path)),
+                    load_manifest(tmp_path / "candidates.toml"))
     assert len(plan.bundles) == 2  # two projects, three candidates
     for task in plan.tasks:  # the message names the bundle, never carries it
         doc = json.dumps(task.to_dict())
@@ -545,6 +547,7 @@ def test_the_competitions_network_policy_applies_to_the_install(tmp_path):
     import sys
 
     from dispatcher.plan import plan_run
+    from dispatcher.request import RunRequest
     from worker.lifecycle import run_lifecycle
     from worker.sandbox.local import LocalBackend
 
@@ -572,7 +575,8 @@ def test_the_competitions_network_policy_applies_to_the_install(tmp_path):
         (root / "requirements.txt").write_text(f"--index-url {url}\ntinydep==1.0\n")
         (tmp_path / "c.toml").write_text('network = false\n[[candidate]]\nid = "p"\n'
                                          'path = "p"\nentry = "main.py"\n')
-        plan = plan_run("obj", load_manifest(tmp_path / "c.toml"), artifacts_dir=".")
+        plan = plan_run(RunRequest("obj", artifacts_dir=str(tmp_path)),
+                        load_manifest(tmp_path / "c.toml"))
         assert plan.tasks[0].network is False
         result = run_lifecycle(LocalBackend(), plan.tasks[0], lambda _m: None,
                                bundles=plan.bundles.__getitem__)
