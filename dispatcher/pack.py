@@ -19,6 +19,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pathspec
+
 from worker.bundles import ARCHIVE_NAME, BUNDLE_MTIME, sha256_bytes
 from worker.lifecycle import OUTPUT_NAME
 
@@ -59,9 +61,7 @@ class _Entry:
     target: str = ""
 
 
-def _ignore_spec(root: Path):
-    import pathspec
-
+def _ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
     lines = list(DEFAULT_IGNORES)
     ignore_file = root / IGNORE_FILE
     if ignore_file.is_file():

@@ -58,6 +58,7 @@ def store_bundle(backend: Any, sha256: str, data: bytes, expires: int) -> bool:
     its expiry is pushed out so a later run keeps it alive); on any other backend (the
     embedded worker's memory backend) a get, then a set when missing.
     """
+    # start-up: the lifecycle imports this module where Celery may not even be installed
     from celery.backends.redis import RedisBackend
 
     key = bundle_key(sha256)

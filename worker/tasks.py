@@ -17,6 +17,7 @@ from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from worker import observability, tasklog
+from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
 from worker.judge.scoring import build_forge_result
 from worker.lifecycle import worker_name
@@ -119,7 +120,6 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
         return CandidateResult(candidate_id=task.candidate_id,
                                execution_mode=task.execution_mode,
                                worker=progress.worker, error_message=f"{exc}")
-    from worker.bundles import fetch_bundle
     from worker.lifecycle import run_lifecycle
 
     def bundle(sha256: str) -> bytes:  # a project's files, by hash, cached per process
