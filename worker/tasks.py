@@ -19,7 +19,6 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from worker import observability, tasklog
 from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
-from worker.judge.scoring import build_forge_result
 from worker.lifecycle import worker_name
 from worker.progress import CandidateProgress
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
@@ -200,6 +199,10 @@ def collect_results(self, results: list[dict[str, Any]],
         from worker.states import stored_results
 
         results = stored_results(self.backend, kept_task_ids) + list(results)
+    # start-up: the judge loads only in the chord body (importing the tasks, as every
+    # publisher does, stays light; tests/test_daytona_e2e.py checks it)
+    from worker.judge.scoring import build_forge_result
+
     forge = build_forge_result(results, run)
     t_scored = time.monotonic()
     if run.execution_mode == "daytona":
