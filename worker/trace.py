@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-_PATH = os.environ.get("FORGE_TRACE") or None
+from worker import config
+
+_PATH = config.env("FORGE_TRACE")  # read once: a process traces from start or not at all
 
 
 def enabled() -> bool:
