@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab, crontab_parser
 
-from dispatcher.manifest import cpus_problem, egress_problem, speed_problem
+from dispatcher.manifest import cpus_problem, egress_problem, speed_problem, trials_problem
 from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_objective
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a "\n" through
@@ -56,7 +56,7 @@ CRON_FIELDS = (("minute", 60, 0), ("hour", 24, 0), ("day-of-month", 31, 1),
                ("month", 12, 1), ("day-of-week", 7, 0))
 KNOWN_FIELDS = ("name", "objective", "candidates", "execution", "timeout", "network", "env",
                 "judge", "post", "schedule", "every", "timezone", "enabled", "egress_allow",
-                "egress_deny", "cpus", "speed", "exclusive", "max_sandboxes")
+                "egress_deny", "cpus", "speed", "exclusive", "max_sandboxes", "trials")
 MAX_LOOKBACK_DAYS = 366 * 29  # Feb 29 on a given weekday recurs within 28 years
 
 
@@ -122,6 +122,7 @@ class Competition:
     speed: str | None = None
     exclusive: bool | None = None
     max_sandboxes: int | None = None
+    trials: int | None = None  # None: the manifest's (default 1)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -319,7 +320,8 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
     checked = {}
     for key, problem in (("egress_allow", lambda v: egress_problem("egress_allow", v)),
                          ("egress_deny", lambda v: egress_problem("egress_deny", v)),
-                         ("cpus", cpus_problem), ("speed", speed_problem)):
+                         ("cpus", cpus_problem), ("speed", speed_problem),
+                         ("trials", trials_problem)):
         if key in entry:
             why = problem(entry[key])
             if why:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from dispatcher.manifest import Manifest, ManifestError
 from worker import config
+from worker.validation import check_trials
 from worker.records import (
     CandidateInfo,
     CandidateTask,
@@ -41,7 +42,7 @@ def new_run_id(now: datetime | None = None) -> str:
 # Task fields added after runs were already being fingerprinted: left out at their
 # defaults, so a run planned by an older dispatcher keeps its fingerprint (and resumes).
 _LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False,
-                   "daytona": DaytonaSpec().to_dict()}
+                   "daytona": DaytonaSpec().to_dict(), "trials": 1}
 
 
 def _fingerprinted(task: CandidateTask) -> dict:
@@ -50,7 +51,7 @@ def _fingerprinted(task: CandidateTask) -> dict:
     result) nor the competition's name (a label), and later fields only when they differ
     from their defaults."""
     doc = {k: v for k, v in task.to_dict().items()
-           if k not in ("run_id", "script", "budget", "competition")}
+           if k not in ("run_id", "script", "budget", "competition", "trial")}
     for key, default in _LATER_DEFAULTS.items():
         if doc.get(key) == default:
             del doc[key]
@@ -65,7 +66,7 @@ def definition_sha256(objective: str, tasks: list[CandidateTask], judge: str,
     doc = {
         "objective": objective,
         "judge": judge,
-        "candidates": [_fingerprinted(t) for t in tasks],
+        "candidates": [_fingerprinted(t) for t in tasks if t.trial == 0],
     }
     if speed != "wall":
         doc["speed"] = speed
@@ -93,11 +94,18 @@ def plan_run(
     speed: str | None = None,
     exclusive: bool | None = None,
     max_sandboxes: int | None = None,
+    trials: int | None = None,
 ) -> RunPlan:
     """Snapshot every candidate's script into its task; nothing is read again later.
 
-    Every option left None takes the manifest's value (a competition overrides it)."""
+    With ``trials`` K > 1 each candidate gets K tasks (trial 0..K-1, task ids
+    ``<run>:<candidate>:<k>``), trial-major: every candidate's first trial is published
+    before any second one, so K x N tasks spread over the workers and a candidate's
+    trials run side by side. Every option left None takes the manifest's value (a
+    competition overrides it)."""
     run_id = run_id or new_run_id()
+    k_trials = manifest.trials if trials is None else trials
+    check_trials(k_trials)
     default_timeout = timeout or manifest.timeout or DEFAULT_TIMEOUT
     net = manifest.network if network is None else network
     env = manifest.env if env_allow is None else env_allow
@@ -138,8 +146,11 @@ def plan_run(
             daytona=daytona,
             budget=budget,
             competition=competition,
+            trial=k,
+            trials=k_trials,
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
+        for k in range(k_trials)
         for c in manifest.candidates
     ]
     run = RunSpec(
@@ -157,6 +168,7 @@ def plan_run(
         definition_sha256=definition_sha256(objective, tasks, judge_name, speed_basis),
         notes=list(notes or []),
         speed=speed_basis,
+        trials=k_trials,
     )
     source = {"manifest": os.path.abspath(manifest.path), "timeout": timeout, "network": network,
               "env_allow": None if env_allow is None else list(env_allow), "judge": judge,
@@ -164,7 +176,7 @@ def plan_run(
               "egress_allow": None if egress_allow is None else list(egress_allow),
               "egress_deny": None if egress_deny is None else list(egress_deny),
               "cpus": cpus, "speed": speed, "exclusive": exclusive,
-              "max_sandboxes": max_sandboxes}
+              "max_sandboxes": max_sandboxes, "trials": trials}
     return RunPlan(run=run, tasks=tuple(tasks), source=source)
 
 

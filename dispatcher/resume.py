@@ -52,7 +52,7 @@ def _replan(record: runs.RunRecord) -> RunPlan:
         limits=Limits.from_dict(src["limits"]) if src.get("limits") else None,
         egress_allow=_tuple(src.get("egress_allow")), egress_deny=_tuple(src.get("egress_deny")),
         cpus=src.get("cpus"), speed=src.get("speed"), exclusive=src.get("exclusive"),
-        max_sandboxes=src.get("max_sandboxes"),
+        max_sandboxes=src.get("max_sandboxes"), trials=src.get("trials"),
     )
     return plan
 
@@ -77,7 +77,7 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
     kept = [t for t in tasks if (metas.get(t.task_id) or {}).get("status") == "SUCCESS"]
     missing = [t for t in tasks if t not in kept]
     if not force and record.status == "published" and missing:
-        where = runs.locate(app, {t.candidate_id: t.task_id for t in missing})
+        where = runs.locate(app, {t.unit: t.task_id for t in missing})
         if where.queued or where.delivered:
             raise ResumeRefused(_refusal(spec.run_id, where, len(missing)))
     return ResumePlan(full=RunPlan(run=spec, tasks=tuple(tasks), source=record.source),

@@ -10,7 +10,13 @@ from dispatcher.plan import RunPlan, plan_run
 from dispatcher.tracker import LogCallback, RunTracker
 from worker import config
 from worker.records import DEFAULT_OBJECTIVE, ForgeResult, Limits
-from worker.validation import check_artifacts_dir, check_objective, check_run_id, check_timeout
+from worker.validation import (
+    check_artifacts_dir,
+    check_objective,
+    check_run_id,
+    check_timeout,
+    check_trials,
+)
 
 FALLBACK_NOTE = "(Daytona not configured, falling back to local)"
 MAX_EMBEDDED_CONCURRENCY = 32
@@ -37,6 +43,7 @@ def prepare(
     speed: str | None = None,
     exclusive: bool | None = None,
     max_sandboxes: int | None = None,
+    trials: int | None = None,
 ) -> RunPlan:
     """Load and validate everything a run needs; raises InvalidInput (worker/validation.py:
     the objective, run id, timeout, artifacts directory), ManifestError or ConfigError."""
@@ -47,6 +54,8 @@ def prepare(
         check_timeout(timeout)
     if artifacts_dir is not None:
         check_artifacts_dir(artifacts_dir)
+    if trials is not None:
+        check_trials(trials)
     manifest = manifest or load_manifest(candidates)
     notes = []
     mode = "local"
@@ -76,6 +85,7 @@ def prepare(
         speed=speed,
         exclusive=exclusive,
         max_sandboxes=max_sandboxes,
+        trials=trials,
     )
 
 
@@ -95,7 +105,7 @@ def execute(
     from dispatcher.embedded import embedded_worker
     from worker.app import app
 
-    width = max(1, min(len(plan.tasks), MAX_EMBEDDED_CONCURRENCY))
+    width = max(1, min(len(plan.tasks), MAX_EMBEDDED_CONCURRENCY))  # K x N tasks
     with embedded_worker(app, width):
         dispatch.publish(plan)
         if on_published:
@@ -115,7 +125,7 @@ def run_forge(
     as they happen. ``options`` are those of :func:`prepare` (``candidates``,
     ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
     ``post``, ``limits``, ``egress_allow``, ``egress_deny``, ``cpus``, ``speed``,
-    ``exclusive``, ``max_sandboxes``). Bad input raises ``InvalidInput`` (a ValueError)
+    ``exclusive``, ``max_sandboxes``, ``trials``). Bad input raises ``InvalidInput`` (a ValueError)
     before anything runs, with the same message the CLI prints (rules: worker/validation.py).
     """
     return execute(prepare(objective, use_daytona, **options), log_callback)

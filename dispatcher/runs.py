@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker import config, states
-from worker.records import CandidateResult, RunSpec
+from worker.records import CandidateResult, RunSpec, task_id_for, unit_name
 
 PREFIX = "forge-run:"
 # How long a record may stay "publishing" before its fan-out counts as cut short.
@@ -45,8 +45,14 @@ class RunRecord:
 
     @property
     def task_ids(self) -> dict[str, str]:
-        """candidate id -> task id, in manifest order."""
-        return {t["candidate_id"]: f"{t['run_id']}:{t['candidate_id']}" for t in self.tasks}
+        """unit (candidate id, ``id#k`` for trial k of several) -> task id, in publish
+        order."""
+        out = {}
+        for t in self.tasks:
+            trial, trials = int(t.get("trial") or 0), int(t.get("trials") or 1)
+            out[unit_name(t["candidate_id"], trial, trials)] = task_id_for(
+                t["run_id"], t["candidate_id"], trial, trials)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, ensure_ascii=False)

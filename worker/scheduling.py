@@ -87,7 +87,8 @@ def start_competition(self, name: str, slot: str | None = None) -> dict[str, Any
                        network=comp.network, env_allow=comp.env, judge=comp.judge,
                        post=comp.post, competition=name, egress_allow=comp.egress_allow,
                        egress_deny=comp.egress_deny, cpus=comp.cpus, speed=comp.speed,
-                       exclusive=comp.exclusive, max_sandboxes=comp.max_sandboxes)
+                       exclusive=comp.exclusive, max_sandboxes=comp.max_sandboxes,
+                       trials=comp.trials)
         dispatch.publish(plan)
     except Exception:
         client.delete(key)  # not started: a redelivery or a later firing may try again

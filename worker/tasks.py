@@ -194,6 +194,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
             execution_mode=task.execution_mode,
             worker=me,
             attempt=attempt,
+            trial=task.trial,
             error_message=(
                 f"Worker lost {attempt - 1} times while running this candidate "
                 f"(retry limit {MAX_ATTEMPTS}); it may be killing its worker"
@@ -224,7 +225,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
             store shows it too."""
             from worker.store.hooks import mark_state
 
-            mark_state(task.run_id, task.candidate_id, state, me)
+            mark_state(task.run_id, task.candidate_id, state, me, trial=task.trial)
             if self.request.id and not self.request.is_eager:
                 try:
                     self.send_event(f"task-{state}")
@@ -240,6 +241,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     result.timings["task"] = round(time.monotonic() - t_enter, 6)
     result.worker = me
     result.attempt = attempt
+    result.trial = task.trial
     result.log = lines
     logger.info("[%s] %s %s in %.2fs%s", task.run_id, task.candidate_id,
                 "succeeded" if result.success else "failed", result.runtime_seconds,
@@ -260,15 +262,21 @@ def _task_from(task_data: Any) -> CandidateTask:
 def _refused(task, task_data: Any, reason: str) -> dict[str, Any]:
     """The failed result of a task refused before it ran."""
     cid = task_data.get("candidate_id") if isinstance(task_data, dict) else None
+    trial = task_data.get("trial") if isinstance(task_data, dict) else 0
     logger.warning("%s: candidate task refused: %s", task.request.id, reason)
     return CandidateResult(
         candidate_id=cid if isinstance(cid, str) else "", worker=task.request.hostname,
+        trial=trial if isinstance(trial, int) and not isinstance(trial, bool) else 0,
         error_message=f"Refused: {reason}", log=[f"[Error] Refused: {reason}"],
     ).to_dict()
 
 
 def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResult:
     """Score and rank the results of a run (pure: no I/O)."""
+    if run.trials > 1:
+        from worker.judge.aggregate import build_trials_result
+
+        return build_trials_result(results, run)
     from worker.judge import JudgeContext, get_judge, rank, winner
 
     by_id: dict[str, CandidateResult] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -115,6 +115,9 @@ class RunDetail:
     sandboxes_alive: int | None
     winner_artifact: str | None = None
     extra: dict[str, Any] | None = None  # ForgeResult fields without a column
+    # Repeated trials: every done trial's result, candidate by candidate in trial order
+    # (each candidate's ``result`` above is its representative trial).
+    trial_results: list[CandidateResult] = field(default_factory=list)
 
     def forge_result(self) -> ForgeResult | None:
         """The ForgeResult (summary.json, plus the Discord record) of a finished run."""
@@ -133,6 +136,7 @@ class RunDetail:
             judge=s.judge, competition=s.competition,
             definition_sha256=self.definition_sha256, notes=list(self.notes),
             discord=self.discord, sandboxes_alive=self.sandboxes_alive,
+            trial_results=list(self.trial_results),
             **_known(ForgeResult, self.extra))
 
 
@@ -258,12 +262,23 @@ def get_run(conn: Connection, run_id: str, trial: int = 0) -> RunDetail | None:
         return None
     run = conn.execute(select(Run.definition_sha256, Run.run_dir, Run.notes, Run.discord,
                               Run.sandboxes_alive, Run.extra).where(Run.run_id == run_id)).one()
-    results = {r.candidate_id: r for r in conn.execute(
-        select(Result.__table__).where(Result.run_id == run_id, Result.trial == trial))}
-    entries, winner_artifact = [], None
+    trials = int((run.extra or {}).get("trials") or 1)
+    rows: dict[str, dict[int, Any]] = {}
+    for r in conn.execute(select(Result.__table__).where(Result.run_id == run_id)
+                          .order_by(Result.candidate_id, Result.trial)):
+        rows.setdefault(r.candidate_id, {})[r.trial] = r
+    # A run of repeated trials shows each candidate by its representative trial (the
+    # ranking's best_trial, 1-based), as its run directory does.
+    best = {s.get("candidate_id"): int(s.get("best_trial") or 1) - 1
+            for s in (run.extra or {}).get("trial_summaries") or [] if isinstance(s, dict)}
+    entries, winner_artifact, trial_results = [], None, []
     for c in conn.execute(select(Candidate.__table__).where(Candidate.run_id == run_id)
                           .order_by(Candidate.position)):
-        res = results.get(c.candidate_id)
+        mine = rows.get(c.candidate_id, {})
+        if trials > 1:
+            trial_results += [_result_record(r) for _, r in sorted(mine.items())
+                              if r.state == "done"]
+        res = mine.get(best.get(c.candidate_id, trial) if trials > 1 else trial)
         record = _result_record(res) if res is not None and res.state == "done" else None
         if record is not None and c.candidate_id == summary.winner_id:
             winner_artifact = record.artifact_content
@@ -279,7 +294,7 @@ def get_run(conn: Connection, run_id: str, trial: int = 0) -> RunDetail | None:
                      definition_sha256=run.definition_sha256, run_dir=run.run_dir,
                      notes=list(run.notes or []), discord=run.discord,
                      sandboxes_alive=run.sandboxes_alive, winner_artifact=winner_artifact,
-                     extra=run.extra)
+                     extra=run.extra, trial_results=trial_results)
 
 
 def _result_record(r) -> CandidateResult:
@@ -296,7 +311,7 @@ def _result_record(r) -> CandidateResult:
         output_dropped_bytes=r.output_dropped_bytes or 0,
         artifact_truncated=bool(r.artifact_truncated), warnings=list(r.warnings or []),
         isolation=r.isolation, log=list(r.log or []), timings=dict(r.timings or {}),
-        **_known(CandidateResult, r.extra))
+        trial=r.trial, **_known(CandidateResult, r.extra))
 
 
 def _score_record(c) -> Score | None:
