@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 from dispatcher.manifest import Manifest, ManifestError
 from worker import config
-from worker.validation import check_trials
 from worker.records import (
     CandidateInfo,
     CandidateTask,
@@ -22,6 +21,7 @@ from worker.records import (
     RunSpec,
     SandboxBudget,
 )
+from worker.validation import check_trials
 
 DEFAULT_TIMEOUT = 60
 

@@ -117,7 +117,8 @@ def build_trials_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeRes
     decided.pop("ranking", None)
     notes = list(run.notes)
     if run.speed == "cpu":
-        no_cpu = sorted({f"{r.candidate_id}#{r.trial + 1}" for r in trial_results if r.success and r.cpu_seconds is None})
+        no_cpu = sorted({f"{r.candidate_id}#{r.trial + 1}" for r in trial_results
+                         if r.success and r.cpu_seconds is None})
         if no_cpu:
             notes.append(f"Speed is scored on CPU time, but {', '.join(no_cpu)} had no CPU "
                          "figure (no writable cpu cgroup on the worker): scored on wall time")
