@@ -152,6 +152,17 @@ def env_count(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+# -- season standings (worker/standings.py; reference in docs/trials.md) -------------------
+
+# How many of a candidate's previous runs its latest score is checked against.
+REGRESSION_WINDOW = 8
+
+
+def regression_window() -> int:
+    """FORGE_REGRESSION_WINDOW: previous runs a regression is judged against (>= 2)."""
+    return env_count("FORGE_REGRESSION_WINDOW", REGRESSION_WINDOW, minimum=2)
+
+
 # -- the Daytona sandbox budget (worker/budget.py; reference in docs/daytona.md) -----------
 
 # The first Daytona tier allows 10 vCPU and a default sandbox takes 1.

@@ -374,6 +374,9 @@ def collect_results(self, results: list[dict[str, Any]],
 
         results = stored_results(self.backend, kept_task_ids) + list(results)
     forge = build_forge_result(results, run)
+    from worker.standings import for_run
+
+    forge.standings = for_run(forge, run.artifacts_dir)  # a competition's season, if any
     t_scored = time.monotonic()
     if run.execution_mode == "daytona":
         forge.sandboxes_alive = _sandboxes_alive(forge)

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, and_, case, desc, func, select
 
+from worker.judge.season import Placing, SeasonRun
 from worker.records import CandidateInfo, CandidateResult, ForgeResult, Score
 from worker.store.models import Candidate, Result, Run
 
@@ -379,3 +380,32 @@ def competitions(conn: Connection) -> list[CompetitionSummary]:
 
 def has_runs(conn: Connection) -> bool:
     return conn.execute(select(Run.run_id).limit(1)).first() is not None
+
+
+def season_runs(conn: Connection, competition: str, *, since: datetime | None = None,
+                exclude: str | None = None) -> list[SeasonRun]:
+    """The finished runs of ``competition`` (its season) as ``worker.judge.season``
+    records, oldest first: each candidate's rank, score (the mean, for repeated trials)
+    and whether it qualified, and the run's winner. ``exclude``: a run id left out (the
+    run being judged, added by its caller). One query."""
+    stmt = (select(Run.run_id, Run.timestamp, Run.winner_id, Candidate.candidate_id,
+                   Candidate.name, Candidate.rank, Candidate.total_score, Candidate.qualified)
+            .join(Candidate, Candidate.run_id == Run.run_id)
+            .where(Run.competition == competition, Run.status == "finished",
+                   Candidate.rank.is_not(None))
+            .order_by(Run.timestamp, Run.run_id, Candidate.rank))
+    if since is not None:
+        stmt = stmt.where(Run.timestamp >= since)
+    if exclude is not None:
+        stmt = stmt.where(Run.run_id != exclude)
+    runs: dict[str, tuple[datetime, str | None, list[Placing]]] = {}
+    for row in conn.execute(stmt):
+        entry = runs.setdefault(row.run_id, (row.timestamp, row.winner_id, []))
+        entry[2].append(Placing(row.candidate_id, int(row.rank), float(row.total_score or 0.0),
+                                bool(row.qualified), row.name or ""))
+    out = []
+    for run_id, (when, winner, placings) in runs.items():
+        ids = {p.candidate_id for p in placings}
+        out.append(SeasonRun(run_id, _iso(when, "seconds") or "", tuple(placings),
+                             winner if winner in ids else None))
+    return out
