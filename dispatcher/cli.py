@@ -23,6 +23,7 @@ EXTRA_COMMANDS.append("dispatcher.reap")
 EXTRA_COMMANDS.append("dispatcher.resume")
 EXTRA_COMMANDS.append("dispatcher.competitions_cli")
 EXTRA_COMMANDS.append("dispatcher.store_cli")
+EXTRA_COMMANDS.append("dispatcher.standings_cli")
 EXTRA_COMMANDS.append("dispatcher.doctor")
 EXTRA_COMMANDS.append("dispatcher.web.cli")
 
