@@ -161,8 +161,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except (ResumeRefused, ManifestError, config.ConfigError, InvalidInput) as exc:
         return refuse(str(exc))
     out = Console(stderr=args.json, highlight=False)
+    what = "candidates" if spec.trials <= 1 else f"trials ({spec.trials} per candidate)"
     out.print(f"Resuming run {spec.run_id}: re-running {len(rp.missing.tasks)} of "
-              f"{len(rp.full.tasks)} candidates, keeping {len(rp.kept_task_ids)} results",
+              f"{len(rp.full.tasks)} {what}, keeping {len(rp.kept_task_ids)} results",
               markup=False)
     if args.detach:
         print(spec.run_id)
