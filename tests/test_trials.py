@@ -258,7 +258,7 @@ def test_k1_runs_exactly_as_before(artifacts, tmp_path):
     result = json.loads(done.stdout)
     assert result["trials"] == 1 and result["verdict"] is None
     assert result["trial_results"] == [] and result["trial_summaries"] == []
-    assert "WINNER: Candidate gamma (gamma) with" in done.stderr
+    assert "WINNER: gamma with 100.0/100" in done.stderr
     assert "95% CI" not in done.stderr
     assert not list((artifacts / "k1").rglob("trial-*"))
     assert not list((artifacts / "k1").rglob("trials.json"))

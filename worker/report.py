@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from worker import report_verdict
 from worker.records import CandidateInfo, CandidateResult, ForgeResult, Score
 from worker.validation import shorten
 
@@ -275,7 +276,10 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
     for note in result.notes:
         lines.append(f"- **Note:** {_md_cell(note, 500)}")
     lines += ["", "## Winner", ""]
-    if win and win.score:
+    verdict = report_verdict.winner_md(result)  # repeated trials: mean, CI, or a tie
+    if verdict:
+        lines += verdict
+    elif win and win.score:
         label = f"{win.name} ({win.description})" if win.description else win.name
         lines.append(f"🏆 **{_md_cell(label)}** (`{_md_cell(win.cid)}`) "
                      f"wins with **{_fmt(win.score.total_score)}/100**")
@@ -295,6 +299,7 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
             f"| {_fmt(s.speed_score if s else None)} | **{_fmt(s.total_score if s else None)}** "
             f"| {_runtime(row.result)} | {_cpu(row.result)} | {_md_cell(row.reason) or '—'} |"
         )
+    lines += report_verdict.trials_md(result) + report_verdict.standings_md(result)
     post = _winner_post(result)
     if win and post is not None:
         lines += ["", "## Winning post", "", *_fence(_artifact_shown(post), "markdown")]
@@ -764,8 +769,12 @@ def html_parts(result: ForgeResult) -> Iterator[str]:
         + "</ul>"
         + (f'<div class="notes">{notes}</div>' if notes else "")
         + "</header>\n"
-        f"<section><h2>Winner</h2>{_winner_html(result, win)}</section>\n"
-        f"<section><h2>Leaderboard</h2>{_board_html(rows, result.winner_id)}</section>\n"
+        f"<section><h2>Winner</h2>{report_verdict.winner_html(result)}"
+        f"{_winner_html(result, win)}</section>\n"
+        + report_verdict.trials_html(result)
+        + f"<section><h2>Leaderboard</h2>{_board_html(rows, result.winner_id)}</section>\n"
+        + report_verdict.standings_html(result)
+        +
         "<section><h2>Candidates</h2>"
     )
     yield head
