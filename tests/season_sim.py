@@ -54,9 +54,9 @@ def week(k: int, rng: random.Random, competition: str, strengths=STRENGTHS, sd: 
 
 
 def season(weeks: int, seed: int, competition: str = "weekly-sf-ai-events",
-           regress: str | None = None) -> list[ForgeResult]:
+           regress: str | None = None, fail: float = 0.05) -> list[ForgeResult]:
     """``weeks`` weekly runs; ``regress``: a candidate whose last week drops 30 points."""
     rng = random.Random(seed)
-    return [week(k, rng, competition,
+    return [week(k, rng, competition, fail=fail,
                  drop={regress: 30.0} if regress and k == weeks - 1 else None)
             for k in range(weeks)]
