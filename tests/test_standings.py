@@ -37,6 +37,7 @@ def _env(url: str, tmp_path) -> dict[str, str]:
     return forge_env(None, tmp_path / "artifacts", FORGE_DATABASE_URL=url)
 
 
+@pytest.mark.processes
 def test_standings_cli_over_a_seeded_season_in_a_real_store(store_url, tmp_path):
     from worker.store.db import dispose_all
 
@@ -80,6 +81,7 @@ def test_standings_cli_over_a_seeded_season_in_a_real_store(store_url, tmp_path)
     assert "REGRESSED" in shown.stdout
 
 
+@pytest.mark.processes
 def test_without_the_drop_nobody_is_flagged(tmp_path):
     url = f"sqlite:///{tmp_path / 's' / 'forge.db'}"
     _seed(url, regress=None)
@@ -87,6 +89,7 @@ def test_without_the_drop_nobody_is_flagged(tmp_path):
     assert not [s for s in data["standings"] if s["regressed"]]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("args, problem", [
     (["nope"], "no runs of competition 'nope'"),
     ([COMP, "--since", "last week"], "is not a date"),
@@ -129,6 +132,7 @@ def test_dashboard_shows_the_standings_and_flags_the_regression(tmp_path):
     dispose_all()
 
 
+@pytest.mark.processes
 def test_a_competition_run_carries_the_season_into_report_post_and_dashboard(tmp_path,
                                                                           monkeypatch):
     """Twelve simulated weeks in the store, then a real run of the demo agents as the

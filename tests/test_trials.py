@@ -45,6 +45,7 @@ def _probe(output: str) -> dict:
 # ------------------------------------------------------------------------ input rules
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("value, problem", [("0", "from 1 to 100"), ("101", "from 1 to 100"),
                                             ("two", "not a whole number"),
                                             ("-3", "from 1 to 100")])
@@ -96,6 +97,7 @@ def test_plan_has_k_tasks_per_candidate_with_deterministic_ids(tmp_path):
 # ------------------------------------------------------------------------ real workers
 
 
+@pytest.mark.processes
 def test_trials_of_one_candidate_run_in_different_sandboxes_at_once_on_different_slots(
         distributed_env, workers, artifacts, tmp_path):
     """Four trials of one candidate on 2 workers x 2 slots: four sandboxes, all alive at
@@ -127,6 +129,7 @@ def test_trials_of_one_candidate_run_in_different_sandboxes_at_once_on_different
         assert rec["trial"] == k - 1 and rec["success"]
 
 
+@pytest.mark.processes
 def test_resume_reruns_only_the_missing_trials(redis_server, workers, artifacts, tmp_path):
     """Two of six trials lost from the queue: resume publishes exactly those two, keeps
     the four finished ones untouched, and the run has every trial exactly once."""
@@ -171,6 +174,7 @@ def test_resume_reruns_only_the_missing_trials(redis_server, workers, artifacts,
 # ------------------------------------------------------------------------ the verdict
 
 
+@pytest.mark.processes
 def test_two_equal_candidates_are_reported_tied_not_crowned_apart(artifacts, tmp_path):
     """Twins (the same agent) and a weaker third: the console, summary.json, the report
     and the Discord post all say statistically tied; the third is not among them."""
@@ -200,6 +204,7 @@ def test_two_equal_candidates_are_reported_tied_not_crowned_apart(artifacts, tmp
     assert "Candidate alpha" not in posted[0].split("\n")[0]
 
 
+@pytest.mark.processes
 def test_a_clear_leader_is_crowned_with_its_interval(artifacts, tmp_path):
     """Positive control of the tie test: gamma against alpha is not a tie."""
     manifest = write_manifest(tmp_path / "c", {"gamma": GAMMA, "alpha": ALPHA},
@@ -219,6 +224,7 @@ def test_a_clear_leader_is_crowned_with_its_interval(artifacts, tmp_path):
     assert "Statistically tied" not in (artifacts / "clear" / "report.md").read_text()
 
 
+@pytest.mark.processes
 def test_embedded_and_distributed_chord_bodies_give_the_same_verdict(
         redis_server, workers, artifacts, tmp_path):
     """The trial results of a real embedded run, shuffled, judged again by a distributed
@@ -248,6 +254,7 @@ def test_embedded_and_distributed_chord_bodies_give_the_same_verdict(
         == [(s["candidate_id"], s["rank"], s["total_score"]) for s in embedded["scores"]]
 
 
+@pytest.mark.processes
 def test_k1_runs_exactly_as_before(artifacts, tmp_path):
     """One trial: today's task ids, files and leaderboard; no trial directories."""
     manifest = write_manifest(tmp_path / "c", {"gamma": GAMMA, "alpha": ALPHA},

@@ -11,15 +11,19 @@ competition: such a report is exactly what it was.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from worker.records import ForgeResult
+from worker.report.text import esc, fmt
 
 
 def _h():
-    from worker import report
+    """The report's helpers (markdown.py and page.py import this module)."""
+    from worker.report.markdown import _md_cell
+    from worker.report.page import _badge
 
-    return report
+    return SimpleNamespace(_md_cell=_md_cell, _badge=_badge, _fmt=fmt, _e=esc)
 
 
 def _names(result: ForgeResult) -> dict[str, str]:
