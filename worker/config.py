@@ -152,6 +152,18 @@ def env_count(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+# -- directory candidates (dispatcher/pack.py; reference in candidates/README.md) ----------
+
+# A project's files, in MB (10^6 bytes), past which planning refuses it: each project is
+# stored once per run in the result backend (Redis memory) and unpacked in every sandbox.
+PROJECT_MAX_MB = 20
+
+
+def project_max_bytes() -> int:
+    """The size cap of a directory candidate's files (FORGE_PROJECT_MAX_MB)."""
+    return env_count("FORGE_PROJECT_MAX_MB", PROJECT_MAX_MB, 1) * 1_000_000
+
+
 # -- season standings (worker/standings.py; reference in docs/trials.md) -------------------
 
 # How many of a candidate's previous runs its latest score is checked against.

@@ -22,6 +22,9 @@ The rules (docs/security.md lists them for users):
   ``TRIALS_MAX``; a task's trial index is 0 to trials - 1.
 * **paths** built from any of these stay inside their root, symlinks resolved:
   :func:`contained`.
+* **a project** (directory candidate) in a task: a sha256 hex digest, an ``entry`` that
+  is a plain relative path inside the project or a dotted ``module`` name (one of the
+  two), and no script text beside it.
 """
 
 from __future__ import annotations
@@ -132,12 +135,40 @@ def check_task(task: CandidateTask) -> CandidateTask:
     check_objective(task.objective)
     for name in ("timeout", "install_timeout", "upload_timeout", "retrieve_timeout"):
         check_timeout(getattr(task, name), name)
+    if task.project is not None:
+        check_project(task)
     check_trials(task.trials)
     if isinstance(task.trial, bool) or not isinstance(task.trial, int) or \
             not 0 <= task.trial < task.trials:
         raise InvalidInput(f"trial index {_shown(task.trial)} is outside 0..{task.trials - 1} "
                            "(the task's trials)")
     return task
+
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+PROJECT_FILES = ("", "requirements.txt")
+
+
+def check_project(task: CandidateTask) -> None:
+    p = task.project
+    if not isinstance(p.sha256, str) or not SHA256_RE.fullmatch(p.sha256):
+        raise InvalidInput(f"project hash {_shown(p.sha256)} is not a sha256 hex digest")
+    if task.script:
+        raise InvalidInput("a task carries a project and a script; a candidate is one or the "
+                           "other")
+    entry, module = p.entry, p.module
+    if not isinstance(entry, str) or not isinstance(module, str) or bool(entry) == bool(module):
+        raise InvalidInput("a project needs exactly one of 'entry' (a file of it) or 'module'")
+    if entry and ("\x00" in entry or os.path.isabs(entry) or entry != os.path.normpath(entry)
+                  or entry.split("/")[0] == ".."):
+        raise InvalidInput(f"project entry {_shown(entry)} must be a plain relative path "
+                           "inside the project, such as 'main.py'")
+    if module and not MODULE_RE.fullmatch(module):
+        raise InvalidInput(f"project module {_shown(module)} is not a Python module name")
+    if p.requirements_file not in PROJECT_FILES:
+        raise InvalidInput(f"project requirements file {_shown(p.requirements_file)} must be "
+                           "'requirements.txt' or empty")
 
 
 def check_run_spec(spec: RunSpec) -> RunSpec:
