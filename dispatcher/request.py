@@ -97,4 +97,4 @@ class RunRequest:
             daytona=run.get("execution_mode") == "daytona",
             candidates=source.get("manifest"), artifacts_dir=run.get("artifacts_dir"),
             run_id=run.get("run_id"), post=bool(run.get("post_to_discord")),
-            competition=run.get("competition"))
+            competition=run.get("competition"), trials=run.get("trials") or 1)

@@ -19,20 +19,17 @@ from worker.report.rows import (
 from worker.report.text import (
     TAIL_LINES,
     artifact_shown,
-    clean,
     compact,
     cpu,
     fmt,
     is_scalar,
+    md_cell,
     output_tail,
     runtime,
 )
 from worker.validation import shorten
 
-
-def _md_cell(text: Any, limit: int = 200) -> str:
-    s = " ".join(clean(text).split()).replace("|", "\\|")
-    return s if len(s) <= limit else s[:limit] + "…"
+_md_cell = md_cell  # the report's markdown cells (worker/report/text.py)
 
 
 def _fence(text: str, lang: str = "") -> list[str]:

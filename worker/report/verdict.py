@@ -15,15 +15,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from worker.records import ForgeResult
-from worker.report.text import esc, fmt
+from worker.report.text import esc, fmt, md_cell
+
+_HELPERS = SimpleNamespace(_md_cell=md_cell, _fmt=fmt, _e=esc)
+FLAKY_BADGE = '<span class="badge fail">FLAKY</span>'
 
 
 def _h():
-    """The report's helpers (markdown.py and page.py import this module)."""
-    from worker.report.markdown import _md_cell
-    from worker.report.page import _badge
-
-    return SimpleNamespace(_md_cell=_md_cell, _badge=_badge, _fmt=fmt, _e=esc)
+    """The report's text helpers (worker/report/text.py)."""
+    return _HELPERS
 
 
 def _names(result: ForgeResult) -> dict[str, str]:
@@ -163,7 +163,7 @@ def trials_html(result: ForgeResult) -> str:
             f'<td class="mono">{" ".join(r._fmt(x) for x in s["scores"])}</td>'
             f'<td class="n">{s["passes"]}/{s["trials"]}</td>'
             f'<td>{"yes" if s["pass_all"] else "no"}</td>'
-            f'<td>{r._badge(False).replace("FAIL", "FLAKY") if s["flaky"] else ""}</td></tr>')
+            f'<td>{FLAKY_BADGE if s["flaky"] else ""}</td></tr>')
     return (f"<section><h2>Trials</h2><p class=\"muted\">Each candidate ran {k} times, each "
             "trial in a fresh sandbox; ranked by mean with a Student-t 95% interval.</p>"
             f'<div class="card"><table class="board">{head}{"".join(body)}</table></div>'
