@@ -22,7 +22,8 @@ from celery.result import denied_join_result
 from dispatcher import runs
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import LogCallback, RunTracker
-from worker.app import app
+from worker.app import RESULT_EXPIRES, app
+from worker.bundles import store_bundle
 from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
 from worker.keys import body_task_id
 from worker.records import ForgeResult
@@ -87,9 +88,6 @@ def store_bundles(plan: RunPlan) -> int:
     """Store each directory candidate's bundle once in the result backend (by sha256, the
     results' TTL), before any task that names it is published. Returns how many were
     written (an unchanged project shipped by an earlier run may still be there)."""
-    from worker.app import RESULT_EXPIRES
-    from worker.bundles import store_bundle
-
     return sum(store_bundle(app.backend, sha, data, RESULT_EXPIRES)
                for sha, data in plan.bundles.items())
 

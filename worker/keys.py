@@ -6,6 +6,11 @@ find a run's tasks from its run id alone:
 * ``<run_id>:<candidate_id>``: a candidate's ``run_candidate`` task; with K repeated
   trials, ``<run_id>:<candidate_id>:<k>`` (k = 1..K), one task per trial;
 * ``<run_id>:collect``: the run's chord body (``collect_results``).
+
+Result-backend keys:
+
+* ``forge-bundle:<sha256>``: a directory candidate's files (``worker.bundles``), one key
+  per content whichever runs, candidates or trials ship it, with the results' TTL.
 """
 
 from __future__ import annotations
@@ -24,3 +29,8 @@ def candidate_task_id(run_id: str, candidate_id: str, trial: int = 0, trials: in
 def body_task_id(run_id: str) -> str:
     """The chord body's task id."""
     return f"{run_id}:{COLLECT}"
+
+
+def bundle_key(sha256: str) -> str:
+    """The result-backend key of a project bundle: addressed by its content's hash."""
+    return f"forge-bundle:{sha256}"

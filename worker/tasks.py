@@ -17,8 +17,8 @@ from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from worker import observability, tasklog
+from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
-from worker.judge.scoring import build_forge_result
 from worker.lifecycle import worker_name
 from worker.progress import CandidateProgress
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
@@ -120,7 +120,6 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
         return CandidateResult(candidate_id=task.candidate_id,
                                execution_mode=task.execution_mode,
                                worker=progress.worker, error_message=f"{exc}")
-    from worker.bundles import fetch_bundle
     from worker.lifecycle import run_lifecycle
 
     def bundle(sha256: str) -> bytes:  # a project's files, by hash, cached per process
@@ -203,6 +202,10 @@ def collect_results(self, results: list[dict[str, Any]],
         from worker.states import stored_results
 
         results = stored_results(self.backend, kept_task_ids) + list(results)
+    # start-up: the judge loads only in the chord body (importing the tasks, as every
+    # publisher does, stays light; tests/test_daytona_e2e.py checks it)
+    from worker.judge.scoring import build_forge_result
+
     forge = build_forge_result(results, run)
     from worker.standings import for_run
 
