@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from celery.backends import cache
+
 # The previous embedded worker's thread. Celery's synchronous consumer loop only sees a
 # stop between 2-second broker polls, so waiting for it on the way out cost every run
 # up to 2 s; instead the next embedded worker in this process waits for it (before it
@@ -22,8 +24,6 @@ _winding_down: threading.Thread | None = None
 def embedded_worker(app, concurrency: int) -> Iterator[object]:
     """Start a thread-pool worker consuming the in-memory broker; stop it on exit."""
     global _winding_down
-    from celery.backends import cache
-
     if _winding_down is not None:
         _winding_down.join(10)
         _winding_down = None

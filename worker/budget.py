@@ -340,7 +340,7 @@ class RedisBudget:
     """The budget shared by every worker through Redis (see the module docstring)."""
 
     def __init__(self, url: str, name: str = NAME, ttl: float | None = None):
-        import redis
+        import redis  # start-up: redis-py, only for the distributed budget
 
         self.name = name
         self.ttl = float(ttl if ttl is not None else config.daytona_lease_ttl())

@@ -10,6 +10,8 @@ import os
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+from dotenv import find_dotenv, load_dotenv
+
 _PLACEHOLDER = re.compile(r"^(your[_-].*|<.*>|changeme|xxx+|\.\.\.)$", re.IGNORECASE)
 
 # Never passed into a sandbox, whatever a competition's allow-list says.
@@ -38,10 +40,6 @@ def load_dotenv_once() -> None:
     if _loaded:
         return
     _loaded = True
-    try:
-        from dotenv import find_dotenv, load_dotenv
-    except ImportError:  # pragma: no cover - python-dotenv is a dependency
-        return
     path = find_dotenv(usecwd=True)
     if path:
         load_dotenv(path, override=False)

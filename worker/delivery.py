@@ -79,7 +79,7 @@ class DeliveryGuard:
         On Redis one pipelined round trip (GET meta, INCR and EXPIRE the counter) instead
         of three: at thousands of trivial candidates every round trip per task shows.
         """
-        from celery.backends.redis import RedisBackend
+        from celery.backends.redis import RedisBackend  # start-up: redis-py, distributed only
 
         backend = self.task.backend
         if isinstance(backend, RedisBackend):
@@ -124,7 +124,7 @@ class DeliveryGuard:
         body, a re-sent body and ``forge resume`` all read one result. Kept while a
         duplicate could still run.
         """
-        from celery.backends.redis import RedisBackend
+        from celery.backends.redis import RedisBackend  # start-up: redis-py, distributed only
 
         if not isinstance(self.task.backend, RedisBackend):  # embedded: no duplicates
             earlier = self._finished_before()

@@ -10,6 +10,7 @@ its callback.
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import socket
 import time
@@ -59,8 +60,6 @@ def run_lifecycle(
     budget slot, the account's quota) and then has it. That wait is not the candidate's
     time: it is left out of ``runtime_seconds`` and kept as ``timings["slot_wait"]``.
     """
-    import os
-
     result = CandidateResult(
         candidate_id=task.candidate_id,
         execution_mode=backend.name,

@@ -19,6 +19,7 @@ from typing import Any
 from celery import shared_task
 
 from worker import config
+from worker.app import MAX_DEADLINE
 from worker.sandbox import get_backend
 
 logger = logging.getLogger("dream_foundry")
@@ -31,8 +32,6 @@ NOT_CONFIGURED = "Daytona not configured (set DAYTONA_API_KEY and DAYTONA_API_UR
 def default_max_age() -> int:
     """Older than this, a sandbox belongs to no running task: the longest deadline plus
     a margin (``FORGE_MAX_DEADLINE`` + ``FORGE_REAP_MARGIN``, default 3600 + 600 s)."""
-    from worker.app import MAX_DEADLINE
-
     return MAX_DEADLINE + config.env_int("FORGE_REAP_MARGIN", REAP_MARGIN)
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from worker import config
+from worker.store.hooks import mark_state
 
 logger = logging.getLogger("dream_foundry")
 
@@ -98,8 +99,6 @@ class CandidateProgress:
         """Flower shows it: its event state turns an unknown ``task-<x>`` event into
         state ``<X>`` (WAITING, then RUNNING once the sandbox has its slot); the run
         store shows it too."""
-        from worker.store.hooks import mark_state
-
         mark_state(self.run_id, self.candidate_id, state, self.worker)
         if self.delivered:
             try:

@@ -8,20 +8,27 @@ and distributed mode alike.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import resource
 import time
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
-from worker import observability, tasklog
+from worker import config, observability, tasklog
 from worker.delivery import DeliveryGuard, exhausted_message
+from worker.discord import post_winner
 from worker.judge.scoring import build_forge_result
-from worker.lifecycle import worker_name
+from worker.lifecycle import run_lifecycle, worker_name
 from worker.progress import CandidateProgress
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
+from worker.rundir import write_run_dir
+from worker.sandbox import get_backend
+from worker.states import stored_results
+from worker.store.hooks import record_finished
 from worker.validation import InvalidInput, check_run_id, check_run_spec, check_task
 
 logger = logging.getLogger("dream_foundry")
@@ -34,7 +41,7 @@ tasklog.install()  # Celery's success line without the return value (see worker/
 def _warm_up(**_kwargs) -> None:
     """Probe bubblewrap once per pool process at start, not in a candidate's time."""
     try:
-        from worker.sandbox import get_backend
+        # start-up: the local sandbox package loads in workers, not in a dispatcher
         from worker.sandbox.local import bwrap, prepare_process
 
         get_backend("local")
@@ -42,15 +49,13 @@ def _warm_up(**_kwargs) -> None:
             prepare_process()
     except Exception as exc:  # noqa: BLE001 - the first candidate will report it properly
         logger.warning("sandbox warm-up failed: %s", exc)
-    import gc
-
     gc.freeze()  # the modules loaded so far are never garbage: keep them out of every GC
 
 
 @worker_process_shutdown.connect
 def _release(**_kwargs) -> None:
     """A pool process leaves through os._exit (no atexit): remove its sandbox helpers."""
-    from worker.sandbox.local.cleanup import release_process
+    from worker.sandbox.local.cleanup import release_process  # start-up: workers only
 
     release_process()
 
@@ -108,8 +113,6 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
                     t_enter: float) -> CandidateResult:
     """The sandbox lifecycle on the task's backend; a backend that cannot even be made
     (the SDK missing on this worker, say) is a failed result."""
-    from worker.sandbox import get_backend
-
     try:
         backend = get_backend(task.execution_mode)
     except Exception as exc:  # noqa: BLE001 - e.g. the SDK missing on this worker
@@ -118,8 +121,6 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
         return CandidateResult(candidate_id=task.candidate_id,
                                execution_mode=task.execution_mode,
                                worker=progress.worker, error_message=f"{exc}")
-    from worker.lifecycle import run_lifecycle
-
     t_life = time.monotonic()
     result = run_lifecycle(backend, task, progress.log, owner=progress.worker,
                            on_state=progress.on_state)
@@ -158,8 +159,6 @@ def _sandboxes_alive(forge: ForgeResult) -> int | None:
                      "finished deleting, within their deadline): "
                      + ", ".join(f"{sid} ({cid})" for cid, sid in stuck))
     try:
-        from worker.sandbox import get_backend
-
         alive = get_backend("daytona").left_behind(run_id)  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - any SDK/transport failure
         notes.append(f"Could not count the run's live Daytona sandboxes ({type(exc).__name__});"
@@ -187,13 +186,9 @@ def collect_results(self, results: list[dict[str, Any]],
     The RunSpec is checked (worker/validation.py) before anything touches the disk: a
     message breaking the rules fails with InvalidInput and writes nothing.
     """
-    from worker.rundir import write_run_dir
-
     entered, t0 = time.time(), time.monotonic()
     run = _run_spec(_load_run_data(self.backend, run_data))
     if kept_task_ids:
-        from worker.states import stored_results
-
         results = stored_results(self.backend, kept_task_ids) + list(results)
     forge = build_forge_result(results, run)
     t_scored = time.monotonic()
@@ -203,13 +198,8 @@ def collect_results(self, results: list[dict[str, Any]],
     t_written = time.monotonic()
     logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)
     if run.post_to_discord:
-        from worker import config
-        from worker.discord import post_winner
-
         # Claimed once per run directory: a redelivered callback does not post again.
         forge.discord = post_winner(forge, run_path, config.discord_webhook_url())
-    from worker.store.hooks import record_finished
-
     t_store = time.monotonic()
     record_finished(forge)  # one transaction; if it fails, owed and retried (never raises)
     t_stored = time.monotonic()
@@ -253,6 +243,4 @@ def _load_run_data(backend, run_data: dict[str, Any]) -> dict[str, Any]:
 
 def _maxrss_mb() -> float:
     """Peak resident memory of this (pool) process so far, in MiB."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dispatcher.web.data import Data
 from worker.records import task_id_for
+from worker.states import task_metas
 
 logger = logging.getLogger("dream_foundry.web")
 
@@ -160,8 +161,6 @@ class LiveHub:
             wanted = {s.candidate_id for s in states
                       if s.state != "done" or (run_id, s.candidate_id) not in self._done_log}
             try:
-                from worker.states import task_metas
-
                 metas = task_metas(self.backend, [task_id_for(run_id, c) for c in wanted])
             except Exception as exc:  # noqa: BLE001 - the store's view still stands
                 logger.warning("dashboard: task states of %s not read (%s)", run_id,
@@ -329,7 +328,7 @@ class _Watch:
         if self.hub.redis_url is None or self.hub.backend is None:
             return None
         try:
-            import redis.asyncio as aioredis
+            import redis.asyncio as aioredis  # start-up: redis-py, only with a broker
 
             client = aioredis.Redis.from_url(self.hub.redis_url, socket_connect_timeout=3)
             pubsub = client.pubsub(ignore_subscribe_messages=True)

@@ -100,6 +100,7 @@ def init_worker() -> bool:
     # prometheus_client's own switch to multiprocess mode, inherited by the pool (the
     # setting users set is FORGE_METRICS_DIR).
     os.environ.update(PROMETHEUS_MULTIPROC_DIR=directory)
+    # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
     from prometheus_client import values
 
     values.ValueClass = values.get_value_class()  # in case it was imported before
@@ -111,6 +112,7 @@ def init_worker() -> bool:
 
 
 def _define() -> SimpleNamespace:
+    # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
     from prometheus_client import Counter, Gauge, Histogram
 
     return SimpleNamespace(
@@ -152,6 +154,7 @@ def serve(app: Any) -> None:
     """``worker_ready`` (main process, after the pool forked): serve /metrics."""
     if _m is None or _dir is None:
         return
+    # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
@@ -169,6 +172,7 @@ def serve(app: Any) -> None:
 def process_exit() -> None:
     """``worker_process_shutdown``: this pool process's live gauges leave the sum."""
     if _m is not None and _dir is not None:
+        # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid(), _dir)
@@ -184,7 +188,7 @@ def shutdown() -> None:
 
 
 def _redis(task: Any):
-    from celery.backends.redis import RedisBackend
+    from celery.backends.redis import RedisBackend  # start-up: redis-py, distributed only
 
     backend = getattr(task, "backend", None)
     return backend.client if isinstance(backend, RedisBackend) else None
@@ -316,6 +320,7 @@ class _Collector:
         self.path = path
 
     def collect(self):
+        # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
         from prometheus_client import multiprocess
 
         for name in os.listdir(self.path):  # SIGKILLed pool processes said nothing
@@ -327,6 +332,7 @@ class _Collector:
         yield from self._last_success()
 
     def _broker(self):
+        # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
         from kombu.exceptions import ChannelError
         from prometheus_client.core import GaugeMetricFamily
 
@@ -352,6 +358,7 @@ class _Collector:
         yield up
 
     def _last_success(self):
+        # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
         from celery.backends.redis import RedisBackend
         from prometheus_client.core import GaugeMetricFamily
 

@@ -48,6 +48,7 @@ def init(service: str) -> bool:
     dsn = config.sentry_dsn()
     if dsn is None:
         return False
+    # start-up: sentry_sdk, only when SENTRY_DSN is set
     import sentry_sdk
     from sentry_sdk.integrations.celery import CeleryIntegration
     from sentry_sdk.integrations.logging import LoggingIntegration
@@ -80,6 +81,7 @@ def init(service: str) -> bool:
     if service == "web":
         # The dashboard logs each failed request it answers with its error page; the
         # SDK's Starlette integration already reports the exception itself: once is enough.
+        # start-up: sentry_sdk, only when SENTRY_DSN is set
         from sentry_sdk.integrations.logging import ignore_logger
 
         ignore_logger("dream_foundry.web")
@@ -93,6 +95,7 @@ def tag_task(ctx: context.TaskContext) -> None:
     task, before this signal) carries its run, candidate, competition and mode."""
     if _service is None:
         return
+    # start-up: sentry_sdk, only when SENTRY_DSN is set
     import sentry_sdk
 
     tags = ctx.fields()
@@ -109,6 +112,7 @@ def report(error: BaseException | str, failure: str, **tags: Any) -> None:
     if _service is None:
         return
     try:
+        # start-up: sentry_sdk, only when SENTRY_DSN is set
         import sentry_sdk
 
         with sentry_sdk.new_scope() as scope:
@@ -129,6 +133,7 @@ def report(error: BaseException | str, failure: str, **tags: Any) -> None:
 
 def flush(timeout: float = 2.0) -> None:
     if _service is not None:
+        # start-up: sentry_sdk, only when SENTRY_DSN is set
         import sentry_sdk
 
         sentry_sdk.flush(timeout)

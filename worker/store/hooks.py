@@ -36,6 +36,7 @@ from celery.signals import (
 
 from worker import config, observability
 from worker.records import CandidateResult, ForgeResult, RunSpec
+from worker.store import importer
 
 if TYPE_CHECKING:
     from worker.store.api import Store
@@ -62,7 +63,7 @@ _lock = threading.Lock()
 def _store(url: str, create: bool = True) -> Store | None:
     store = _STORES.get(url)
     if store is None:
-        from worker.store.api import open_store
+        from worker.store.api import open_store  # start-up: SQLAlchemy, on first write
 
         store = open_store(url, create=create)
         if store is not None:
@@ -239,8 +240,6 @@ def record_finished(result: ForgeResult, artifacts_dir: str | os.PathLike | None
     On failure the write is owed: parked in the outbox, said in one line, retried."""
     if not config.store_enabled():
         return
-    from worker.store import importer
-
     artifacts = os.fspath(artifacts_dir or os.path.dirname(os.path.abspath(
         result.artifacts_dir)))
     url = _RUN_URLS.pop(result.run_id, None) or config.database_url(artifacts)
@@ -264,8 +263,6 @@ def record_run_dir(run_dir: str | os.PathLike) -> None:
     record) written again to its store; on failure owed, like the chord body's write."""
     if not config.store_enabled():
         return
-    from worker.store import importer
-
     try:
         result = importer.load_run_dir(run_dir)
     except (OSError, ValueError, TypeError) as exc:
@@ -312,8 +309,6 @@ def drain_here(artifacts_dir: str | None = None) -> dict[str, Any]:
     artifacts = artifacts_dir or config.artifacts_dir()
     if not config.store_enabled():
         return {"skipped": "FORGE_STORE=off"}
-    from worker.store import importer
-
     url = config.database_url(artifacts)
     owed = importer.pending(artifacts)
     try:
@@ -351,6 +346,7 @@ def _preload(**_kw) -> None:
     """A distributed worker imports the store before it forks its pool processes, which
     then start with it loaded (an embedded run imports it in the background)."""
     if config.is_distributed() and config.store_enabled():
+        # start-up: loaded here, before the pool forks, only in a distributed worker
         import worker.store.api  # noqa: F401
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from worker.discord import read_record
 from worker.records import CandidateResult, ForgeResult
 
 SUMMARY = "summary.json"
@@ -39,8 +40,6 @@ def load_run_dir(path: str | os.PathLike) -> ForgeResult:
     result.json (output and artifact included) and the Discord record.
 
     Raises OSError/ValueError for a directory that is not a readable run."""
-    from worker.discord import read_record
-
     root = Path(path)
     result = ForgeResult.from_dict(json.loads((root / SUMMARY).read_text("utf-8")))
     listed = result.results or [CandidateResult(candidate_id=c.id) for c in result.candidates]
@@ -78,7 +77,7 @@ def run_dirs(path: str | os.PathLike) -> list[Path]:
 
 def import_runs(store, path: str | os.PathLike) -> ImportReport:
     """Load every run directory at ``path`` into ``store`` (one transaction per run)."""
-    from worker.store.db import StoreError
+    from worker.store.db import StoreError  # start-up: SQLAlchemy (the CLI imports this module)
 
     report = ImportReport()
     for d in run_dirs(path):
