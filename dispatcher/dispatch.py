@@ -20,7 +20,8 @@ from celery.result import denied_join_result
 from dispatcher import runs
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import LogCallback, RunTracker
-from worker.app import app
+from worker.app import RESULT_EXPIRES, app
+from worker.bundles import store_bundle
 from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
 from worker.keys import body_task_id
 from worker.records import ForgeResult
@@ -79,6 +80,14 @@ def _body_run_data(run) -> dict:
     key = spec_key(run.run_id)
     app.backend.set(key, json.dumps(data, ensure_ascii=False))
     return {"run_id": run.run_id, "spec_key": key}
+
+
+def store_bundles(plan: RunPlan) -> int:
+    """Store each directory candidate's bundle once in the result backend (by sha256, the
+    results' TTL), before any task that names it is published. Returns how many were
+    written (an unchanged project shipped by an earlier run may still be there)."""
+    return sum(store_bundle(app.backend, sha, data, RESULT_EXPIRES)
+               for sha, data in plan.bundles.items())
 
 
 def build_chord(plan: RunPlan):
@@ -163,6 +172,7 @@ def publish(plan: RunPlan):
     leaves a run that `forge status` reports as cut short and `forge resume` can finish.
     """
     record_published(plan.run)  # the run store: run and candidates queued (best effort)
+    store_bundles(plan)
     record = runs.before_publish(app, plan)
     # We never join a task (wait() polls the backend): without never_joined the Redis
     # backend SUBSCRIBEs to every task's result channel, one round trip per task, and

@@ -19,6 +19,7 @@ from worker.records import (
     DaytonaSpec,
     Egress,
     Limits,
+    ProjectRef,
     RunSpec,
     SandboxBudget,
 )
@@ -33,6 +34,9 @@ class RunPlan:
     # What was asked, resolved (run id, paths, posting): the run record stores it, and
     # `forge resume` re-plans the run from it.
     request: RunRequest = field(default_factory=RunRequest)
+    # Directory candidates' bundles by sha256: stored once by ``dispatch.publish`` however
+    # many tasks (candidates, trials) share one, and never inside a task message.
+    bundles: dict[str, bytes] = field(default_factory=dict)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -43,7 +47,7 @@ def new_run_id(now: datetime | None = None) -> str:
 # Task fields added after runs were already being fingerprinted: left out at their
 # defaults, so a run planned by an older dispatcher keeps its fingerprint (and resumes).
 _LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False,
-                   "daytona": DaytonaSpec().to_dict()}
+                   "daytona": DaytonaSpec().to_dict(), "project": None}
 
 
 def _fingerprinted(task: CandidateTask) -> dict:
@@ -127,6 +131,7 @@ def plan_run(request: RunRequest, manifest: Manifest, *, execution_mode: str = "
             daytona=daytona,
             budget=budget,
             competition=r.competition,
+            project=_project_ref(c),
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
         for c in manifest.candidates
@@ -138,7 +143,8 @@ def plan_run(request: RunRequest, manifest: Manifest, *, execution_mode: str = "
         execution_mode=execution_mode,
         artifacts_dir=artifacts_dir,
         candidates=[CandidateInfo(id=c.id, name=c.name, description=c.description,
-                                  script=c.script_name) for c in manifest.candidates],
+                                  script=c.script_name, content_sha256=c.content_sha256)
+                    for c in manifest.candidates],
         judge=judge_name,
         timeout=default_timeout,
         post_to_discord=post,
@@ -149,7 +155,19 @@ def plan_run(request: RunRequest, manifest: Manifest, *, execution_mode: str = "
     )
     resolved = r.replace(run_id=run_id, artifacts_dir=artifacts_dir, post=post,
                          candidates=os.path.abspath(manifest.path))
-    return RunPlan(run=run, tasks=tuple(tasks), request=resolved)
+    bundles = {c.project.bundle.sha256: c.project.bundle.data
+               for c in manifest.candidates if c.project}
+    return RunPlan(run=run, tasks=tuple(tasks), request=resolved, bundles=bundles)
+
+
+def _project_ref(c) -> ProjectRef | None:
+    """What a task message says of a directory candidate: the hash, not the bytes."""
+    p = c.project
+    if p is None:
+        return None
+    return ProjectRef(sha256=p.bundle.sha256, size=p.bundle.size, files=len(p.bundle.files),
+                      entry=p.entry, module=p.module, requirements_file=p.requirements_file,
+                      path=p.rel)
 
 
 def _daytona_image(manifest: Manifest, requirements: dict[str, tuple[str, ...]]

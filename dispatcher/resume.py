@@ -69,7 +69,8 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
             raise ResumeRefused(_refusal(spec.run_id, where, len(missing)))
     request = record.run_request
     return ResumePlan(full=RunPlan(run=spec, tasks=tuple(tasks), request=request),
-                      missing=RunPlan(run=spec, tasks=tuple(missing), request=request),
+                      missing=RunPlan(run=spec, tasks=tuple(missing), request=request,
+                                      bundles=replanned.bundles),
                       kept_task_ids=tuple(t.task_id for t in kept))
 
 
@@ -91,9 +92,10 @@ def _refusal(run_id: str, where: runs.Whereabouts, missing: int) -> str:
 def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
     """Publish the missing candidates plus a body that also reads the kept ones."""
     # start-up: the Celery app loads on first use (`forge --help` imports this module)
-    from dispatcher.dispatch import build_chord, never_joined
+    from dispatcher.dispatch import build_chord, never_joined, store_bundles
     from worker.tasks import collect_results
 
+    store_bundles(rp.missing)  # an expired project bundle is stored again
     record.status, record.resumes, record.published_at = "publishing", record.resumes + 1, None
     runs.save(app, record)
     kept = list(rp.kept_task_ids)

@@ -25,8 +25,13 @@ def test_demo_manifest_loads_with_scripts_snapshotted():
     ids = [c.id for c in m.candidates]
     assert ids == ["alpha", "beta", "gamma", "delta", "epsilon"]
     for c in m.candidates:
+        if c.project is not None:  # Beta is a project: packed at load, by its hash
+            assert c.script == "" and c.script_path.is_dir()
+            assert c.content_sha256 == c.project.bundle.sha256
+            continue
         assert c.script == c.script_path.read_text()
-        assert c.script_sha256 == sha256_text(c.script)
+        assert c.script_sha256 == c.content_sha256 == sha256_text(c.script)
+    assert [c.id for c in m.candidates if c.project] == ["beta"]
 
 
 def test_directory_holding_candidates_toml_is_accepted(tmp_path):

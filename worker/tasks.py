@@ -19,6 +19,7 @@ from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from worker import config, observability, tasklog
+from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
 from worker.discord import post_winner
 from worker.judge.scoring import build_forge_result
@@ -85,7 +86,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     if arrival.exhausted:
         return _gave_up(task, progress)
     progress.log("[Run] Starting...")
-    result = _run_in_sandbox(task, progress, t_enter)
+    result = _run_in_sandbox(task, progress, t_enter, self.backend)
     progress.close()
     result.timings["entered_at"] = round(entered, 6)
     result.timings["progress"] = round(progress.seconds, 6)
@@ -110,9 +111,10 @@ def _gave_up(task: CandidateTask, progress: CandidateProgress) -> dict[str, Any]
 
 
 def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
-                    t_enter: float) -> CandidateResult:
+                    t_enter: float, backend_of_results: Any) -> CandidateResult:
     """The sandbox lifecycle on the task's backend; a backend that cannot even be made
-    (the SDK missing on this worker, say) is a failed result."""
+    (the SDK missing on this worker, say) is a failed result. ``backend_of_results``:
+    the Celery result backend, where a project's bundle is fetched from."""
     try:
         backend = get_backend(task.execution_mode)
     except Exception as exc:  # noqa: BLE001 - e.g. the SDK missing on this worker
@@ -121,9 +123,13 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
         return CandidateResult(candidate_id=task.candidate_id,
                                execution_mode=task.execution_mode,
                                worker=progress.worker, error_message=f"{exc}")
+
+    def bundle(sha256: str) -> bytes:  # a project's files, by hash, cached per process
+        return fetch_bundle(backend_of_results, sha256)
+
     t_life = time.monotonic()
     result = run_lifecycle(backend, task, progress.log, owner=progress.worker,
-                           on_state=progress.on_state)
+                           on_state=progress.on_state, bundles=bundle)
     result.timings["pre"] = round(t_life - t_enter, 6)
     return result
 
