@@ -44,6 +44,7 @@ from celery.schedules import crontab, crontab_parser
 
 from dispatcher.manifest import cpus_problem, egress_problem, speed_problem
 from dispatcher.request import RunRequest
+from worker import keys
 from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_objective
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a "\n" through
@@ -192,7 +193,7 @@ class Competition:
             exclusive=self.exclusive, max_sandboxes=self.max_sandboxes)
 
     def lock_key(self, slot: datetime) -> str:
-        return f"forge:competition:{self.name}:slot:{_aware(slot).astimezone(UTC):%Y%m%dT%H%M%SZ}"
+        return keys.competition_slot_key(self.name, slot)
 
 
 def _aware(dt: datetime) -> datetime:

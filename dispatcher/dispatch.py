@@ -23,10 +23,10 @@ from dispatcher.tracker import LogCallback, RunTracker
 from worker.app import RESULT_EXPIRES, app
 from worker.bundles import store_bundle
 from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
-from worker.keys import body_task_id
+from worker.keys import body_task_id, run_spec_key
 from worker.records import ForgeResult
 from worker.store.hooks import record_published
-from worker.tasks import collect_results, run_candidate, spec_key
+from worker.tasks import collect_results, run_candidate
 
 # Celery time limits are only a backstop: the sandbox layer enforces deadlines.
 BACKSTOP_MARGIN = 120
@@ -77,7 +77,7 @@ def _body_run_data(run) -> dict:
     data = run.to_dict()
     if len(run.candidates) <= SPEC_INLINE_MAX:
         return data
-    key = spec_key(run.run_id)
+    key = run_spec_key(run.run_id)
     app.backend.set(key, json.dumps(data, ensure_ascii=False))
     return {"run_id": run.run_id, "spec_key": key}
 

@@ -20,7 +20,6 @@ from dispatcher.request import RunRequest
 from worker import config, keys, states
 from worker.records import CandidateResult, RunSpec
 
-PREFIX = "forge-run:"
 # How long a record may stay "publishing" before its fan-out counts as cut short.
 # Publishing N tasks takes about a millisecond each; the default is very generous.
 FANOUT_GRACE = config.env_int("FORGE_FANOUT_GRACE", 60)
@@ -86,12 +85,16 @@ def _ttl() -> int:
 def save(app, record: RunRecord) -> None:
     client = _client(app)
     if client is not None:
-        client.set(PREFIX + record.run_id, record.to_json(), ex=_ttl())
+        client.set(keys.run_record_key(record.run_id), record.to_json(), ex=_ttl())
 
 
 def load(app, run_id: str) -> RunRecord | None:
     client = _client(app)
-    raw = client.get(PREFIX + run_id) if client is not None else None
+    if client is None:
+        return None
+    raw = client.get(keys.run_record_key(run_id))
+    if raw is None:  # published by a dispatcher from before worker/keys.py
+        raw = client.get(keys.LEGACY_RUN_RECORD_PREFIX + run_id)
     return RunRecord.from_json(raw) if raw else None
 
 

@@ -302,7 +302,7 @@ def test_a_project_runs_on_real_workers_in_local_mode(redis_server, workers, art
     summary = check_project_ran(artifacts / "proj-local", tmp_path / "agents" / "proj",
                                 objective)
     client = redis_server.client()
-    assert len(list(client.scan_iter("forge-bundle:*"))) == 2  # one per project, not per task
+    assert len(list(client.scan_iter(bundle_key("*")))) == 2  # one per project, not per task
     for page in ("report.md", "report.html"):  # the report ties results to their code
         text = (artifacts / "proj-local" / page).read_text()
         for c in summary["candidates"]:
@@ -392,7 +392,7 @@ def test_fifty_candidates_sharing_a_5mb_project_keep_one_copy_in_redis(
     keys = list(client.scan_iter("*"))
     stored = sum(client.memory_usage(k) or 0 for k in keys)
     after_publish = used() - baseline
-    assert [k for k in keys if k.startswith(b"forge-bundle:")] == [bundle_key(bundle.sha256)
+    assert [k for k in keys if k.startswith(bundle_key("").encode())] == [bundle_key(bundle.sha256)
                                                                     .encode()]
     bound = 2 * len(bundle.data)  # "near one copy": under two, whatever else is stored
     assert stored < bound and after_publish < bound, (stored, after_publish)

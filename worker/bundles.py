@@ -18,6 +18,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from worker import keys
+
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Where the archive lands in the work directory before it is unpacked (and removed).
 # The packer refuses a project holding a file of that name at its top level.
@@ -45,9 +47,7 @@ class BundleError(Exception):
     """A bundle missing from the store or not matching its hash."""
 
 
-def bundle_key(sha256: str) -> str:
-    """The result-backend key of a bundle: one per content, whichever run ships it."""
-    return f"forge-bundle:{sha256}"
+bundle_key = keys.bundle_key  # worker/keys.py
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -18,17 +18,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from worker import keys
 from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
 
 logger = logging.getLogger("dream_foundry")
 
 
-def attempts_key(task_id: str) -> str:
-    return f"forge-attempts:{task_id}"
-
-
-def first_key(task_id: str) -> str:
-    return f"forge-first:{task_id}"
+attempts_key, first_key = keys.attempts_key, keys.first_key  # worker/keys.py
 
 
 def exhausted_message(attempt: int) -> str:

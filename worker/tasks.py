@@ -18,7 +18,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
-from worker import config, observability, tasklog
+from worker import config, keys, observability, tasklog
 from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
 from worker.discord import post_winner
@@ -228,9 +228,7 @@ def _run_spec(data: Any) -> RunSpec:
     return check_run_spec(spec)
 
 
-def spec_key(run_id: str) -> str:
-    """Result-backend key of a large run's RunSpec (see dispatch._body_run_data)."""
-    return f"forge-runspec:{run_id}"
+spec_key = keys.run_spec_key  # worker/keys.py
 
 
 def _load_run_data(backend, run_data: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from worker import config
+from worker import config, keys
 from worker.observability import context
 
 logger = logging.getLogger("dream_foundry")
@@ -49,16 +49,9 @@ WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 NOT_PHASES = frozenset({"entered_at", "refused", "slot_wait"})
 
 # Redis keys (result backend): one run counted once across the cluster.
-KEY_PREFIX = "forge:metrics"
-LAST_SUCCESS_KEY = f"{KEY_PREFIX}:last-success"  # HASH competition -> unix time
-
-
-def run_started_key(run_id: str) -> str:
-    return f"{KEY_PREFIX}:run-started:{run_id}"
-
-
-def run_finished_key(run_id: str) -> str:
-    return f"{KEY_PREFIX}:run-finished:{run_id}"
+LAST_SUCCESS_KEY = keys.METRICS_LAST_SUCCESS_KEY
+run_started_key = keys.metrics_run_started_key
+run_finished_key = keys.metrics_run_finished_key
 
 
 _m: SimpleNamespace | None = None  # the metric objects, once enabled in this worker
