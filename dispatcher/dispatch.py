@@ -9,22 +9,22 @@ script or the environment.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 from celery import chord, group
-from celery.result import denied_join_result
 
 from dispatcher import runs
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import LogCallback, RunTracker
+from worker import celery_compat
 from worker.app import RESULT_EXPIRES, app
 from worker.bundles import store_bundle
-from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
+from worker.config import ConfigError, broker_url, redact_url, result_backend_url
 from worker.keys import body_task_id, run_spec_key
 from worker.records import ForgeResult
+from worker.settings import settings
 from worker.store.hooks import record_published
 from worker.tasks import collect_results, run_candidate
 
@@ -111,60 +111,6 @@ def build_chord(plan: RunPlan):
     return chord(header, body)
 
 
-@contextmanager
-def _for_this_thread(obj, name: str, replacement: Callable):
-    """Set ``obj.name`` to ``replacement`` for calls from this thread only; other
-    threads (an embedded worker, say) keep the original."""
-    owner = threading.get_ident()
-    original = getattr(obj, name)
-
-    def dispatch(*args, **kwargs):
-        if threading.get_ident() == owner:
-            return replacement(original, *args, **kwargs)
-        return original(*args, **kwargs)
-
-    setattr(obj, name, dispatch)
-    try:
-        yield
-    finally:
-        obj.__dict__.pop(name, None)
-
-
-@contextmanager
-def _batched_producer(max_size: int = 500):
-    """Publish through one producer whose Redis commands are pipelined (kombu >= 5.7).
-
-    Celery's chord publishes its header one task at a time through a producer it takes
-    from the pool (a round trip per task message and per task-sent event); chord does
-    not pass a producer through, so for this thread only, the app hands out ours.
-    Unlike single publishes a batch is not retried: a large run's publish that fails
-    part-way is the cut-short run ``forge resume`` finishes.
-    """
-    with app.producer_or_acquire() as producer, producer.batch(max_size):
-        def ours(original, given=None):
-            return nullcontext(producer) if given is None else original(given)
-
-        with _for_this_thread(app, "producer_or_acquire", ours):
-            yield
-
-
-@contextmanager
-def never_joined():
-    """Publish results nobody joins: we poll the backend (``wait``), never block on one.
-
-    Besides refusing a join, this stops Celery's group from registering every header
-    result with the backend's result consumer for this thread: on Redis that was a
-    SUBSCRIBE per task while publishing (and an UNSUBSCRIBE when each result object
-    died), a fifth of the dispatcher's time at 5,000 tasks, for messages never read.
-    """
-    def unregistered(_original, result, weak=False, start_drainer=True):
-        return result
-
-    with denied_join_result(), _for_this_thread(app.backend, "add_pending_result",
-                                                unregistered):
-        yield
-
-
 def publish(plan: RunPlan):
     """Send the chord; returns the body's AsyncResult.
 
@@ -177,8 +123,9 @@ def publish(plan: RunPlan):
     # We never join a task (wait() polls the backend): without never_joined the Redis
     # backend SUBSCRIBEs to every task's result channel, one round trip per task, and
     # Redis then buffers every PROGRESS update for a client that never reads them.
-    batched = _batched_producer() if len(plan.tasks) > SPEC_INLINE_MAX else nullcontext()
-    with never_joined(), batched:
+    batched = (celery_compat.batched_producer(app) if len(plan.tasks) > SPEC_INLINE_MAX
+               else nullcontext())
+    with celery_compat.never_joined(app), batched:
         result = build_chord(plan).apply_async()
     runs.after_publish(app, record)
     return result
@@ -189,11 +136,9 @@ def _body_state(body) -> tuple[str, object]:
     backend's retry loop, so an outage reaches wait()'s broker_grace instead of hanging."""
     if broker_url() is None:
         return body.state, body.result
-    backend = app.backend
-    raw = backend.get(backend.get_key_for_task(body.id))
-    if not raw:
+    meta = celery_compat.read_meta_once(app.backend, body.id)
+    if meta is None:
         return "PENDING", None
-    meta = backend.decode_result(raw)
     return meta.get("status", "PENDING"), meta.get("result")
 
 
@@ -211,7 +156,7 @@ def wait(
     FORGE_BROKER_GRACE, 60) ends the wait with a ConfigError instead of hanging.
     """
     if broker_grace is None:
-        broker_grace = float(env_int("FORGE_BROKER_GRACE", 60))
+        broker_grace = float(settings.broker_grace)
     tracker = RunTracker(app, {t.candidate_id: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
     interval = poll_interval or 0.1

@@ -34,6 +34,7 @@ from dispatcher.manifest import ManifestError, load_manifest
 from worker import config
 from worker.observability.scrub import process_scrubber
 from worker.sandbox.daytona import APP_LABEL
+from worker.settings import settings
 
 TIMEOUT = 5.0  # seconds per network check
 WEBHOOK_FORM = re.compile(r"^https://(?:(?:ptb|canary)\.)?discord(?:app)?\.com/api"
@@ -241,7 +242,7 @@ def check_store() -> Check:
 
 
 def _isolation_required() -> bool:
-    return (config.env("FORGE_REQUIRE_ISOLATION") or "").lower() in ("1", "true", "yes", "on")
+    return settings.require_isolation
 
 
 def check_sandbox_tools() -> list[Check]:
@@ -265,7 +266,7 @@ def check_sandbox_tools() -> list[Check]:
 
 
 def check_cgroups() -> Check:
-    if (config.env("FORGE_NO_CGROUPS") or "").lower() in ("1", "true", "yes", "on"):
+    if settings.no_cgroups:
         return Check("cgroups", True, "off (FORGE_NO_CGROUPS=1): caps rely on rlimits",
                      required=False)
     from worker.sandbox.local.cgroups import controller_base  # start-up: sandbox modules

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from celery.backends import cache
+from worker import celery_compat
 
 # The previous embedded worker's thread. Celery's synchronous consumer loop only sees a
 # stop between 2-second broker polls, so waiting for it on the way out cost every run
@@ -30,7 +30,7 @@ def embedded_worker(app, concurrency: int) -> Iterator[object]:
 
     # The memory result backend is an LRU of 5,000 keys by default; a large embedded
     # run keeps a meta key per candidate plus the chord's, so give it room.
-    cache._DUMMY_CLIENT_CACHE.limit = max(cache._DUMMY_CLIENT_CACHE.limit or 0, 200_000)
+    celery_compat.widen_memory_backend(200_000)
     app.finalize()
     app.set_current()
     app.set_default()

@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from worker import keys
+from worker import celery_compat, keys
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Where the archive lands in the work directory before it is unpacked (and removed).
@@ -61,11 +61,9 @@ def store_bundle(backend: Any, sha256: str, data: bytes, expires: int) -> bool:
     its expiry is pushed out so a later run keeps it alive); on any other backend (the
     embedded worker's memory backend) a get, then a set when missing.
     """
-    from celery.backends.redis import RedisBackend  # start-up: redis-py, distributed only
-
     key = bundle_key(sha256)
-    if isinstance(backend, RedisBackend):
-        client = backend.client
+    client = celery_compat.redis_client(backend)
+    if client is not None:
         if client.exists(key):
             client.expire(key, expires)
             return False

@@ -34,11 +34,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from celery import _state as celery_state
-from celery.app import trace
-from celery.backends import cache as cache_backend
-from celery.signals import task_success
-
+# Celery itself is imported inside the functions that need it: `forge --help` imports
+# this module (task_metas, redis_client) and stays without Celery.
 # -- 1. a method replaced for one thread, re-entrant ---------------------------------------
 
 
@@ -98,6 +95,8 @@ def _denied_joins() -> Iterator[None]:
     each user: two publishes overlapping in time would restore each other's value. Here
     the first publish in sets it, the last one out restores it."""
     global _joins_denied, _joins_before
+    from celery import _state as celery_state  # start-up: Celery, only to publish
+
     with _joins_lock:
         if _joins_denied == 0:
             _joins_before = celery_state.task_join_will_block()
@@ -158,7 +157,9 @@ def batched_producer(app, max_size: int = 500) -> Iterator[Any]:
 def widen_memory_backend(limit: int) -> None:
     """Room for ``limit`` keys in the ``cache+memory://`` result backend, an LRU of 5,000
     by default: a large embedded run keeps a meta key per candidate plus the chord's."""
-    client = cache_backend._DUMMY_CLIENT_CACHE
+    from celery.backends import cache  # start-up: Celery, only for an embedded run
+
+    client = cache._DUMMY_CLIENT_CACHE
     client.limit = max(client.limit or 0, limit)
 
 
@@ -267,12 +268,12 @@ _last = threading.local()  # the summary of the task this thread just finished
 class _SuccessSummary(logging.Filter):
     """Rewrites Celery's success line: the return value becomes its summary."""
 
-    def __init__(self, missing: str):
+    def __init__(self, line: str, missing: str):
         super().__init__()
-        self.missing = missing
+        self.line, self.missing = line, missing
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == trace.LOG_SUCCESS and isinstance(record.args, dict):
+        if record.msg == self.line and isinstance(record.args, dict):
             summary = getattr(_last, "summary", None) or self.missing
             _last.summary = None
             context = {**record.args, "return_value": summary}
@@ -287,8 +288,12 @@ def install_success_summary(summarize: Callable[[Any], str], missing: str) -> No
     value out; a filter on that logger swaps it for ``summarize(value)``. The value is
     what Celery hands the ``task_success`` signal just before it logs, in the same
     thread. Once per process."""
+    # start-up: Celery's tracer, only in a worker
+    from celery.app import trace
+    from celery.signals import task_success
+
     def remember(sender=None, result: Any = None, **_kwargs) -> None:
         _last.summary = summarize(result)
 
     task_success.connect(remember, weak=False)
-    logging.getLogger(TRACE_LOGGER).addFilter(_SuccessSummary(missing))
+    logging.getLogger(TRACE_LOGGER).addFilter(_SuccessSummary(trace.LOG_SUCCESS, missing))

@@ -15,12 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker import config
+from worker.settings import settings
 from worker.store.hooks import mark_state
 
 logger = logging.getLogger("dream_foundry")
 
-INTERVAL = config.env_int("FORGE_PROGRESS_INTERVAL_MS", 250) / 1000
+INTERVAL = settings.progress_interval_ms / 1000
 LOG_WINDOW = 40  # newest log lines kept in the task's PROGRESS meta
 
 

@@ -9,21 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-CHUNK = 1000
+from worker import celery_compat
 
-
-def task_metas(backend, task_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """task id -> its meta (status, result, ...); a task with no state is absent."""
-    out: dict[str, dict[str, Any]] = {}
-    for i in range(0, len(task_ids), CHUNK):
-        ids = task_ids[i:i + CHUNK]
-        keys = [backend.get_key_for_task(t) for t in ids]
-        raw = backend.mget(keys)
-        values = [dict(raw).get(k) for k in keys] if hasattr(raw, "items") else list(raw)
-        for tid, value in zip(ids, values, strict=True):
-            if value is not None:
-                out[tid] = backend.decode_result(value)
-    return out
+task_metas = celery_compat.task_metas  # task id -> meta; a task with no state absent
 
 
 def stored_results(backend, task_ids: list[str]) -> list[dict[str, Any]]:

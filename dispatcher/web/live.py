@@ -31,6 +31,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher.web.data import Data
+from worker import celery_compat
 from worker.records import task_id_for
 from worker.states import task_metas
 
@@ -332,10 +333,10 @@ class _Watch:
 
             client = aioredis.Redis.from_url(self.hub.redis_url, socket_connect_timeout=3)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
-            key = self.hub.backend.get_key_for_task(f"{self.run_id}:x")
-            key = key.decode() if isinstance(key, bytes) else key
             self._client = client
-            await pubsub.psubscribe(key[:-1] + "*")  # celery-task-meta-<run>:*
+            # celery-task-meta-<run>:*
+            await pubsub.psubscribe(celery_compat.task_meta_pattern(self.hub.backend,
+                                                                    f"{self.run_id}:"))
             return pubsub
         except Exception as exc:  # noqa: BLE001
             logger.warning("dashboard: no task events for run %s (%s); polling instead",

@@ -35,7 +35,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from worker import config, keys
+from worker import celery_compat, config, keys
 from worker.observability import context
 
 logger = logging.getLogger("dream_foundry")
@@ -181,10 +181,7 @@ def shutdown() -> None:
 
 
 def _redis(task: Any):
-    from celery.backends.redis import RedisBackend  # start-up: redis-py, distributed only
-
-    backend = getattr(task, "backend", None)
-    return backend.client if isinstance(backend, RedisBackend) else None
+    return celery_compat.redis_client(getattr(task, "backend", None))
 
 
 def _first(task: Any, key: str) -> bool:
@@ -352,16 +349,15 @@ class _Collector:
 
     def _last_success(self):
         # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
-        from celery.backends.redis import RedisBackend
         from prometheus_client.core import GaugeMetricFamily
 
         family = GaugeMetricFamily(
             "forge_competition_last_success_timestamp_seconds", "Unix time the last run of "
             "a scheduled competition finished with a winner", labels=["competition"])
         try:
-            backend = self.app.backend
-            if isinstance(backend, RedisBackend):
-                for name, when in backend.client.hgetall(LAST_SUCCESS_KEY).items():
+            client = celery_compat.redis_client(self.app.backend)
+            if client is not None:
+                for name, when in client.hgetall(LAST_SUCCESS_KEY).items():
                     family.add_metric([name.decode()], float(when))
         except Exception as exc:  # noqa: BLE001
             logger.debug("metrics: last successes not read: %s", exc)

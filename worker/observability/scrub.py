@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from worker.config import is_placeholder
+from worker.settings import settings
 
 FILTERED = "[Filtered]"  # Sentry's own substitute, so events read the same everywhere
 MIN_KNOWN = 4
@@ -196,7 +197,7 @@ class Scrubber:
 def competition_sandbox_names(path: str | None = None) -> list[str]:
     """The variable names forge.toml's competitions pass into sandboxes (best effort:
     a missing or broken file gives none; beat and ``forge doctor`` report it)."""
-    source = path or os.environ.get("FORGE_COMPETITIONS", "").strip()
+    source = path or settings.competitions
     if not source:  # as the dispatcher finds it: ./forge.toml, else the repository's
         here = os.path.join(os.getcwd(), "forge.toml")
         source = here if os.path.isfile(here) else os.path.join(

@@ -36,6 +36,7 @@ from celery.signals import (
 
 from worker import config, observability
 from worker.records import CandidateResult, ForgeResult, RunSpec
+from worker.settings import settings
 from worker.store import importer
 
 if TYPE_CHECKING:
@@ -336,7 +337,7 @@ def drain_outbox() -> dict[str, Any]:
 
 def beat_entries() -> dict[str, dict]:
     """The store's beat entry: retry owed writes every FORGE_STORE_RETRY_INTERVAL s."""
-    every = config.env_int("FORGE_STORE_RETRY_INTERVAL", 300)
+    every = settings.store_retry_interval
     return {"store:drain-outbox": {"task": DRAIN_TASK, "schedule": float(max(every, 10)),
                                    "options": {"expires": max(every, 10)}}}
 
