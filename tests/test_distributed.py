@@ -116,22 +116,30 @@ def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, work
     removes them, though pool processes leave through os._exit."""
     import glob
     import os
+    import shutil
+    import tempfile
 
-    from worker.sandbox.local.parent_dir import sandbox_parent
+    # The worker's own sandbox directory (a tmpfs, as by default), so helpers made by
+    # any other process on this machine cannot be mistaken for this worker's.
+    parent = tempfile.mkdtemp(prefix="forge-test-parent-", dir="/dev/shm")
+    os.chmod(parent, 0o755)
+    env = dict(distributed_env, FORGE_SANDBOX_DIR=parent)
 
     def helpers() -> set[str]:
         return {p for pat in ("forge-etc-*", "forge-view-*")
-                for p in glob.glob(os.path.join(sandbox_parent(), pat))}
+                for p in glob.glob(os.path.join(parent, pat))}
 
-    before = helpers()
-    (w,) = workers(distributed_env, n=1, concurrency=2)
-    manifest = sleepers(tmp_path / "cands", 2, seconds=0.1)
-    done = run_forge_cli(["run", "--candidates", str(manifest), "--no-post"], distributed_env)
-    assert done.returncode == 0, done.stderr
-    during = helpers() - before
-    assert during, "the worker's pool processes made no /etc skeleton: nothing was tested"
-    w.stop()
-    assert not (helpers() & during), sorted(helpers() & during)
+    try:
+        (w,) = workers(env, n=1, concurrency=2)
+        manifest = sleepers(tmp_path / "cands", 2, seconds=0.1)
+        done = run_forge_cli(["run", "--candidates", str(manifest), "--no-post"], env)
+        assert done.returncode == 0, done.stderr
+        during = helpers()
+        assert during, "the worker's pool processes made no /etc skeleton: nothing was tested"
+        w.stop()
+        assert not helpers(), sorted(helpers())
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 LOUD = """import sys

@@ -18,7 +18,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from worker import celery_compat, keys
+from worker import celery_compat
+from worker.keys import bundle_key
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Where the archive lands in the work directory before it is unpacked (and removed).
@@ -45,9 +46,6 @@ UNPACK = (
 
 class BundleError(Exception):
     """A bundle missing from the store or not matching its hash."""
-
-
-bundle_key = keys.bundle_key  # worker/keys.py
 
 
 def sha256_bytes(data: bytes) -> str:

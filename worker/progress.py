@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from worker.sandbox.base import CapacityState
 from worker.settings import settings
 from worker.store.hooks import mark_state
 
@@ -95,7 +96,7 @@ class CandidateProgress:
         if self.delivered:
             self._writer.line_added()
 
-    def on_state(self, state: str) -> None:
+    def on_state(self, state: CapacityState) -> None:
         """Flower shows it: its event state turns an unknown ``task-<x>`` event into
         state ``<X>`` (WAITING, then RUNNING once the sandbox has its slot); the run
         store shows it too."""

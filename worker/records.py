@@ -308,7 +308,9 @@ class CandidateResult:
     success: bool = False
     output: str = ""
     artifact_content: str | None = None
-    runtime_seconds: float = 0.0  # wall time of the whole lifecycle
+    # Wall time of the lifecycle, less capacity waits and installing requirements (the
+    # candidate's clock: what the speed score reads).
+    runtime_seconds: float = 0.0
     error_message: str | None = None
     execution_mode: str = "local"
     exit_code: int | None = None
@@ -322,8 +324,8 @@ class CandidateResult:
     warnings: list[str] = field(default_factory=list)
     isolation: str | None = None
     log: list[str] = field(default_factory=list)  # the lifecycle's lines, in order
-    # Seconds per phase (create, upload, exec, collect, delete, ...) and the epoch the
-    # task started: where a candidate's overhead goes (bench/overhead.py reads it).
+    # Seconds per phase (fetch, create, upload, install, exec, collect, delete, ...) and
+    # the epoch the task started: where a candidate's overhead goes (bench/overhead.py).
     timings: dict[str, float] = field(default_factory=dict)
     # CPU time (user + system) of the candidate's command, every process of it: from its
     # cgroup, else the rusage of the sandbox's reaped processes. None: the backend

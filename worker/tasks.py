@@ -22,7 +22,6 @@ from worker import config, keys, observability, tasklog
 from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
 from worker.discord import post_winner
-from worker.judge.scoring import build_forge_result
 from worker.lifecycle import run_lifecycle, worker_name
 from worker.progress import CandidateProgress
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
@@ -196,6 +195,10 @@ def collect_results(self, results: list[dict[str, Any]],
     run = _run_spec(_load_run_data(self.backend, run_data))
     if kept_task_ids:
         results = stored_results(self.backend, kept_task_ids) + list(results)
+    # start-up: the judge loads only in the chord body (importing the tasks, as every
+    # publisher does, stays light; tests/test_daytona_e2e.py checks it)
+    from worker.judge.scoring import build_forge_result
+
     forge = build_forge_result(results, run)
     t_scored = time.monotonic()
     if run.execution_mode == "daytona":

@@ -269,7 +269,8 @@ def get_run(conn: Connection, run_id: str, trial: int = 0) -> RunDetail | None:
             winner_artifact = record.artifact_content
         entries.append(CandidateEntry(
             info=CandidateInfo(id=c.candidate_id, name=c.name, description=c.description,
-                               script=c.script, artifact=c.artifact),
+                               script=c.script, artifact=c.artifact,
+                               content_sha256=c.content_sha256),
             position=c.position, state=res.state if res is not None else "queued",
             worker=res.worker if res is not None else None,
             started_at=res.started_at if res is not None else None,

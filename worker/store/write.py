@@ -83,7 +83,8 @@ def record_queued(conn: Connection, run: RunSpec, at: datetime | None = None,
     }])
     _insert_new(conn, CANDIDATES, CANDIDATE_KEY, [
         {"run_id": run.run_id, "candidate_id": c.id, "position": i, "name": c.name,
-         "description": c.description, "script": c.script, "artifact": None}
+         "description": c.description, "script": c.script,
+         "content_sha256": c.content_sha256, "artifact": None}
         for i, c in enumerate(run.candidates)])
     _insert_new(conn, RESULTS, RESULT_KEY, [
         {"run_id": run.run_id, "candidate_id": c.id, "trial": k, "state": "queued"}
@@ -229,7 +230,8 @@ def record_finished(conn: Connection, result: ForgeResult, at: datetime | None =
     for i, c in enumerate(result.candidates):
         row = {"run_id": result.run_id, "candidate_id": c.id, "position": i,
                "name": c.name, "description": c.description, "script": c.script,
-               "artifact": c.artifact, **_score_row(scores.get(c.id))}
+               "content_sha256": c.content_sha256, "artifact": c.artifact,
+               **_score_row(scores.get(c.id))}
         if c.id in ranked:
             row["rank"] = ranked[c.id]
         rows.append(row)
