@@ -1,9 +1,9 @@
 """Publishing a run as a chord and waiting for it.
 
 ``chord(group(run_candidate × N), collect_results)``: every task has a deterministic id
-(worker/keys.py). What Flower
-shows as a task's arguments is a short ``argsrepr`` (run and candidate ids), never the
-script or the environment.
+(worker/keys.py). What Flower shows as a task's arguments is a short ``argsrepr`` (run
+and candidate ids), never the script or the environment. The Celery internals publishing
+leans on live in worker/celery_compat.py.
 """
 
 from __future__ import annotations

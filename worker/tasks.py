@@ -21,7 +21,6 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from worker import config, keys, observability, tasklog
 from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
-from worker.discord import post_winner
 from worker.lifecycle import run_lifecycle, worker_name
 from worker.progress import CandidateProgress
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
@@ -195,8 +194,10 @@ def collect_results(self, results: list[dict[str, Any]],
     run = _run_spec(_load_run_data(self.backend, run_data))
     if kept_task_ids:
         results = stored_results(self.backend, kept_task_ids) + list(results)
-    # start-up: the judge loads only in the chord body (importing the tasks, as every
-    # publisher does, stays light; tests/test_daytona_e2e.py checks it)
+    # start-up: the judge (and worker.discord, which uses its event blocks) load only in
+    # the chord body: importing the tasks, as every publisher does, stays light
+    # (tests/test_daytona_e2e.py checks it)
+    from worker.discord import post_winner
     from worker.judge.scoring import build_forge_result
 
     forge = build_forge_result(results, run)

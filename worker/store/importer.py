@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from worker.discord import read_record
 from worker.records import CandidateResult, ForgeResult
 
 SUMMARY = "summary.json"
@@ -40,6 +39,10 @@ def load_run_dir(path: str | os.PathLike) -> ForgeResult:
     result.json (output and artifact included) and the Discord record.
 
     Raises OSError/ValueError for a directory that is not a readable run."""
+    # start-up: worker.discord loads the judge's event blocks; the tasks import this
+    # module and stay without the judge (tests/test_daytona_e2e.py)
+    from worker.discord import read_record
+
     root = Path(path)
     result = ForgeResult.from_dict(json.loads((root / SUMMARY).read_text("utf-8")))
     listed = result.results or [CandidateResult(candidate_id=c.id) for c in result.candidates]
