@@ -1,9 +1,11 @@
 """Publishing a run as a chord and waiting for it.
 
 ``chord(group(run_candidate × N), collect_results)``: every task has a deterministic id
-(worker/keys.py). What Flower shows as a task's arguments is a short ``argsrepr`` (run
-and candidate ids), never the script or the environment. The Celery internals publishing
-leans on live in worker/celery_compat.py.
+(worker/keys.py). With K repeated trials the header is K x N tasks,
+``<run_id>:<candidate_id>:<k>`` (k = 1..K), each its own sandbox lifecycle on whichever
+worker slot takes it. What Flower shows as a task's arguments is a short ``argsrepr``
+(run and candidate ids), never the script or the environment. The Celery internals
+publishing leans on live in worker/celery_compat.py.
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ def build_chord(plan: RunPlan):
         run_candidate.signature(
             (t.to_dict(),),
             task_id=t.task_id,
-            argsrepr=f"(run={run.run_id}, candidate={t.candidate_id}, mode={t.execution_mode})",
+            argsrepr=(f"(run={run.run_id}, candidate={t.candidate_id}, "
+                      + (f"trial={t.trial + 1}/{t.trials}, " if t.trials > 1 else "")
+                      + f"mode={t.execution_mode})"),
             time_limit=(t.timeout + t.install_timeout + BACKSTOP_MARGIN
                         + (t.budget.slot_wait if t.execution_mode == "daytona" else 0)),
         )
@@ -157,7 +161,7 @@ def wait(
     """
     if broker_grace is None:
         broker_grace = float(settings.broker_grace)
-    tracker = RunTracker(app, {t.candidate_id: t.task_id for t in plan.tasks}, on_log)
+    tracker = RunTracker(app, {t.unit: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
     interval = poll_interval or 0.1
     lost_since: float | None = None

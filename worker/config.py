@@ -112,6 +112,13 @@ def project_max_bytes() -> int:
     return settings.project_max_mb * 1_000_000
 
 
+# -- season standings (worker/standings.py; reference in docs/trials.md) -------------------
+
+def regression_window() -> int:
+    """FORGE_REGRESSION_WINDOW: previous runs a regression is judged against (>= 2)."""
+    return settings.regression_window
+
+
 # -- the Daytona sandbox budget (worker/budget.py; reference in docs/daytona.md) -----------
 
 

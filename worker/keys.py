@@ -10,7 +10,8 @@ same server) and expire with the results (``FORGE_RESULT_EXPIRES``) unless noted
 **Task ids** are deterministic, so a redelivered task, ``forge status`` and ``forge
 resume`` find a run's tasks from its run id alone:
 
-* ``<run_id>:<candidate_id>``: a candidate's ``run_candidate`` task;
+* ``<run_id>:<candidate_id>``: a candidate's ``run_candidate`` task; with K repeated
+  trials, ``<run_id>:<candidate_id>:<k>`` (k = 1..K), one task per trial;
 * ``<run_id>:collect``: the run's chord body (``collect_results``).
 """
 
@@ -25,8 +26,11 @@ PREFIX = "forge"
 COLLECT = "collect"
 
 
-def candidate_task_id(run_id: str, candidate_id: str) -> str:
-    """A candidate's task id (deterministic: a redelivered task is recognisable)."""
+def candidate_task_id(run_id: str, candidate_id: str, trial: int = 0, trials: int = 1) -> str:
+    """A candidate's task id (deterministic: a redelivered task is recognisable); for
+    trial ``trial`` (0-based) of ``trials`` > 1, ``<run>:<candidate>:<trial + 1>``."""
+    if trials > 1:
+        return f"{run_id}:{candidate_id}:{trial + 1}"
     return f"{run_id}:{candidate_id}"
 
 

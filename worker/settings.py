@@ -191,6 +191,9 @@ class Settings:
                            "\"publishing\" before its fan-out counts as cut short", whole())
     reap_margin = Setting("FORGE_REAP_MARGIN", 600, "Seconds past FORGE_MAX_DEADLINE "
                           "before a leftover Daytona sandbox is reaped", whole())
+    regression_window = Setting("FORGE_REGRESSION_WINDOW", 8, "Previous runs a candidate's "
+                                "latest score is checked against for a regression "
+                                "(season standings)", whole(2))
     project_max_mb = Setting("FORGE_PROJECT_MAX_MB", 20, "Size cap of a directory "
                              "candidate's files, MB, checked when a run is planned", whole(1))
 

@@ -80,7 +80,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
         return arrival.earlier
     me = self.request.hostname or worker_name()  # the Celery node name, e.g. w1@host
     progress = CandidateProgress(self, task.run_id, task.candidate_id, me, arrival.attempt,
-                                 entered)
+                                 entered, trial=task.trial)
     if arrival.exhausted:
         return _gave_up(task, progress)
     progress.log("[Run] Starting...")
@@ -90,6 +90,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     result.timings["progress"] = round(progress.seconds, 6)
     result.timings["task"] = round(time.monotonic() - t_enter, 6)
     result.worker, result.attempt, result.log = me, arrival.attempt, progress.lines
+    result.trial = task.trial
     logger.info("[%s] %s %s in %.2fs%s", task.run_id, task.candidate_id,
                 "succeeded" if result.success else "failed", result.runtime_seconds,
                 "" if result.success else f": {result.error_message}")
@@ -100,7 +101,7 @@ def _gave_up(task: CandidateTask, progress: CandidateProgress) -> dict[str, Any]
     """The result of a candidate delivered too often (it keeps killing its worker)."""
     result = CandidateResult(candidate_id=task.candidate_id,
                              execution_mode=task.execution_mode, worker=progress.worker,
-                             attempt=progress.attempt,
+                             attempt=progress.attempt, trial=task.trial,
                              error_message=exhausted_message(progress.attempt))
     progress.log(f"[Error] {result.error_message}")
     progress.close()
@@ -145,9 +146,11 @@ def _task_from(task_data: Any) -> CandidateTask:
 def _refused(task, task_data: Any, reason: str) -> dict[str, Any]:
     """The failed result of a task refused before it ran."""
     cid = task_data.get("candidate_id") if isinstance(task_data, dict) else None
+    trial = task_data.get("trial") if isinstance(task_data, dict) else 0
     logger.warning("%s: candidate task refused: %s", task.request.id, reason)
     return CandidateResult(
         candidate_id=cid if isinstance(cid, str) else "", worker=task.request.hostname,
+        trial=trial if isinstance(trial, int) and not isinstance(trial, bool) else 0,
         error_message=f"Refused: {reason}", log=[f"[Error] Refused: {reason}"],
     ).to_dict()
 
@@ -199,8 +202,10 @@ def collect_results(self, results: list[dict[str, Any]],
     # (tests/test_daytona_e2e.py checks it)
     from worker.discord import post_winner
     from worker.judge.scoring import build_forge_result
+    from worker.standings import for_run
 
     forge = build_forge_result(results, run)
+    forge.standings = for_run(forge, run.artifacts_dir)  # a competition's season, if any
     t_scored = time.monotonic()
     if run.execution_mode == "daytona":
         forge.sandboxes_alive = _sandboxes_alive(forge)
