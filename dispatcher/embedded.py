@@ -65,26 +65,28 @@ def embedded_worker(app, concurrency: int, local: bool = True) -> Iterator[objec
     # events there, no `celery inspect` reaches a remote-control mailbox. Without them the
     # worker starts fewer consumers and each candidate publishes nothing it need not.
     app.conf.worker_enable_remote_control = False
-    ready = threading.Event()
-    worker = app.WorkController(
-        hostname=f"embedded@{socket.gethostname()}",
-        pool="threads",
-        concurrency=concurrency,
-        loglevel="WARNING",
-        task_events=False,
-        without_heartbeat=True,
-        without_mingle=True,
-        without_gossip=True,
-        ready_callback=lambda consumer: ready.set(),
-    )
-    thread = threading.Thread(target=worker.start, name="forge-embedded-worker", daemon=True)
-    thread.start()
-    if not ready.wait(30):
-        raise RuntimeError("the embedded worker did not start within 30 s")
-    if warming is not None:
-        warming.join(30)
-    try:
-        yield worker
-    finally:
-        worker.stop(in_sighandler=False)
-        _winding_down = thread
+    # The worker's pool sets a process-wide Celery flag as it is built: undone on exit.
+    with celery_compat.joins_restored():
+        ready = threading.Event()
+        worker = app.WorkController(
+            hostname=f"embedded@{socket.gethostname()}",
+            pool="threads",
+            concurrency=concurrency,
+            loglevel="WARNING",
+            task_events=False,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            ready_callback=lambda consumer: ready.set(),
+        )
+        thread = threading.Thread(target=worker.start, name="forge-embedded-worker", daemon=True)
+        thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the embedded worker did not start within 30 s")
+        if warming is not None:
+            warming.join(30)
+        try:
+            yield worker
+        finally:
+            worker.stop(in_sighandler=False)
+            _winding_down = thread

@@ -153,6 +153,27 @@ def test_kwargs_added_to_a_built_chord_reach_its_body():
     assert message["kwargs"]["body"]["kwargs"] == {"kept_task_ids": ["r:a"]}
 
 
+def test_an_embedded_worker_leaves_joins_allowed_when_it_stops():
+    """An in-process worker's thread pool sets Celery's process-wide join flag; once the
+    embedded worker has stopped, a result can be joined in this process again."""
+    from celery import _state as celery_state
+
+    from dispatcher.embedded import embedded_worker
+
+    app = Celery("compat-embedded", broker="memory://", backend="cache+memory://",
+                 set_as_current=False)
+
+    @app.task(name="compat.echo")
+    def echo(x):
+        return x
+
+    assert not celery_state.task_join_will_block()
+    with embedded_worker(app, 1, local=False):
+        assert celery_state.task_join_will_block()  # the control: the pool set it
+        assert echo.delay(7).id
+    assert not celery_state.task_join_will_block()
+
+
 # -- 6. kombu's Redis layout ------------------------------------------------------------------
 
 

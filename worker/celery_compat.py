@@ -129,6 +129,21 @@ def never_joined(app) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def joins_restored() -> Iterator[None]:
+    """Put back Celery's process-wide "a join would block" flag when an in-process worker
+    is done: its pool sets the flag when it starts (``celery.worker.components.Pool``) and
+    nothing unsets it when it stops, so after an embedded run every ``AsyncResult.get()``
+    in the process would raise "Never call result.get() within a task"."""
+    from celery import _state as celery_state  # start-up: Celery, only with a worker
+
+    before = celery_state.task_join_will_block()
+    try:
+        yield
+    finally:
+        celery_state._set_task_join_will_block(before)
+
+
 # -- 3. one pipelined producer for a whole chord ------------------------------------------
 
 
