@@ -14,7 +14,6 @@ start times far wider than the window under test). Each outcome comes back as
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 import traceback
 from collections.abc import Callable
