@@ -202,11 +202,11 @@ def run_seed_style(script: str, objective: str, output: str,
 def sandbox_python(directory: Path) -> str:
     """The interpreter environment a local sandbox gives a candidate (the base interpreter
     without the host's site-packages), made under ``directory`` for a baseline to use."""
-    from worker.sandbox.local import _make_python_env
+    from worker.sandbox.local.pyenv import make_python_env
 
     env = directory / "python"
     if not env.exists():
-        _make_python_env(str(env), None)
+        make_python_env(str(env), None)
     return str(env / "bin" / "python3")
 
 

@@ -40,13 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.lifecycle import run_lifecycle  # noqa: E402
 from worker.records import CandidateTask, sha256_text  # noqa: E402
-from worker.sandbox import bwrap, egress, local, rtnetlink  # noqa: E402
-from worker.sandbox.local import (  # noqa: E402
-    LocalBackend,
-    PlainSandbox,
-    _make_python_env,
-    sandbox_parent,
-)
+from worker.sandbox import egress, rtnetlink  # noqa: E402
+from worker.sandbox.local import LocalBackend, bwrap, cgroups  # noqa: E402
+from worker.sandbox.local.parent_dir import sandbox_parent  # noqa: E402
+from worker.sandbox.local.plain import PlainSandbox  # noqa: E402
+from worker.sandbox.local.pyenv import make_python_env  # noqa: E402
 
 SCRIPT = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n')\n"
 
@@ -79,14 +77,14 @@ class NoPolicy:
     policy = None
 
     def __enter__(self):
-        self.saved = rtnetlink.install, local.ALL_CONTROLLERS, egress.build
+        self.saved = rtnetlink.install, cgroups.ALL_CONTROLLERS, egress.build
         NoPolicy.policy = NoPolicy.policy or egress.build(task(True).egress)
         rtnetlink.install = lambda *_a, **_k: None
-        local.ALL_CONTROLLERS = ("pids", "memory")
+        cgroups.ALL_CONTROLLERS = ("pids", "memory")
         egress.build = lambda _lists: NoPolicy.policy  # for the isolation words only
 
     def __exit__(self, *_exc):
-        rtnetlink.install, local.ALL_CONTROLLERS, egress.build = self.saved
+        rtnetlink.install, cgroups.ALL_CONTROLLERS, egress.build = self.saved
 
 
 # The steps the egress policy and the fair share add or change, timed where they run in
@@ -108,7 +106,7 @@ def _timed(name: str, fn):
 
 def instrument() -> None:
     for name in ("__init__", "add", "cpu_ns", "kill_all", "remove"):
-        setattr(local.Cgroups, name, _timed(f"cgroups.{name}", getattr(local.Cgroups, name)))
+        setattr(cgroups.Cgroups, name, _timed(f"cgroups.{name}", getattr(cgroups.Cgroups, name)))
     egress.build = _timed("egress.build", egress.build)
     rtnetlink.install = _timed("rtnetlink.install", rtnetlink.install)
 
@@ -150,7 +148,7 @@ def main() -> None:
     print(f"{args.n} runs per variant; per-sandbox cgroups "
           f"{'OFF (FORGE_NO_CGROUPS)' if os.environ.get('FORGE_NO_CGROUPS') else 'on'}")
     workdir = tempfile.mkdtemp(prefix="forge-bench-sub-", dir=sandbox_parent())
-    _make_python_env(os.path.join(workdir, "python"), None)
+    make_python_env(os.path.join(workdir, "python"), None)
     with open(os.path.join(workdir, "script.py"), "w") as fh:
         fh.write(SCRIPT)
     instrument()

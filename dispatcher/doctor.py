@@ -238,8 +238,9 @@ def _isolation_required() -> bool:
 
 
 def check_sandbox_tools() -> list[Check]:
-    from worker.sandbox import bwrap, netns
-    from worker.sandbox.local import INSTALL_HINT
+    from worker.sandbox import netns
+    from worker.sandbox.local import bwrap
+    from worker.sandbox.local.bwrap import INSTALL_HINT
 
     required = _isolation_required()
     probe = bwrap.probe()
@@ -259,9 +260,9 @@ def check_cgroups() -> Check:
     if (config.env("FORGE_NO_CGROUPS") or "").lower() in ("1", "true", "yes", "on"):
         return Check("cgroups", True, "off (FORGE_NO_CGROUPS=1): caps rely on rlimits",
                      required=False)
-    from worker.sandbox import local
+    from worker.sandbox.local.cgroups import controller_base
 
-    found = [c for c in ("pids", "memory", "cpu") if local._controller_base(c)]
+    found = [c for c in ("pids", "memory", "cpu") if controller_base(c)]
     if len(found) == 3:
         return Check("cgroups", True, "pids, memory and cpu writable: per-sandbox caps "
                      "and equal CPU shares", required=False)

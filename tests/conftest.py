@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import CeleryWorker, PostgresServer, RedisServer, forge_env
+from tests.procs import CeleryWorker, PostgresServer, RedisServer, forge_env, starts_processes
 
-pytest_plugins = ("celery.contrib.pytest",)
+pytest_plugins = ("celery.contrib.pytest", "tests.markers")
 
 # The suite never uses a broker from the developer's environment or .env.
 for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DISCORD_WEBHOOK_URL",
@@ -41,6 +41,7 @@ def daytona_audit(request: pytest.FixtureRequest):
 
 
 @pytest.fixture
+@starts_processes
 def redis_server(tmp_path: Path):
     server = RedisServer(tmp_path / "redis").start()
     yield server
@@ -48,6 +49,7 @@ def redis_server(tmp_path: Path):
 
 
 @pytest.fixture
+@starts_processes
 def workers(tmp_path: Path):
     """Factory: ``workers(env, n=2, concurrency=2, pool="prefork")`` → started workers."""
     started: list[CeleryWorker] = []
@@ -81,6 +83,7 @@ def distributed_env(redis_server, artifacts):
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def pg_server():
     """One real PostgreSQL for the session (initdb into a temp dir, a free port)."""
     server = PostgresServer().start()
@@ -96,7 +99,7 @@ def pg_url(pg_server) -> str:
     return pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.processes)])
 def store_url(request, tmp_path: Path) -> str:
     """The same store test on both backends: a SQLite file, a PostgreSQL database."""
     if request.param == "sqlite":

@@ -20,6 +20,15 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
+STARTS_PROCESSES = "_starts_processes"
+
+
+def starts_processes(fixture_function):
+    """Declares (under ``@pytest.fixture``) that a fixture starts processes: every test
+    using it gets the ``processes`` mark (tests/markers.py)."""
+    setattr(fixture_function, STARTS_PROCESSES, True)
+    return fixture_function
+
 
 def free_port() -> int:
     with socket.socket() as s:

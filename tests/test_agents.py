@@ -21,6 +21,9 @@ from worker.judge.events import EventsJudge
 from worker.judge.parse import parse_events
 from worker.records import CandidateResult, Score
 
+# Every test starts processes (the demo agents in local sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 CANDIDATES = Path(__file__).resolve().parent.parent / "candidates"
 FEED = json.loads((CANDIDATES / "data" / "events.json").read_text("utf-8"))
 BY_ID = {e["id"]: e for e in FEED["events"]}

@@ -27,7 +27,7 @@ from dispatcher.competitions import (
     validate_crontab,
 )
 from tests.manifests import write_manifest
-from tests.procs import ROOT, call_task, forge_env, run_forge_cli, stop_process
+from tests.procs import ROOT, call_task, forge_env, run_forge_cli, starts_processes, stop_process
 from worker.schedule import build_beat_schedule
 
 QUICK = """import sys
@@ -215,6 +215,7 @@ def test_beat_schedule_has_one_entry_per_enabled_competition(tmp_path):
     assert entries["competition:b"]["schedule"].run_every == timedelta(seconds=6)
 
 
+@pytest.mark.processes
 def test_forge_competitions_lists_next_runs_and_refuses_a_bad_file(tmp_path):
     path = write_forge_toml(tmp_path, competition_toml("weekly", 'schedule = "0 9 * * 1"'))
     env = forge_env(None, tmp_path / "artifacts", FORGE_COMPETITIONS=str(path))
@@ -258,6 +259,7 @@ class CeleryBeat:
 
 
 @pytest.fixture
+@starts_processes
 def beats(tmp_path):
     started: list[CeleryBeat] = []
 

@@ -41,7 +41,7 @@ def slot(run: str, n: int = 4, wait: float = 60, clock: str | None = None,
                        units=units)
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.processes), "local"])
 def make_budget(request) -> Callable[[], object]:
     """Factory of budgets sharing one state: RedisBudgets (one per "process", own client
     and keeper) on one redis-server, or the single in-process LocalBudget."""

@@ -63,6 +63,7 @@ def test_list_with_no_runs(tmp_path, capsys):
     assert "No runs" in capsys.readouterr().out
 
 
+@pytest.mark.processes
 def test_demo_run_embedded_then_status_and_list(tmp_path):
     env = forge_env(None, tmp_path)
     done = run_forge_cli(["run", "--run-id", "demo-1", "--no-post"], env)
@@ -82,6 +83,7 @@ def test_demo_run_embedded_then_status_and_list(tmp_path):
     assert listing.returncode == 0 and "demo-1" in listing.stdout
 
 
+@pytest.mark.processes
 def test_json_output_is_the_forge_result(tmp_path):
     env = forge_env(None, tmp_path)
     done = run_forge_cli(["run", "hello", "--candidates", str(FIXTURES / "basic"), "--json",
@@ -92,6 +94,7 @@ def test_json_output_is_the_forge_result(tmp_path):
     assert "DREAM FOUNDRY" in done.stderr  # human output moved out of the way
 
 
+@pytest.mark.processes
 def test_status_shows_the_runs_elapsed_time_not_the_sum_of_runtimes(tmp_path, capsys):
     """Three 1.5 s candidates in parallel: the run took ~2 s, not the ~5 s they add up to."""
     from datetime import datetime

@@ -19,9 +19,9 @@ from tests.manifests import write_manifest
 from worker import report
 from worker.judge import JudgeContext
 from worker.judge.events import EventsJudge
+from worker.judge.scoring import build_forge_result
 from worker.records import CandidateResult, CandidateTask, Egress, ForgeResult, RunSpec
 from worker.sandbox import get_backend
-from worker.tasks import build_forge_result
 
 OK = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n')\n"
 
@@ -187,6 +187,7 @@ open(sys.argv[2], "w").write("# spun: " + sys.argv[1])
 """
 
 
+@pytest.mark.processes
 def test_options_travel_from_the_manifest_to_the_sandbox_and_the_report(tmp_path, monkeypatch):
     """Embedded run (real Celery worker in-process, real sandboxes)."""
     # The core slots of this test's own, not the machine's (other runs share those).

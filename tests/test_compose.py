@@ -195,6 +195,7 @@ def test_flower_is_published_on_loopback_by_default():
     assert interpolate(published) == "127.0.0.1:5555:5555"  # with .env.example's values
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("service", ["worker", "beat", "flower"])
 def test_every_command_line_exists_with_its_options(service):
     cmd = argv(SERVICES[service]["command"])
@@ -217,6 +218,7 @@ def forge_help(args: list[str]) -> str:
     return done.stdout
 
 
+@pytest.mark.processes
 def test_web_serves_the_store_on_loopback_by_default_with_a_token():
     """The dashboard binds 0.0.0.0 in its container, which `forge web` allows only with
     FORGE_WEB_TOKEN: compose requires it, .env.example's is a placeholder (so an
@@ -252,6 +254,7 @@ def test_web_serves_the_store_on_loopback_by_default_with_a_token():
     assert env["FORGE_ARTIFACTS_DIR"] == artifacts
 
 
+@pytest.mark.processes
 def test_the_worker_health_check_command_exists():
     test = SERVICES["worker"]["healthcheck"]["test"]
     cmd = argv(test[1]) if test[0] == "CMD-SHELL" else argv(test[1:])

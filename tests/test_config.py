@@ -9,7 +9,7 @@ import pytest
 
 from tests.procs import ROOT
 from worker import config
-from worker.lifecycle import build_env
+from worker.sandbox.visible import build_env
 
 
 @pytest.mark.parametrize("value", [None, "", "  ", "your_api_key", "your-webhook-url",
@@ -28,6 +28,7 @@ def test_redact_url_hides_the_password_only():
     assert config.redact_url("redis://host:6379/0") == "redis://host:6379/0"
 
 
+@pytest.mark.processes
 def test_dotenv_is_loaded_and_placeholders_ignored(tmp_path):
     (tmp_path / ".env").write_text(
         "DAYTONA_API_KEY=your_daytona_api_key\nDISCORD_WEBHOOK_URL=http://127.0.0.1:9/hook\n"
@@ -41,6 +42,7 @@ def test_dotenv_is_loaded_and_placeholders_ignored(tmp_path):
     assert out == ["False", "http://127.0.0.1:9/hook", "http://127.0.0.1:1/api"]
 
 
+@pytest.mark.processes
 def test_real_environment_wins_over_dotenv(tmp_path):
     (tmp_path / ".env").write_text("FORGE_ARTIFACTS_DIR=/from/dotenv\n")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "FORGE_ARTIFACTS_DIR": "/real"}

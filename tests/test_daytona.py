@@ -36,6 +36,9 @@ try:  # tests/ as a package (python -m pytest) or as a plain directory (pytest)
 except ImportError:
     from daytona_emulator import DaytonaEmulator  # type: ignore[no-redef]
 
+# Every test starts processes (the emulator runs sandbox commands as real processes).
+pytestmark = pytest.mark.processes
+
 API_KEY = f"test-key-{secrets.token_hex(12)}"
 HOSTILE = "'; rm -rf \"$HOME\" $(touch /tmp/pwned) \n ünïcødé"
 

@@ -30,6 +30,9 @@ from tests.procs import ROOT, CeleryWorker, RedisServer, forge_env, run_forge_cl
 from worker.records import ForgeResult
 from worker.sandbox.daytona import RUN_LABEL, DaytonaBackend
 
+# Every test starts processes (sandboxes, redis-server, workers); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 API_KEY = f"test-key-{secrets.token_hex(16)}"
 DEMO = ROOT / "candidates" / "candidates.toml"
 DEMO_IDS = ["alpha", "beta", "gamma", "delta", "epsilon"]

@@ -41,6 +41,9 @@ from worker.budget import RedisBudget, leases_key
 from worker.records import ForgeResult
 from worker.sandbox.daytona import RUN_LABEL, DaytonaBackend
 
+# Every test starts processes (redis-server, celery workers, emulator processes); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 API_KEY = f"test-key-{secrets.token_hex(16)}"
 SDK_ENV = {"DAYTONA_USE_DEPRECATED_POLLING": "true", "NO_PROXY": "127.0.0.1,localhost"}
 SLEEP = """import sys, time

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dispatcher import run_forge
 from tests.discord_server import DiscordServer
 from tests.procs import run_forge_cli
+
+# Every test starts processes (the demo runs candidates in local sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
 
 
 def verdict(summary: dict) -> dict:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.manifests import FIXTURES, sleepers
 from tests.procs import run_forge_cli
+
+# Every test starts processes (redis-server, celery workers, the forge CLI); tests/markers.py.
+pytestmark = pytest.mark.processes
 
 
 def test_two_workers_share_the_run_and_every_result_is_there_once(
@@ -112,7 +117,7 @@ def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, work
     import glob
     import os
 
-    from worker.sandbox.local import sandbox_parent
+    from worker.sandbox.local.parent_dir import sandbox_parent
 
     def helpers() -> set[str]:
         return {p for pat in ("forge-etc-*", "forge-view-*")

@@ -17,6 +17,9 @@ from tests.daytona_emulator import DaytonaEmulator
 from tests.manifests import write_manifest
 from tests.procs import ROOT, RedisServer, forge_env, free_port, run_forge_cli, stop_process
 
+# Every test starts processes (redis-server, flower, the forge CLI); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 TOKEN = secrets.token_hex(6)
 REDIS_PW = f"redis-pw-{TOKEN}"
 FLOWER_PW = f"flower-pw-{TOKEN}"

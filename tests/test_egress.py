@@ -22,11 +22,15 @@ import pytest
 from tests import networld as nw
 from worker.lifecycle import run_lifecycle
 from worker.records import CandidateTask, Egress, sha256_text
-from worker.sandbox import bwrap, egress, netns, rtnetlink
-from worker.sandbox.local import LocalBackend
+from worker.sandbox import egress, netns, rtnetlink
+from worker.sandbox.local import LocalBackend, bwrap
+
+# Every test starts processes (network namespaces, sandboxes, slirp4netns); tests/markers.py.
+pytestmark = pytest.mark.processes
 
 PROBE = r'''
 import json, socket, struct, subprocess, sys, time
+
 CONFIG = json.loads(__CONFIG__)
 
 def tcp(host, port):

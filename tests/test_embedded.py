@@ -7,8 +7,13 @@ import os
 import uuid
 from pathlib import Path
 
+import pytest
+
 from dispatcher import run_forge
 from tests.manifests import FIXTURES, write_manifest
+
+# Every test starts processes (embedded runs start local sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
 
 HOSTILE = "'; rm -rf \"$HOME\" $(touch /tmp/pwned) \n ünïcødé"
 

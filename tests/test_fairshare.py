@@ -28,16 +28,22 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+import pytest
+
 from worker.lifecycle import run_lifecycle
 from worker.records import CandidateResult, CandidateTask, Limits, sha256_text
-from worker.sandbox import bwrap, local, slots
-from worker.sandbox.local import LocalBackend
+from worker.sandbox import slots
+from worker.sandbox.local import LocalBackend, bwrap, cgroups
+
+# Every test starts processes (sandboxes and forked CPU hogs); tests/markers.py.
+pytestmark = pytest.mark.processes
 
 WINDOW = 3.0  # seconds each busy candidate runs
 HOG_PROCS = 8
 
 BUSY = """
 import json, os, resource, sys, time
+
 CONFIG = json.loads(__CONFIG__)
 
 def spin(seconds):
@@ -79,7 +85,7 @@ json.dump({"start": start, "end": time.monotonic()}, open(sys.argv[2], "w"))
 def require() -> None:
     probe = bwrap.probe()
     assert probe.ok, f"bubblewrap unavailable ({probe.reason}); fix: apt-get install bubblewrap"
-    assert local._controller_base("cpu") is not None, (
+    assert cgroups.controller_base("cpu") is not None, (
         "no writable cpu cgroup here: the fair share cannot be shown (run as root, or with a "
         "delegated cgroup v2 subtree)")
 

@@ -45,8 +45,10 @@ import pytest
 
 from worker.lifecycle import run_lifecycle
 from worker.records import CandidateResult, CandidateTask, Limits, sha256_text
-from worker.sandbox import bwrap
-from worker.sandbox.local import LocalBackend
+from worker.sandbox.local import LocalBackend, bwrap
+
+# Every test starts processes (hostile candidates in local sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 REPO = Path(__file__).resolve().parent.parent
@@ -483,7 +485,7 @@ def check_all(results: dict[str, CandidateResult], w: World, lim: Limits,
 
 
 def leftover_sandboxes(tag: str) -> list[str]:
-    from worker.sandbox.local import sandbox_parent
+    from worker.sandbox.local.parent_dir import sandbox_parent
 
     return glob.glob(os.path.join(sandbox_parent(), f"forge-h{tag}-*"))
 

@@ -16,10 +16,14 @@ import pytest
 
 from worker.lifecycle import run_lifecycle
 from worker.records import CandidateTask, Egress, Limits, sha256_text
-from worker.sandbox import bwrap, local
 from worker.sandbox.base import SandboxError, SandboxRequest
 from worker.sandbox.capture import TailBuffer
-from worker.sandbox.local import LocalBackend
+from worker.sandbox.local import LocalBackend, bwrap, cgroups, launch, leftovers, owner, pyenv
+from worker.sandbox.local.parent_dir import is_tmpfs, sandbox_parent
+from worker.sandbox.local.prefix_view import _traversable_by_anyone
+
+# Every test starts processes (local sandboxes (bubblewrap, slirp4netns)); tests/markers.py.
+pytestmark = pytest.mark.processes
 
 SMALL = Limits(memory_mb=256, max_processes=32, max_file_mb=8, output_bytes=8192,
                artifact_bytes=4096)
@@ -138,7 +142,7 @@ def test_rlimits_applied():
 
 LAUNCH_PROBE = r"""
 import json, subprocess, sys
-from worker.sandbox import bwrap, local
+from worker.sandbox.local import LocalBackend, prefix_view, prepare_process
 from worker.sandbox.base import SandboxRequest
 from worker.records import Limits
 
@@ -150,8 +154,8 @@ def popen(*args, **kwargs):  # records how bwrap was started, then starts it
     return real_popen(*args, **kwargs)
 
 subprocess.Popen = popen
-local.prepare_process()  # what a pool process does at start, single-threaded
-sb = local.LocalBackend().create(SandboxRequest(
+prepare_process()  # what a pool process does at start, single-threaded
+sb = LocalBackend().create(SandboxRequest(
     run_id="r", candidate_id="launch", timeout=7, network=False, env={},
     limits=Limits(memory_mb=256, max_processes=32, max_file_mb=8)), print)
 try:
@@ -161,7 +165,7 @@ try:
 finally:
     sb.delete()
 print(json.dumps({"spawned": spawned[-1], "output": got.output, "exit": got.exit_code,
-                  "view": bwrap._process_view, "owner": owner}))
+                  "view": prefix_view._process_view, "owner": owner}))
 """
 
 SHOW_LIMITS = """
@@ -183,19 +187,19 @@ def test_pool_process_launch_vforks_with_the_same_limits():
 
     if os.geteuid() != 0 or not bwrap.probe().drop_uid:
         pytest.skip("the uid switch happens only when the worker is root")
-    assert bwrap.launch_helpers(), "setpriv/prlimit missing: apt-get install util-linux"
+    assert launch.launch_helpers(), "setpriv/prlimit missing: apt-get install util-linux"
     done = subprocess.run([sys.executable, "-c", LAUNCH_PROBE, SHOW_LIMITS],
                           capture_output=True, text=True, timeout=60,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["exit"] == 0, out["output"]
-    assert out["spawned"] == {"argv0": bwrap.launch_helpers()[0], "preexec": False}
+    assert out["spawned"] == {"argv0": launch.launch_helpers()[0], "preexec": False}
     assert eval(out["output"]) == {  # noqa: S307 - our own repr
         "AS": (256 << 20, 256 << 20), "CPU": (14, 15), "FSIZE": (8 << 20, 8 << 20),
         "NOFILE": (256, 256), "NPROC": (32, 32), "CORE": (0, 0)}
-    assert out["owner"] >= bwrap.UID_BASE  # a fresh unprivileged host uid, not root
-    hidden = [p for p in bwrap.python_prefixes() if not bwrap._traversable_by_anyone(p)]
+    assert out["owner"] >= launch.UID_BASE  # a fresh unprivileged host uid, not root
+    hidden = [p for p in pyenv.python_prefixes() if not _traversable_by_anyone(p)]
     assert sorted(out["view"]) == sorted(hidden)  # an unreachable prefix: shown once
 
 
@@ -420,7 +424,7 @@ def test_isolation_words_are_short():
 
 
 def test_candidate_python_is_outside_the_venv():
-    assert ".venv" not in local.candidate_python()
+    assert ".venv" not in pyenv.candidate_python()
 
 
 SEES_PACKAGES = """
@@ -478,7 +482,7 @@ def test_requirements_install_into_the_sandbox_python(mode, request):
         request.getfixturevalue("plain")
     else:
         require_bwrap()
-    if bwrap.base_pip_dir() is None:
+    if pyenv.base_pip_dir() is None:
         pytest.fail("the worker's base interpreter has no pip: requirements cannot install")
     sb = LocalBackend().create(SandboxRequest(run_id="r", candidate_id="pip", timeout=60,
                                               network=False, env={}, limits=SMALL), print)
@@ -492,7 +496,7 @@ def test_requirements_install_into_the_sandbox_python(mode, request):
                       30, 65536)
         assert got.exit_code == 0, got.output
         assert got.output.split()[0] == "42"
-        assert not os.path.exists(os.path.join(bwrap.base_pip_dir(), "tiny_forge_pkg.py"))
+        assert not os.path.exists(os.path.join(pyenv.base_pip_dir(), "tiny_forge_pkg.py"))
     finally:
         sb.delete()
 
@@ -543,14 +547,14 @@ def test_leftovers_of_a_dead_worker_are_swept(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    stale = tempfile.mkdtemp(prefix="forge-stale-", dir=local.sandbox_parent())
-    with open(os.path.join(stale, local.OWNER_FILE), "w") as fh:
+    stale = tempfile.mkdtemp(prefix="forge-stale-", dir=sandbox_parent())
+    with open(os.path.join(stale, owner.OWNER_FILE), "w") as fh:
         fh.write(f"{dead}:1")
-    alive = tempfile.mkdtemp(prefix="forge-alive-", dir=local.sandbox_parent())
-    with open(os.path.join(alive, local.OWNER_FILE), "w") as fh:
-        fh.write(local._identity(os.getpid()))
+    alive = tempfile.mkdtemp(prefix="forge-alive-", dir=sandbox_parent())
+    with open(os.path.join(alive, owner.OWNER_FILE), "w") as fh:
+        fh.write(owner.identity(os.getpid()))
     try:
-        local._swept = False
+        leftovers._swept = False
         r, _ = run(task(WRITE_ARGS))
         assert r.success
         assert not os.path.exists(stale)
@@ -565,7 +569,7 @@ def test_leftovers_of_a_dead_worker_are_swept(tmp_path):
 def test_memory_cgroup_caps_the_whole_sandbox():
     """Four processes of 200 MB each under a 256 MB limit: the cgroup OOM-kills some."""
     require_bwrap()
-    if local._cgroup_base("memory") is None or os.environ.get("FORGE_NO_CGROUPS"):
+    if cgroups.cgroup_base("memory") is None or os.environ.get("FORGE_NO_CGROUPS"):
         pytest.skip("no writable memory cgroup here (optional layer)")
     r, _ = run(task("""
         import os, sys, time
@@ -592,9 +596,9 @@ def test_many_files_add_up_to_the_memory_cap_at_most():
     """Sandbox directories live on tmpfs, charged to the sandbox's memory cgroup: 64
     files of 8 MB (512 MB, each under the file-size cap) do not fit a 256 MB sandbox."""
     require_bwrap()
-    if local._cgroup_base("memory") is None or os.environ.get("FORGE_NO_CGROUPS"):
+    if cgroups.cgroup_base("memory") is None or os.environ.get("FORGE_NO_CGROUPS"):
         pytest.skip("no writable memory cgroup here (optional layer)")
-    assert local._is_tmpfs(local.sandbox_parent()), local.sandbox_parent()
+    assert is_tmpfs(sandbox_parent()), sandbox_parent()
     r, _ = run(task("""
         import os, sys
         written = 0
@@ -614,7 +618,7 @@ def test_many_files_add_up_to_the_memory_cap_at_most():
     # Either the writes fail (no space) or the cgroup OOM-kills the candidate; never 512 MB.
     assert (written is not None and written < 512) or r.exit_code not in (0, None), \
         (written, r.exit_code, r.output[-300:])
-    assert not glob.glob(os.path.join(local.sandbox_parent(), "forge-c1-*"))
+    assert not glob.glob(os.path.join(sandbox_parent(), "forge-c1-*"))
 
 
 def test_sweeping_a_dead_processs_view_never_recurses(tmp_path):
@@ -626,17 +630,17 @@ def test_sweeping_a_dead_processs_view_never_recurses(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    view = tempfile.mkdtemp(prefix="forge-view-", dir=local.sandbox_parent())
+    view = tempfile.mkdtemp(prefix="forge-view-", dir=sandbox_parent())
     empty, busy = os.path.join(view, "p0"), os.path.join(view, "p1")
     os.mkdir(empty)
     os.mkdir(busy)
     keep = os.path.join(busy, "python3.11")  # stands for a file of the mounted prefix
     open(keep, "w").close()
-    with open(os.path.join(view, local.OWNER_FILE), "w") as fh:
+    with open(os.path.join(view, owner.OWNER_FILE), "w") as fh:
         fh.write(f"{dead}:1")
     try:
-        local._swept = False
-        local._sweep_leftovers()
+        leftovers._swept = False
+        leftovers.sweep_leftovers()
         assert os.path.exists(keep) and not os.path.exists(empty)
     finally:
         import shutil

@@ -25,6 +25,9 @@ from tests.procs import (
     stop_process,
 )
 
+# Every test starts processes (celery workers and sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 GOOD = """import sys
 print("working")
 open(sys.argv[2], "w").write("# Post\\n\\n**Event** " + sys.argv[1] + "\\n")

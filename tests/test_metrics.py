@@ -25,6 +25,9 @@ from tests.discord_server import DiscordServer
 from tests.manifests import write_manifest
 from tests.procs import ROOT, CeleryWorker, RedisServer, call_task, forge_env, free_port
 
+# Every test starts processes (redis-server, celery workers, sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 SLOW = """import sys, time
 time.sleep(1.5)
 open(sys.argv[2], "w").write("# Post\\n\\n**Event** " + sys.argv[1] + "\\n")

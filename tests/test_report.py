@@ -360,6 +360,7 @@ def _screenshot(page: str, name: str, tmp_path: Path) -> Path:
     return png
 
 
+@pytest.mark.processes
 @pytest.mark.timeout(300)
 def test_screenshot_looks_like_a_report(tmp_path: Path) -> None:
     png = _screenshot(report.render_html(make_result()), "report", tmp_path)
@@ -370,6 +371,7 @@ def test_screenshot_looks_like_a_report(tmp_path: Path) -> None:
     assert distinct_rows > 300, f"only {distinct_rows} distinct pixel rows: blank page?"
 
 
+@pytest.mark.processes
 @pytest.mark.timeout(300)
 def test_screenshot_of_hostile_report_renders(tmp_path: Path) -> None:
     png = _screenshot(report.render_html(hostile_result()), "report-hostile", tmp_path)

@@ -186,6 +186,7 @@ print(json.dumps(standings(simulated_season(mu, 20, 10, random.Random(8))).to_di
 """
 
 
+@pytest.mark.processes
 def test_same_season_gives_identical_standings_in_other_processes():
     """The bootstrap seed comes from the data, not from hash() or global state: processes
     with different hash seeds (as a worker and the CLI would be) print the same table."""

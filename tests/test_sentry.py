@@ -27,6 +27,9 @@ from tests.manifests import write_manifest
 from tests.procs import ROOT, CeleryWorker, RedisServer, call_task, forge_env, free_port
 from tests.sentry_receiver import SentryReceiver, summary
 
+# Every test starts processes (redis-server, celery workers, sandboxes); tests/markers.py.
+pytestmark = pytest.mark.processes
+
 TOKEN = secrets.token_hex(6)
 SECRETS = {
     "redis": f"redis-pw-{TOKEN}",

@@ -15,6 +15,7 @@ from tests.procs import PostgresServer, call_task, forge_env, run_forge_cli
 from tests.store_helpers import assert_store_agrees_with_run_dir
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_an_embedded_run_and_its_store_agree(backend, tmp_path, monkeypatch, request):
     from worker.store import open_store

@@ -20,7 +20,15 @@ import pytest
 from dispatcher import InvalidInput, run_forge
 from tests.discord_server import DiscordServer
 from tests.manifests import FIXTURES, write_manifest
-from tests.procs import ROOT, CeleryWorker, RedisServer, forge_env, publish_task, run_forge_cli
+from tests.procs import (
+    ROOT,
+    CeleryWorker,
+    RedisServer,
+    forge_env,
+    publish_task,
+    run_forge_cli,
+    starts_processes,
+)
 from tests.test_rundir import forge_result
 from worker import validation
 from worker.records import CandidateInfo, CandidateTask, RunSpec, sha256_text
@@ -118,6 +126,7 @@ BAD_CLI_RUN_IDS = ["a/../../victim", "../escape", "..", ".", "a/b", ".old-a", ""
                    "x" * 129, "VICTIM_ABS"]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("bad", BAD_CLI_RUN_IDS)
 def test_cli_run_refuses_a_run_id_that_is_not_a_plain_name(site, bad):
     bad = str(site.victim) if bad == "VICTIM_ABS" else bad
@@ -131,6 +140,7 @@ def test_cli_run_refuses_a_run_id_that_is_not_a_plain_name(site, bad):
     assert site.art_listing() == listing
 
 
+@pytest.mark.processes
 def test_cli_run_with_a_plain_run_id_writes_inside_the_artifacts_root(site):
     """Control: the refused commands above would have run, and written."""
     done = run_forge_cli(["run", "hi", "--candidates", BASIC, "--run-id", "victim",
@@ -139,6 +149,7 @@ def test_cli_run_with_a_plain_run_id_writes_inside_the_artifacts_root(site):
     assert json.loads((site.art / "victim" / "summary.json").read_text())["run_id"] == "victim"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(("argv", "words"), [
     (["run", "x" * 10_001], "the objective is 10,001 characters long; the maximum is 10,000"),
     (["run", "y" * 100_000], "the objective is 100,000 characters long"),
@@ -164,6 +175,7 @@ def test_cli_refuses_bad_input_in_one_line_with_exit_2(site, argv, words):
         assert hook.requests == [] and site.art_listing() == listing
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(("value", "words"), [
     ("0", "timeout must be a whole number of seconds from 1 to 86400, got 0"),
     ("-5", "got -5"), ("86401", "got 86401"), ("soon", "'soon' is not a whole number"),
@@ -175,6 +187,7 @@ def test_cli_timeout_out_of_bounds_is_refused(site, value, words):
     assert "[Run]" not in done.stdout
 
 
+@pytest.mark.processes
 def test_cli_status_and_post_do_not_follow_a_symlinked_run_out(site):
     with DiscordServer() as hook:
         env = forge_env(None, site.art, DISCORD_WEBHOOK_URL=hook.url)
@@ -188,6 +201,7 @@ def test_cli_status_and_post_do_not_follow_a_symlinked_run_out(site):
         assert not (site.escape / "discord.claim").exists()
 
 
+@pytest.mark.processes
 def test_cli_status_and_post_of_a_run_inside_still_work(site, tmp_path):
     """Control: the same run, reached through its own artifacts root, is readable and
     postable (so the refusals above are the rule's, not a broken command's)."""
@@ -223,6 +237,7 @@ def test_cli_resume_refuses_a_hostile_run_record(site, redis_server):
     assert "names run 'escape'" in one_error_line(done.stderr)
 
 
+@pytest.mark.processes
 def test_forge_toml_objective_breaking_the_rule_is_refused(tmp_path):
     write_manifest(tmp_path / "cands", {"q1": "print(1)\n"})
     for objective, words in (("z" * 10_001, "the objective is 10,001 characters long"),
@@ -268,6 +283,7 @@ def test_api_refuses_hostile_run_ids_and_touches_nothing(site, bad):
     assert site.art_listing() == sorted([".old-a", ".tmp-a", "a", "link"])
 
 
+@pytest.mark.processes
 def test_api_accepts_the_bounds(site):
     """Control: 1 and 86400 are allowed; the refusals above are the bounds'."""
     from dispatcher.runner import prepare
@@ -339,6 +355,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def shared_cluster(tmp_path_factory):
     """One real redis-server and one real worker for every hand-published message here:
     each message names its own artifacts directory, so tests share them safely."""
@@ -433,6 +450,7 @@ def test_hand_published_valid_chord_body_writes_its_run(site, cluster):
 
 
 
+@pytest.mark.processes
 def test_long_objective_is_shown_shortened_and_kept_whole(tmp_path):
     """9,000 characters (within the rule): one short line in the console header, the
     reports and the Discord announcement; whole in summary.json and to the candidates."""

@@ -455,6 +455,7 @@ def test_start_now_without_a_broker_says_what_it_needs(guarded):
 # ---------------------------------------------------------------------------- forge web
 
 
+@pytest.mark.processes
 def test_forge_web_refuses_another_address_without_a_token(tmp_path):
     env = forge_env(None, tmp_path)
     for host in ("0.0.0.0", "192.168.1.10", "::", "example.com"):
@@ -474,6 +475,7 @@ def test_forge_web_refuses_another_address_without_a_token(tmp_path):
     assert off.returncode == 2 and "FORGE_STORE" in off.stderr
 
 
+@pytest.mark.processes
 def test_forge_web_binds_another_address_with_a_token(tmp_path):
     """The positive control of the refusal: with a token the same bind serves."""
     import urllib.request

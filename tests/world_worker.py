@@ -15,15 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.lifecycle import run_lifecycle  # noqa: E402
 from worker.records import CandidateTask  # noqa: E402
-from worker.sandbox import bwrap, local  # noqa: E402
-from worker.sandbox.local import LocalBackend  # noqa: E402
+from worker.sandbox.local import LocalBackend, bwrap, prepare_process  # noqa: E402
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
     tasks = [CandidateTask.from_dict(t) for t in json.load(sys.stdin)]
     if bwrap.probe().drop_uid:
-        local.prepare_process()  # as a pool process does at start, while single-threaded
+        prepare_process()  # as a pool process does at start, while single-threaded
     backend = LocalBackend()
 
     def one(task: CandidateTask) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from worker.config import is_placeholder
+from worker.judge.blocks import split_blocks
 from worker.records import ForgeResult
 from worker.validation import contained, shorten
 
@@ -38,30 +38,15 @@ MAX_RETRY_AFTER = 60.0  # seconds: never sleep longer than this on one 429
 BACKOFF = 1.0  # seconds, doubled per retry, for 5xx/network errors
 USER_AGENT = "DiscordBot (dream-foundry, 1.0)"
 
-# An event block starts at a line that is a bold title, maybe after an emoji, a number
-# or heading marks ("**Title**", "🎤 **Title**", "1. **Title**", "### **Title**").
-# A bold *label* ("**When:** Tue 6pm") is a field inside a block, not a title.
-_TITLE = re.compile(r"^\s*(?:#{1,3}\s+|\d{1,3}[.)]\s+|[^\w\s*#>-]{1,4}\s*)?\*\*(?P<t>[^*\n]+)\*\*")
-
-
 def _len(text: str) -> int:
     """Length as Discord counts it (UTF-16 code units: an emoji may count twice)."""
     return len(text.encode("utf-16-le")) // 2
 
 
-def _is_title(line: str) -> bool:
-    m = _TITLE.match(line)
-    return bool(m) and not m.group("t").rstrip().endswith(":")
-
-
 def event_blocks(post: str) -> list[str]:
-    """The post cut into blocks: the preamble, then one block per event, in order."""
-    blocks: list[list[str]] = [[]]
-    for line in post.replace("\r\n", "\n").split("\n"):
-        if _is_title(line) and any(x.strip() for x in blocks[-1]):
-            blocks.append([])
-        blocks[-1].append(line)
-    return [text for b in blocks if (text := "\n".join(b).strip("\n")).strip()]
+    """The post cut into blocks: the preamble, then one block per event, in order. The
+    blocks are the judge's (``worker.judge.blocks``): a post is split where it is judged."""
+    return [text for b in split_blocks(post) if (text := b.text).strip()]
 
 
 def _split_long(block: str, limit: int) -> list[str]:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from worker import observability
 from worker.records import CandidateResult, CandidateTask
 from worker.sandbox.base import CreateStatus, SandboxBackend, SandboxError, SandboxRequest
+from worker.sandbox.visible import build_env
 
 SCRIPT_NAME = "script.py"
 OUTPUT_NAME = "discord_post.md"
@@ -32,17 +33,6 @@ def _now() -> str:
 
 def worker_name() -> str:
     return socket.gethostname()
-
-
-def build_env(names: tuple[str, ...], source: dict[str, str]) -> dict[str, str]:
-    """Only the allow-listed variables, and never our own credentials."""
-    from worker.config import FORBIDDEN_SANDBOX_ENV
-
-    return {
-        n: source[n]
-        for n in names
-        if n in source and n not in FORBIDDEN_SANDBOX_ENV and not n.startswith("CELERY_")
-    }
 
 
 def candidate_command(workdir: str, objective: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Coalescing a task's PROGRESS writes: one backend write per burst of log lines.
+"""A candidate task's progress as others see it, and coalescing its PROGRESS writes.
 
 Every stored PROGRESS meta is a Redis round trip carrying the whole log window, and a
 candidate's lifecycle logs most of its lines within milliseconds (create, upload,
@@ -10,13 +10,17 @@ else comes, so a line announcing a long wait ("Executing...") still shows within
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 
 from worker import config
 
+logger = logging.getLogger("dream_foundry")
+
 INTERVAL = config.env_int("FORGE_PROGRESS_INTERVAL_MS", 250) / 1000
+LOG_WINDOW = 40  # newest log lines kept in the task's PROGRESS meta
 
 
 class ProgressWriter:
@@ -57,3 +61,69 @@ class ProgressWriter:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+
+
+class CandidateProgress:
+    """What a running candidate task shows others: its log lines (Celery ``PROGRESS``
+    meta, the newest ``LOG_WINDOW`` of them), and its capacity state (Flower's task
+    events, the run store).
+
+    The task's ``request`` is kept: it is thread-local, and the writer's timer thread
+    has none of its own.
+    """
+
+    def __init__(self, task, run_id: str, candidate_id: str, worker: str, attempt: int,
+                 entered: float):
+        self.task = task
+        self.request = task.request
+        self.run_id, self.candidate_id = run_id, candidate_id
+        self.worker, self.attempt, self.entered = worker, attempt, entered
+        self.lines: list[str] = []
+        self.seconds = 0.0  # time spent storing PROGRESS meta
+        self.delivered = bool(self.request.id) and not self.request.is_eager
+        # Coalesces bursts of lines into one write; closed before the result is returned
+        # so no PROGRESS write can land after it.
+        self._writer = ProgressWriter(self._store)
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+        # Every line reaches the dispatcher (PROGRESS) and result.json; the worker's log
+        # gets them at DEBUG and one summary line at INFO (5,000 candidates x 10 lines
+        # was most of a busy worker's log, and a measurable share of its CPU).
+        logger.debug("[%s] %s %s", self.run_id, self.candidate_id, message)
+        if self.delivered:
+            self._writer.line_added()
+
+    def on_state(self, state: str) -> None:
+        """Flower shows it: its event state turns an unknown ``task-<x>`` event into
+        state ``<X>`` (WAITING, then RUNNING once the sandbox has its slot); the run
+        store shows it too."""
+        from worker.store.hooks import mark_state
+
+        mark_state(self.run_id, self.candidate_id, state, self.worker)
+        if self.delivered:
+            try:
+                self.task.send_event(f"task-{state}")
+            except Exception as exc:  # noqa: BLE001 - monitoring must not fail a task
+                logger.debug("task-%s event not sent: %s", state, exc)
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def _store(self) -> None:
+        t = time.monotonic()
+        try:  # best effort: no retries, a Redis blip must not fail the task
+            # update_state() with this task's own request, from any thread
+            self.task.backend.store_result(self.request.id, state="PROGRESS",
+                                           request=self.request, max_retries=0, result={
+                "candidate_id": self.candidate_id,
+                "seq": len(self.lines),
+                "log": self.lines[-LOG_WINDOW:],
+                "worker": self.worker,
+                "attempt": self.attempt,
+                "started": self.entered,  # epoch: the dashboard's elapsed time counts from it
+            })
+        except Exception as exc:  # noqa: BLE001 - e.g. redis ConnectionError
+            logger.warning("[%s] %s progress not stored: %s", self.run_id,
+                           self.candidate_id, type(exc).__name__)
+        self.seconds += time.monotonic() - t

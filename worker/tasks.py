@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -18,15 +17,14 @@ from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from worker import observability, tasklog
-from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
+from worker.delivery import DeliveryGuard, exhausted_message
+from worker.judge.scoring import build_forge_result
 from worker.lifecycle import worker_name
-from worker.progress import ProgressWriter
+from worker.progress import CandidateProgress
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
 from worker.validation import InvalidInput, check_run_id, check_run_spec, check_task
 
 logger = logging.getLogger("dream_foundry")
-
-LOG_WINDOW = 40  # newest log lines kept in the task's PROGRESS meta
 
 tasklog.install()  # Celery's success line without the return value (see worker/tasklog.py)
 
@@ -36,11 +34,12 @@ tasklog.install()  # Celery's success line without the return value (see worker/
 def _warm_up(**_kwargs) -> None:
     """Probe bubblewrap once per pool process at start, not in a candidate's time."""
     try:
-        from worker.sandbox import bwrap, get_backend, local
+        from worker.sandbox import get_backend
+        from worker.sandbox.local import bwrap, prepare_process
 
         get_backend("local")
         if bwrap.probe().drop_uid:
-            local.prepare_process()
+            prepare_process()
     except Exception as exc:  # noqa: BLE001 - the first candidate will report it properly
         logger.warning("sandbox warm-up failed: %s", exc)
     import gc
@@ -51,84 +50,9 @@ def _warm_up(**_kwargs) -> None:
 @worker_process_shutdown.connect
 def _release(**_kwargs) -> None:
     """A pool process leaves through os._exit (no atexit): remove its sandbox helpers."""
-    from worker.sandbox import bwrap
+    from worker.sandbox.local.cleanup import release_process
 
-    bwrap.release_process()
-
-
-def _attempt(task) -> int:
-    """Count deliveries of this task id in the result backend (survives worker death)."""
-    key = f"forge-attempts:{task.request.id}"
-    backend = task.backend
-    try:
-        n = int(backend.incr(key))
-        if hasattr(backend, "expire"):
-            backend.expire(key, RESULT_EXPIRES)
-        return n
-    except Exception:  # noqa: BLE001 - a backend without incr: no bound, count once
-        return 1
-
-
-def _delivery(task) -> tuple[dict[str, Any] | None, int]:
-    """(the stored result if an earlier delivery finished, this delivery's number).
-
-    On Redis one pipelined round trip (GET meta, INCR and EXPIRE the counter) instead of
-    three: at thousands of trivial candidates every round trip per task shows.
-    """
-    from celery.backends.redis import RedisBackend
-
-    backend = task.backend
-    if isinstance(backend, RedisBackend):
-        key = f"forge-attempts:{task.request.id}"
-        try:
-            with backend.client.pipeline() as pipe:
-                pipe.get(backend.get_key_for_task(task.request.id))
-                pipe.incr(key)
-                pipe.expire(key, RESULT_EXPIRES)
-                raw, count, _ = pipe.execute()
-            return _succeeded(backend.decode_result(raw) if raw else {}), int(count)
-        except Exception:  # noqa: BLE001 - a Redis blip: the one-call-at-a-time path retries
-            pass
-    earlier = _finished_before(task)
-    return (earlier, 0) if earlier is not None else (None, _attempt(task))
-
-
-def _succeeded(meta: dict[str, Any]) -> dict[str, Any] | None:
-    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
-        return meta["result"]
-    return None
-
-
-def _finished_before(task) -> dict[str, Any] | None:
-    """A redelivered task whose earlier delivery already stored its result returns that."""
-    try:
-        meta = task.backend.get_task_meta(task.request.id)
-    except Exception:  # noqa: BLE001
-        return None
-    return _succeeded(meta)
-
-
-def _first_finished(task, result: dict[str, Any]) -> dict[str, Any]:
-    """Of deliveries of one task that ran at the same time, the first to finish wins.
-
-    Celery's own "never overwrite SUCCESS" is read-then-write; a SET NX here is atomic,
-    so every delivery returns (and stores) the same record and the chord body, a re-sent
-    body and ``forge resume`` all read one result. Kept while a duplicate could still run.
-    """
-    from celery.backends.redis import RedisBackend
-
-    if not isinstance(task.backend, RedisBackend):  # embedded: one process, no duplicates
-        earlier = _finished_before(task)
-        return result if earlier is None else earlier
-    client = task.backend.client
-    key = f"forge-first:{task.request.id}"
-    try:
-        if client.set(key, json.dumps(result), nx=True, ex=2 * VISIBILITY_TIMEOUT + 60):
-            return result
-        raw = client.get(key)
-    except Exception:  # noqa: BLE001 - Redis blip: Celery's own check still applies
-        return result
-    return json.loads(raw) if raw else result
+    release_process()
 
 
 # track_started off: its first PROGRESS write ("[Run] Starting...") follows at once and
@@ -146,105 +70,61 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
         task = check_task(_task_from(task_data))
     except InvalidInput as exc:
         return _refused(self, task_data, str(exc))
-    earlier, attempt = _delivery(self) if self.request.id else (None, 1)
-    if earlier is not None:
-        logger.info("%s: redelivered after it finished; keeping the stored result",
-                    self.request.id)
-        return earlier
+    guard = DeliveryGuard(self)
+    arrival = guard.arrive()
+    if arrival.earlier is not None:
+        return arrival.earlier
     me = self.request.hostname or worker_name()  # the Celery node name, e.g. w1@host
-    lines: list[str] = []
-    progress_s = [0.0]  # time spent storing PROGRESS meta
+    progress = CandidateProgress(self, task.run_id, task.candidate_id, me, arrival.attempt,
+                                 entered)
+    if arrival.exhausted:
+        return _gave_up(task, progress)
+    progress.log("[Run] Starting...")
+    result = _run_in_sandbox(task, progress, t_enter)
+    progress.close()
+    result.timings["entered_at"] = round(entered, 6)
+    result.timings["progress"] = round(progress.seconds, 6)
+    result.timings["task"] = round(time.monotonic() - t_enter, 6)
+    result.worker, result.attempt, result.log = me, arrival.attempt, progress.lines
+    logger.info("[%s] %s %s in %.2fs%s", task.run_id, task.candidate_id,
+                "succeeded" if result.success else "failed", result.runtime_seconds,
+                "" if result.success else f": {result.error_message}")
+    return guard.finish(result.to_dict())
 
-    request = self.request  # thread-local: the progress timer thread has none of its own
 
-    def store_progress() -> None:
-        t = time.monotonic()
-        try:  # progress is best effort: no retries, a Redis blip must not fail the task
-            # update_state() with this task's own request, from any thread
-            self.backend.store_result(request.id, state="PROGRESS", request=request,
-                                      max_retries=0, result={
-                "candidate_id": task.candidate_id,
-                "seq": len(lines),
-                "log": lines[-LOG_WINDOW:],
-                "worker": me,
-                "attempt": attempt,
-                "started": entered,  # epoch: the dashboard's elapsed time counts from it
-            })
-        except Exception as exc:  # noqa: BLE001 - e.g. redis ConnectionError
-            logger.warning("[%s] %s progress not stored: %s", task.run_id,
-                           task.candidate_id, type(exc).__name__)
-        progress_s[0] += time.monotonic() - t
+def _gave_up(task: CandidateTask, progress: CandidateProgress) -> dict[str, Any]:
+    """The result of a candidate delivered too often (it keeps killing its worker)."""
+    result = CandidateResult(candidate_id=task.candidate_id,
+                             execution_mode=task.execution_mode, worker=progress.worker,
+                             attempt=progress.attempt,
+                             error_message=exhausted_message(progress.attempt))
+    progress.log(f"[Error] {result.error_message}")
+    progress.close()
+    result.log = progress.lines
+    return result.to_dict()
 
-    # Coalesces bursts of lines into one write (worker/progress.py); closed before the
-    # result is returned so no PROGRESS write can land after it.
-    progress = ProgressWriter(store_progress)
 
-    def log(message: str) -> None:
-        lines.append(message)
-        # Every line reaches the dispatcher (PROGRESS) and result.json; the worker's log
-        # gets them at DEBUG and one summary line at INFO (5,000 candidates x 10 lines
-        # was most of a busy worker's log, and a measurable share of its CPU).
-        logger.debug("[%s] %s %s", task.run_id, task.candidate_id, message)
-        if self.request.id and not self.request.is_eager:
-            progress.line_added()
-
-    if attempt > MAX_ATTEMPTS:
-        result = CandidateResult(
-            candidate_id=task.candidate_id,
-            execution_mode=task.execution_mode,
-            worker=me,
-            attempt=attempt,
-            error_message=(
-                f"Worker lost {attempt - 1} times while running this candidate "
-                f"(retry limit {MAX_ATTEMPTS}); it may be killing its worker"
-            ),
-        )
-        log(f"[Error] {result.error_message}")
-        progress.close()
-        result.log = lines
-        return result.to_dict()
-
-    log("[Run] Starting...")
+def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
+                    t_enter: float) -> CandidateResult:
+    """The sandbox lifecycle on the task's backend; a backend that cannot even be made
+    (the SDK missing on this worker, say) is a failed result."""
     from worker.sandbox import get_backend
 
     try:
         backend = get_backend(task.execution_mode)
     except Exception as exc:  # noqa: BLE001 - e.g. the SDK missing on this worker
         observability.report(exc, "sandbox_backend", backend=task.execution_mode)
-        result = CandidateResult(candidate_id=task.candidate_id,
-                                 execution_mode=task.execution_mode, worker=me,
-                                 error_message=f"{exc}")
-        log(f"[Error] {exc}")
-    else:
-        from worker.lifecycle import run_lifecycle
+        progress.log(f"[Error] {exc}")
+        return CandidateResult(candidate_id=task.candidate_id,
+                               execution_mode=task.execution_mode,
+                               worker=progress.worker, error_message=f"{exc}")
+    from worker.lifecycle import run_lifecycle
 
-        def on_state(state: str) -> None:
-            """Flower shows it: its event state turns an unknown ``task-<x>`` event into
-            state ``<X>`` (WAITING, then RUNNING once the sandbox has its slot); the run
-            store shows it too."""
-            from worker.store.hooks import mark_state
-
-            mark_state(task.run_id, task.candidate_id, state, me)
-            if self.request.id and not self.request.is_eager:
-                try:
-                    self.send_event(f"task-{state}")
-                except Exception as exc:  # noqa: BLE001 - monitoring must not fail a task
-                    logger.debug("task-%s event not sent: %s", state, exc)
-
-        t_life = time.monotonic()
-        result = run_lifecycle(backend, task, log, owner=me, on_state=on_state)
-        result.timings["pre"] = round(t_life - t_enter, 6)
-    progress.close()
-    result.timings["entered_at"] = round(entered, 6)
-    result.timings["progress"] = round(progress_s[0], 6)
-    result.timings["task"] = round(time.monotonic() - t_enter, 6)
-    result.worker = me
-    result.attempt = attempt
-    result.log = lines
-    logger.info("[%s] %s %s in %.2fs%s", task.run_id, task.candidate_id,
-                "succeeded" if result.success else "failed", result.runtime_seconds,
-                "" if result.success else f": {result.error_message}")
-    return _first_finished(self, result.to_dict()) if self.request.id else result.to_dict()
+    t_life = time.monotonic()
+    result = run_lifecycle(backend, task, progress.log, owner=progress.worker,
+                           on_state=progress.on_state)
+    result.timings["pre"] = round(t_life - t_enter, 6)
+    return result
 
 
 def _task_from(task_data: Any) -> CandidateTask:
@@ -265,56 +145,6 @@ def _refused(task, task_data: Any, reason: str) -> dict[str, Any]:
         candidate_id=cid if isinstance(cid, str) else "", worker=task.request.hostname,
         error_message=f"Refused: {reason}", log=[f"[Error] Refused: {reason}"],
     ).to_dict()
-
-
-def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResult:
-    """Score and rank the results of a run (pure: no I/O)."""
-    from worker.judge import JudgeContext, get_judge, rank, winner
-
-    by_id: dict[str, CandidateResult] = {}
-    for item in results:
-        if isinstance(item, dict) and "candidate_id" in item:
-            r = CandidateResult.from_dict(item)
-            by_id.setdefault(r.candidate_id, r)
-    ordered = []
-    for c in run.candidates:
-        ordered.append(by_id.get(c.id) or CandidateResult(
-            candidate_id=c.id, error_message="No result reached the callback"))
-    judge = get_judge(run.judge)
-    scores = rank(judge.score(ordered, JudgeContext(run.objective, run.timestamp, run.timeout,
-                                                    run.speed)))
-    best = winner(scores)
-    candidates = []
-    for c in run.candidates:
-        r = by_id.get(c.id)
-        info = type(c)(**c.to_dict())
-        info.artifact = f"{c.id}/discord_post.md" if r and r.artifact_content is not None else None
-        candidates.append(info)
-    win_result = by_id.get(best.candidate_id) if best else None
-    notes = list(run.notes)
-    if run.speed == "cpu":
-        no_cpu = [r.candidate_id for r in ordered if r.success and r.cpu_seconds is None]
-        if no_cpu:
-            notes.append(f"Speed is scored on CPU time, but {', '.join(no_cpu)} had no CPU "
-                         "figure (no writable cpu cgroup on the worker): scored on wall time")
-    return ForgeResult(
-        run_id=run.run_id,
-        objective=run.objective,
-        timestamp=run.timestamp,
-        execution_mode=run.execution_mode,
-        candidates=candidates,
-        scores=scores,
-        winner_id=best.candidate_id if best else None,
-        winner_score=best.total_score if best else None,
-        winner_artifact=win_result.artifact_content if win_result else None,
-        artifacts_dir=os.path.join(run.artifacts_dir, run.run_id),
-        results=ordered,
-        judge=run.judge,
-        competition=run.competition,
-        definition_sha256=run.definition_sha256,
-        notes=notes,
-        speed=run.speed,
-    )
 
 
 def _sandboxes_alive(forge: ForgeResult) -> int | None:

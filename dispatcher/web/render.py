@@ -2,7 +2,7 @@
 
 Autoescape is on for every template: whatever a candidate or its manifest wrote reaches
 the page as text. The two filters that return markup escape everything themselves:
-``discord`` (worker/report.py's renderer of Discord markdown, a security boundary) and
+``discord`` (worker/report/post.py's renderer of Discord markdown, a security boundary) and
 ``details`` (a judge's details of any shape).
 """
 
@@ -53,7 +53,7 @@ def _elapsed(c: LiveCandidate) -> str:
 
 
 def _discord_html(text: str) -> Markup:
-    """A post as Discord shows it: worker/report.py's renderer escapes every character
+    """A post as Discord shows it: worker/report/post.py's renderer escapes every character
     before it adds markup, and links only http(s) URLs."""
     from worker.report import markdown_to_html
 

@@ -1,12 +1,13 @@
 """Events out of a Discord-style markdown post, tolerant of how people really write them.
 
-An event block starts at a line that is only a bold title (``**Title**``, optionally
-after a bullet, a number, ``#`` marks or an emoji). Until the next title or markdown
-heading, lines are fields found by label (``Date``/``When``, ``Time``,
-``Location``/``Where``/``Venue``, ``Type``, ``URL``/``Link``/``RSVP``...) or by a leading
-emoji alone (📅 📍 🔗 ⏰ 🏷), whatever bullets, bold or emojis surround them; any other
-text is description. A bold line followed by no field at all is a section heading
-("**This week**"), not an event, so it cannot fail the every-event-has-a-date gate.
+An event block (defined once, in ``blocks``, shared with the Discord splitter) starts at
+a line that is only a bold title (``**Title**``, optionally after a bullet, a number,
+``#`` marks or an emoji). Until the next title or markdown heading, lines are fields
+found by label (``Date``/``When``, ``Time``, ``Location``/``Where``/``Venue``,
+``Type``, ``URL``/``Link``/``RSVP``...) or by a leading emoji alone (📅 📍 🔗 ⏰ 🏷),
+whatever bullets, bold or emojis surround them; any other text is description. A bold
+line followed by no field at all is a section heading ("**This week**"), not an event,
+so it cannot fail the every-event-has-a-date gate.
 """
 
 from __future__ import annotations
@@ -14,17 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_LABELS = {
-    "date": "date", "when": "date", "day": "date",
-    "time": "time", "hours": "time",
-    "location": "location", "where": "location", "venue": "location", "place": "location",
-    "address": "location",
-    "type": "type", "format": "type", "category": "type", "kind": "type",
-    "url": "url", "link": "url", "links": "url", "register": "url", "registration": "url",
-    "rsvp": "url", "website": "url", "tickets": "url", "more info": "url",
-    "description": "description", "about": "description", "details": "description",
-    "summary": "description",
-}
+from worker.judge.blocks import LABELS, split_blocks
+
 _EMOJI = {
     "📅": "date", "🗓": "date", "📆": "date",
     "📍": "location", "🏢": "location", "🌐": "location",
@@ -32,17 +24,12 @@ _EMOJI = {
     "⏰": "time", "🕐": "time", "🕕": "time", "🕖": "time", "🕒": "time", "⌚": "time",
     "🏷": "type",
 }
-_LABEL_ALT = "|".join(sorted((re.escape(k) for k in _LABELS), key=len, reverse=True))
+_LABEL_ALT = "|".join(sorted((re.escape(k) for k in LABELS), key=len, reverse=True))
 _FIELD_RE = re.compile(
     r"^[^\w\[]*?(?P<label>" + _LABEL_ALT + r")\s*\**_*\s*(?:[:：]|[-–—](?=\s))\s*\**_*\s*"
     r"(?P<value>.*)$",
     re.IGNORECASE,
 )
-_TITLE_RE = re.compile(
-    r"^\s*(?:[-*+•]\s+|\d+[.)]\s+|#{1,6}\s+)?(?:[^\w\s*]+\s*)?\*\*(?P<title>[^*]+?)\*\*"
-    r"\s*[^\w\s]*\s*$"
-)
-_HEADING_RE = re.compile(r"^\s*#{1,6}\s")
 _RULE_RE = re.compile(r"^\s*(?:[-*_]\s*){3,}$")
 _URL_RE = re.compile(r"https?://[^\s)>\]]+", re.IGNORECASE)
 _MD_LINK_RE = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -83,7 +70,7 @@ def _url_value(value: str) -> str:
 def _field(line: str) -> tuple[str, str] | None:
     m = _FIELD_RE.match(line)
     if m:
-        return _LABELS[m.group("label").lower()], _clean(m.group("value"))
+        return LABELS[m.group("label").lower()], _clean(m.group("value"))
     stripped = _LEADING_JUNK.sub("", line)
     for emoji, name in _EMOJI.items():
         if stripped.startswith(emoji):
@@ -92,48 +79,38 @@ def _field(line: str) -> tuple[str, str] | None:
     return None
 
 
-def _is_title(line: str) -> str | None:
-    m = _TITLE_RE.match(line)
-    if not m:
-        return None
-    title = m.group("title").strip()
-    if not title or title.endswith((":", "：")) or title.lower() in _LABELS:
-        return None
-    return title
-
-
 def parse_events(markdown: str | None) -> list[ParsedEvent]:
-    """Every event block of the post, in order (section headings dropped)."""
+    """Every event block of the post (``blocks.split_blocks``), in order; blocks without
+    a title (the preamble, a section under a heading) and section headings dropped."""
     events: list[ParsedEvent] = []
-    current: ParsedEvent | None = None
-    for n, line in enumerate((markdown or "").splitlines(), start=1):
-        title = _is_title(line)
-        if title is not None:
-            current = ParsedEvent(title=title, line=n)
-            events.append(current)
+    for block in split_blocks(markdown):
+        if block.title is None:
             continue
-        if current is None:
-            continue
-        if _HEADING_RE.match(line):
-            current = None
-            continue
-        if not line.strip() or _RULE_RE.match(line):
-            continue
-        found = _field(line)
-        if found is None:
-            rest = _LEADING_JUNK.sub("", line)
-            if not current.url and rest.startswith(("http", "[", "<")) and _URL_RE.search(rest):
-                current.url = _url_value(rest)  # a bare link line: the event's URL
-            else:
-                current.extra.append(_clean(rest))
-            continue
-        name, value = found
-        if name == "url":
-            value = _url_value(value)
-        if name == "description":
-            current.extra.insert(0, value)
-        elif not getattr(current, name):
-            setattr(current, name, value)
+        current = ParsedEvent(title=block.title, line=block.line)
+        events.append(current)
+        for line in block.lines[1:]:
+            _read_line(current, line)
     for ev in events:
         ev.description = " ".join(x for x in ev.extra if x)
     return [ev for ev in events if ev.has_fields]
+
+
+def _read_line(current: ParsedEvent, line: str) -> None:
+    """One line of an event block: a field, a bare link, or description."""
+    if not line.strip() or _RULE_RE.match(line):
+        return
+    found = _field(line)
+    if found is None:
+        rest = _LEADING_JUNK.sub("", line)
+        if not current.url and rest.startswith(("http", "[", "<")) and _URL_RE.search(rest):
+            current.url = _url_value(rest)  # a bare link line: the event's URL
+        else:
+            current.extra.append(_clean(rest))
+        return
+    name, value = found
+    if name == "url":
+        value = _url_value(value)
+    if name == "description":
+        current.extra.insert(0, value)
+    elif not getattr(current, name):
+        setattr(current, name, value)

@@ -1,0 +1,80 @@
+"""The local backend: makes each candidate's sandbox on this machine (see the package)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from worker.sandbox import slots
+from worker.sandbox.base import CreateStatus, LogFn, SandboxError, SandboxRequest
+from worker.sandbox.local import bwrap, owner
+from worker.sandbox.local.bwrap import INSTALL_HINT, require_isolation
+from worker.sandbox.local.bwrap_sandbox import BwrapSandbox
+from worker.sandbox.local.leftovers import sweep_leftovers
+from worker.sandbox.local.parent_dir import sandbox_parent
+from worker.sandbox.local.plain import PlainSandbox
+from worker.sandbox.local.prefix_view import share_prefixes
+
+
+def prepare_process() -> None:
+    """Per-process set-up that must happen while the process is single-threaded (a pool
+    process calls it at start; later calls are cheap no-ops): see prefix_view.share_prefixes."""
+    try:
+        share_prefixes(sandbox_parent(), owner.own_identity())
+    except OSError:
+        pass  # sandboxes then mount the prefix themselves, per launch
+
+
+class LocalBackend:
+    name = "local"
+    label = "Local"
+
+    slots_dir: str | None = None  # default: forge-cores in the sandbox parent directory
+
+    def reserve(self, request: SandboxRequest, log: LogFn) -> slots.CoreSlot:
+        """A core of this machine for an ``exclusive`` candidate (see ``slots``): shared
+        by every worker process on the machine through the sandbox parent directory."""
+        return slots.acquire(
+            self.slots_dir or os.path.join(sandbox_parent(), "forge-cores"),
+            on_wait=lambda: log("[Local] Waiting for a free core (exclusive competition)..."))
+
+    def create(self, request: SandboxRequest, log: LogFn,
+               status: CreateStatus | None = None) -> BwrapSandbox | PlainSandbox:
+        try:
+            sweep_leftovers()
+        except Exception:  # noqa: BLE001 - housekeeping must never stop a run
+            pass
+        probe = bwrap.probe()
+        if probe.drop_uid:
+            prepare_process()
+        if not probe.ok and require_isolation():
+            raise SandboxError(
+                "Sandbox creation",
+                f"filesystem isolation unavailable ({probe.reason}) and "
+                f"FORGE_REQUIRE_ISOLATION=1; fix: {INSTALL_HINT}",
+            )
+        root = None
+        try:
+            root = tempfile.mkdtemp(prefix=f"forge-{_safe(request.candidate_id)}-",
+                                    dir=sandbox_parent())
+            os.chmod(root, 0o711)
+            owner.mark(root, owner.own_identity())
+            if probe.ok:
+                return BwrapSandbox(request, root, probe, log)
+            sandbox = PlainSandbox(request, root, f"bubblewrap unavailable ({probe.reason})")
+            log(f"[Warn] Filesystem isolation is OFF: bubblewrap unavailable ({probe.reason}); "
+                f"the candidate can read and write whatever the worker can. Fix: {INSTALL_HINT}")
+            return sandbox
+        except SandboxError:
+            if root:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+        except OSError as exc:
+            if root:
+                shutil.rmtree(root, ignore_errors=True)
+            raise SandboxError("Sandbox creation", str(exc)) from exc
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
