@@ -21,9 +21,13 @@ demo: setup system-deps-demo
 web: setup
 	$(VENV)/bin/forge web
 
+# The suite mostly waits (workers, deadlines, redelivery): it runs on $(TEST_WORKERS)
+# pytest-xdist workers; tests sharing a module-scoped fixture stay together (loadgroup).
+TEST_WORKERS ?= 4
+
 test: setup system-deps-test
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 setup: $(STAMP)
 

@@ -12,12 +12,26 @@ from tests.procs import CeleryWorker, PostgresServer, RedisServer, forge_env, st
 
 pytest_plugins = ("celery.contrib.pytest", "tests.markers")
 
-# The suite never uses a broker from the developer's environment or .env.
+# The suite never uses a broker from the developer's environment or .env. (The hostile
+# suite puts a worker's credentials back, its own, while its candidates run: they must be
+# there for "they never reach a sandbox" to mean anything; tests/test_hostile.py.)
 for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DISCORD_WEBHOOK_URL",
               "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_BASE_URL", "FORGE_DATABASE_URL",
               "FORGE_STORE"):
     os.environ.pop(_name, None)
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``: ``--dist loadgroup``) the tests of a module that
+    share a module-scoped fixture (a cluster, a browser, an emulator) run on one worker,
+    so it is built once; every other test goes wherever a worker is free."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info else ()
+        if any(d[-1].scope == "module" for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(autouse=True)
