@@ -61,6 +61,7 @@ class Faults:
     fail_deletes: int = 0  # the next K deletes answer 500 (-1: every delete)
     exec_delay: float = 0.0  # seconds before each exec starts (slow daemon)
     exec_timeout_cap: int | None = None  # kill every exec after at most this many seconds
+    exec_misses_deadline: bool = False  # the daemon neither kills nor answers at the deadline
     fail_lists: int = 0  # the next K list calls answer 500 (-1: every list)
     # The organisation's quotas (None: unlimited): a create that would take the live
     # sandboxes past one answers 403 "Total CPU quota exceeded. Maximum allowed: N".
@@ -438,6 +439,8 @@ class DaytonaEmulator:
         deadline = timeout if timeout else None
         if cap is not None:
             deadline = min(deadline or cap, cap)
+        if self.faults.exec_misses_deadline:
+            deadline = None  # runs on until it ends, or its sandbox is deleted
         proc = subprocess.Popen(
             ["bash", "-c", command], cwd=self.resolve(sandbox, cwd or sandbox.root), env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

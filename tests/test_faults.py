@@ -20,9 +20,12 @@ from pathlib import Path
 from tests.manifests import SLEEPER, write_manifest
 from tests.procs import ROOT, CeleryWorker, forge_env, run_forge_cli
 
-# Short everything: candidates sleep 1-3 s, so a 5 s visibility timeout never
-# redelivers a healthy task, yet a dead node's tasks come back within seconds.
-FAST = {"FORGE_VISIBILITY_TIMEOUT": "5", "FORGE_MAX_DEADLINE": "3"}
+# Short everything, with headroom: candidates sleep at most 3 s, and a 10 s visibility
+# timeout (over 3x that) never redelivers a healthy task on a busy machine.
+FAST = {"FORGE_VISIBILITY_TIMEOUT": "10", "FORGE_MAX_DEADLINE": "3"}
+# Where a dead node's tasks must come back (only the visibility timeout returns them):
+# 5 s, with candidates of at most 1.5 s (3.3x).
+REDELIVER = {"FORGE_VISIBILITY_TIMEOUT": "5", "FORGE_MAX_DEADLINE": "1"}
 
 
 def wait_for(pred: Callable[[], object], timeout: float, what: str, every: float = 0.05):
@@ -196,9 +199,9 @@ def test_candidate_that_kills_its_worker_every_time_fails_after_the_retry_limit(
 
 def test_killed_worker_node_tasks_are_redelivered_to_the_survivor(redis_server, workers,
                                                                   artifacts, tmp_path):
-    env = forge_env(redis_server.url, artifacts, **FAST)
+    env = forge_env(redis_server.url, artifacts, **REDELIVER)
     w1, w2 = workers(env, n=2, concurrency=1)
-    manifest = sleepers_with(tmp_path / "c", 4, 2.0)
+    manifest = sleepers_with(tmp_path / "c", 4, 1.5)
     client = redis_server.client()
     dispatch_detached("kill-node", manifest, env)
 

@@ -116,7 +116,7 @@ def test_dispatcher_killed_after_publishing_run_completes_and_status_shows_it(
     assert status.returncode == 0 and "s03" in status.stdout
 
 
-PADDED = SLEEPER.format(seconds=0) + "# " + "x" * 300_000 + "\n"  # slow to publish
+PADDED = SLEEPER.format(seconds=0) + "# " + "x" * 300_000 + "\n"  # big messages
 
 
 def test_fanout_cut_short_is_reported_and_resume_reruns_only_the_missing(
@@ -125,15 +125,25 @@ def test_fanout_cut_short_is_reported_and_resume_reruns_only_the_missing(
     ids = [f"p{i:02d}" for i in range(30)]
     manifest = write_manifest(tmp_path / "c", {cid: PADDED for cid in ids})
     client = redis_server.client()
-    dispatcher = popen_forge(["run", "--candidates", str(manifest), "--run-id", "cut",
-                              "--detach"], env, tmp_path / "dispatcher.log")
-    wait_for(lambda: client.llen("celery") >= 3 or dispatcher.poll() is not None, 60,
-             "publishing to start", every=0.0005)
-    os.killpg(dispatcher.pid, signal.SIGSTOP)  # freeze mid-publish, then kill
+    # The dispatcher stops itself right after its 7th message (tests/stop_after.py), and
+    # is killed there: cut short at a known point, not at a timed one.
+    log = open(tmp_path / "dispatcher.log", "wb")  # noqa: SIM115 - closed below
+    dispatcher = subprocess.Popen(
+        [sys.executable, "-m", "tests.stop_after", "7", "run", "--candidates", str(manifest),
+         "--run-id", "cut", "--detach"], cwd=ROOT, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+
+    def stopped() -> bool:
+        assert dispatcher.poll() is None, (tmp_path / "dispatcher.log").read_text()[-3000:]
+        with open(f"/proc/{dispatcher.pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+    wait_for(stopped, 60, "the dispatcher to stop mid-publish")
     os.killpg(dispatcher.pid, signal.SIGKILL)
     dispatcher.wait(10)
     sent = client.llen("celery")
-    assert 3 <= sent < len(ids), sent
+    assert sent == 7, sent
     time.sleep(1.2)  # past FORGE_FANOUT_GRACE
     status = run_forge_cli(["status", "cut"], env)
     assert status.returncode == 1, status.stdout + status.stderr
