@@ -22,12 +22,14 @@ web: setup
 	$(VENV)/bin/forge web
 
 # The suite mostly waits (workers, deadlines, redelivery): it runs on $(TEST_WORKERS)
-# pytest-xdist workers; tests sharing a module-scoped fixture stay together (loadgroup).
+# pytest-xdist workers, a test file per worker at a time (its module-scoped fixtures,
+# a cluster, a browser, an emulator, are built once). Not --dist loadgroup: pytest 9.2
+# derives node ids, so xdist 3.8 cannot tag them with their group.
 TEST_WORKERS ?= 4
 
 test: setup system-deps-test
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 setup: $(STAMP)
 

@@ -22,18 +22,6 @@ for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DISCORD_WEBHOOK_URL
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test``: ``--dist loadgroup``) the tests of a module that
-    share a module-scoped fixture (a cluster, a browser, an emulator) run on one worker,
-    so it is built once; every other test goes wherever a worker is free."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info else ()
-        if any(d[-1].scope == "module" for d in defs if d):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 @pytest.fixture(autouse=True)
 def daytona_audit(request: pytest.FixtureRequest):
     """In every test with a Daytona emulator (``emu``): nothing it created is left alive,
