@@ -270,8 +270,10 @@ def test_two_runs_at_once_share_the_budget_and_neither_starves(emu, tmp_path):
     gets slots while A runs, A keeps getting slots while B runs, both finish."""
     emu.set_faults(quota_cpu=4)
     with cluster(tmp_path, emu, concurrency=32, FORGE_DAYTONA_MAX_SANDBOXES="4") as c:
-        a = sleepers(tmp_path / "a", 14, 1.0)
-        b = sleepers(tmp_path / "b", 14, 1.0)
+        # 3 s candidates: A's 14 take over 10 s on 4 slots, over 3x what starting the
+        # CLI for B takes on a busy machine, so B arrives while A has many to go.
+        a = sleepers(tmp_path / "a", 14, 3.0)
+        b = sleepers(tmp_path / "b", 14, 3.0)
         for manifest, run_id in ((a, "q-run-a"), (b, "q-run-b")):
             done = run_forge_cli(["run", "--daytona", "--candidates", str(manifest),
                                   "--run-id", run_id, "--detach"], c.env)
