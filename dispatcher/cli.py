@@ -15,6 +15,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from dispatcher.request import RunRequest
 from worker.records import DEFAULT_OBJECTIVE
 
 # Modules that add a subcommand: each has register(subparsers) setting func=handler.
@@ -122,7 +123,7 @@ def _err(message: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from dispatcher import console as ui
     from dispatcher.manifest import ManifestError
-    from dispatcher.runner import execute, prepare
+    from dispatcher.runner import execute, plan_request
     from worker import config
 
     if args.objective and args.objective_arg:
@@ -130,9 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     objective = args.objective or args.objective_arg or DEFAULT_OBJECTIVE
     out = _console(stderr=args.json)
     try:
-        plan = prepare(
-            objective,
-            args.daytona,
+        plan = plan_request(RunRequest(
+            objective=objective,
+            daytona=args.daytona,
             candidates=args.candidates,
             artifacts_dir=args.artifacts_dir,
             run_id=args.run_id,
@@ -140,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             network=False if args.no_network else None,
             post=False if args.no_post else None,
             max_sandboxes=args.max_sandboxes,
-        )
+        ))
         distributed = config.is_distributed()
         if args.detach and not distributed:
             return _err("--detach needs a broker: set CELERY_BROKER_URL (and run workers); "

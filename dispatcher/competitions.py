@@ -43,6 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery.schedules import crontab, crontab_parser
 
 from dispatcher.manifest import cpus_problem, egress_problem, speed_problem
+from dispatcher.request import RunRequest
 from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_objective
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a "\n" through
@@ -178,6 +179,17 @@ class Competition:
     def run_id(self, slot: datetime) -> str:
         """Deterministic: the same competition and slot always name the same run."""
         return f"{self.name}-{_aware(slot).astimezone(UTC):%Y%m%d-%H%M%S}"
+
+    def request(self, run_id: str) -> RunRequest:
+        """The run a firing of this competition asks for (every field the file left
+        out stays None: the manifest's value)."""
+        return RunRequest(
+            objective=self.objective, daytona=self.execution == "daytona",
+            candidates=str(self.candidates), run_id=run_id, timeout=self.timeout,
+            network=self.network, env_allow=self.env, judge=self.judge, post=self.post,
+            competition=self.name, egress_allow=self.egress_allow,
+            egress_deny=self.egress_deny, cpus=self.cpus, speed=self.speed,
+            exclusive=self.exclusive, max_sandboxes=self.max_sandboxes)
 
     def lock_key(self, slot: datetime) -> str:
         return f"forge:competition:{self.name}:slot:{_aware(slot).astimezone(UTC):%Y%m%dT%H%M%SZ}"

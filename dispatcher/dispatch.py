@@ -1,7 +1,7 @@
 """Publishing a run as a chord and waiting for it.
 
-``chord(group(run_candidate × N), collect_results)``: every header task has the
-deterministic id ``<run_id>:<candidate_id>``, the body ``<run_id>:collect``. What Flower
+``chord(group(run_candidate × N), collect_results)``: every task has a deterministic id
+(worker/keys.py). What Flower
 shows as a task's arguments is a short ``argsrepr`` (run and candidate ids), never the
 script or the environment.
 """
@@ -17,11 +17,14 @@ from contextlib import contextmanager, nullcontext
 from celery import chord, group
 from celery.result import denied_join_result
 
+from dispatcher import runs
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import LogCallback, RunTracker
 from worker.app import app
 from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
+from worker.keys import body_task_id
 from worker.records import ForgeResult
+from worker.store.hooks import record_published
 from worker.tasks import collect_results, run_candidate, spec_key
 
 # Celery time limits are only a backstop: the sandbox layer enforces deadlines.
@@ -34,10 +37,6 @@ SPEC_INLINE_MAX = 64
 
 
 BODY_POLL = 0.02  # seconds between reads of the chord body's state at the end of a run
-
-
-def body_task_id(run_id: str) -> str:
-    return f"{run_id}:collect"
 
 
 def check_broker(timeout: float = 8.0) -> None:
@@ -80,6 +79,17 @@ def _body_run_data(run) -> dict:
     key = spec_key(run.run_id)
     app.backend.set(key, json.dumps(data, ensure_ascii=False))
     return {"run_id": run.run_id, "spec_key": key}
+
+
+def store_bundles(plan: RunPlan) -> int:
+    """Store each directory candidate's bundle once in the result backend (by sha256, the
+    results' TTL), before any task that names it is published. Returns how many were
+    written (an unchanged project shipped by an earlier run may still be there)."""
+    from worker.app import RESULT_EXPIRES
+    from worker.bundles import store_bundle
+
+    return sum(store_bundle(app.backend, sha, data, RESULT_EXPIRES)
+               for sha, data in plan.bundles.items())
 
 
 def build_chord(plan: RunPlan):
@@ -163,10 +173,8 @@ def publish(plan: RunPlan):
     The run record goes to the result backend first, so a dispatcher killed mid-publish
     leaves a run that `forge status` reports as cut short and `forge resume` can finish.
     """
-    from dispatcher import runs
-    from worker.store.hooks import record_published
-
     record_published(plan.run)  # the run store: run and candidates queued (best effort)
+    store_bundles(plan)
     record = runs.before_publish(app, plan)
     # We never join a task (wait() polls the backend): without never_joined the Redis
     # backend SUBSCRIBEs to every task's result channel, one round trip per task, and

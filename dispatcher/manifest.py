@@ -10,7 +10,10 @@ judge = "events"
 id = "alpha"                 # [a-z0-9_-], unique
 name = "Agent Alpha"
 description = "The Speed Demon"
-script = "agent_alpha.py"    # relative to this file
+script = "agent_alpha.py"    # relative to this file; or a directory candidate:
+# path = "agents/alpha"      #   a project directory (relative to this file), started by
+# entry = "main.py"          #   python3 <entry> "<objective>" <output>, or by
+# module = "alpha"           #   python3 -m <module> ...: exactly one of the two
 timeout = 30                 # optional
 requirements = ["requests"]  # optional, installed in the sandbox first
 upload_timeout = 30          # optional phase deadlines (also allowed at the top level):
@@ -47,14 +50,23 @@ exclusive = true             # at most one candidate per core of a worker machin
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dispatcher.pack import Bundle, PackError, pack_directory
+from worker import config
 from worker.records import SPEED_BASES, DaytonaSpec, Egress, ImageSpec, Resources, sha256_text
 from worker.sandbox.egress import check_entry
-from worker.validation import CANDIDATE_ID_RE, CANDIDATE_ID_RULE, TIMEOUT_MAX, TIMEOUT_MIN
+from worker.validation import (
+    CANDIDATE_ID_RE,
+    CANDIDATE_ID_RULE,
+    MODULE_RE,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+)
 
 ID_RE = CANDIDATE_ID_RE  # the rule lives in worker/validation.py (the worker checks it too)
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "candidates" / "candidates.toml"
@@ -66,20 +78,42 @@ class ManifestError(ValueError):
 
 
 @dataclass(frozen=True)
+class Project:
+    """A directory candidate: where it is, how it starts, and its packed bundle."""
+
+    rel: str  # the manifest's ``path``, as written
+    entry: str
+    module: str
+    bundle: Bundle
+    requirements_file: str = ""  # "requirements.txt" when shipped
+
+    @property
+    def shown(self) -> str:
+        """How reports name it: ``agents/alpha/main.py`` or ``agents/alpha -m alpha``."""
+        base = self.rel.rstrip("/")
+        return f"{base}/{self.entry}" if self.entry else f"{base} -m {self.module}"
+
+
+@dataclass(frozen=True)
 class Candidate:
     id: str
     name: str
     description: str
-    script_path: Path
-    script: str
-    script_sha256: str
+    script_path: Path  # the script, or a project's directory
+    script: str  # empty for a project
+    script_sha256: str  # empty for a project
     timeout: int | None = None
     requirements: tuple[str, ...] = ()
     phase_timeouts: dict[str, int] = field(default_factory=dict)
+    project: Project | None = None
 
     @property
     def script_name(self) -> str:
-        return self.script_path.name
+        return self.project.shown if self.project else self.script_path.name
+
+    @property
+    def content_sha256(self) -> str:
+        return self.project.bundle.sha256 if self.project else self.script_sha256
 
 
 @dataclass(frozen=True)
@@ -290,6 +324,85 @@ def _daytona(p: Path, data: dict, network: bool) -> tuple[DaytonaSpec, int | Non
                         network_allow_list=cidrs, domain_allow_list=domains), max_sandboxes)
 
 
+def _script(p: Path, where: str, entry: dict) -> tuple[Path, str]:
+    script_rel = _field(where, entry, "script", str, required=True)
+    script_path = (p.parent / script_rel).resolve()
+    if not script_path.is_file():
+        hint = (" (a directory: use path = ... with entry or module for a project)"
+                if script_path.is_dir() else "")
+        raise ManifestError(
+            f"{where}: field 'script' = {script_rel!r}: no such file ({script_path}){hint}; "
+            "paths are relative to the manifest"
+        )
+    raw = script_path.read_bytes()
+    if len(raw) > MAX_SCRIPT_BYTES:
+        raise ManifestError(f"{where}: field 'script' is over {MAX_SCRIPT_BYTES} bytes")
+    try:
+        return script_path, raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{where}: field 'script' is not UTF-8 text") from None
+
+
+def _project(p: Path, where: str, entry: dict, packed: dict[str, Bundle]
+             ) -> tuple[Project, tuple[str, ...]]:
+    """A directory candidate, packed (once per directory: ``packed``), and the
+    dependencies its pyproject.toml declares (a requirements.txt is installed as a file)."""
+    rel = _field(where, entry, "path", str, required=True)
+    start = _field(where, entry, "entry", str, default="")
+    module = _field(where, entry, "module", str, default="")
+    if bool(start) == bool(module):
+        raise ManifestError(f"{where}: a project needs exactly one of 'entry' (a file of it, "
+                            "e.g. entry = \"main.py\") or 'module' (e.g. module = \"alpha\", "
+                            "run as python3 -m alpha)")
+    root = (p.parent / rel).resolve()
+    if not root.is_dir():
+        raise ManifestError(f"{where}: field 'path' = {rel!r}: no such directory ({root}); "
+                            "paths are relative to the manifest")
+    bundle = packed.get(str(root))
+    if bundle is None:
+        cap = config.project_max_bytes()
+        try:
+            bundle = packed[str(root)] = pack_directory(root, cap)
+        except PackError as exc:
+            raise ManifestError(f"{where}: project {rel!r}: {exc}") from None
+    if start:
+        start = os.path.normpath(start)
+        if os.path.isabs(start) or start.startswith(".."):
+            raise ManifestError(f"{where}: field 'entry' = {start!r} must be a path inside "
+                                "the project, relative to it")
+        if start not in bundle.files:
+            raise ManifestError(f"{where}: field 'entry' = {start!r} is not a file the project "
+                                f"ships ({root}); check the name and the .forgeignore")
+    else:
+        if not MODULE_RE.fullmatch(module):
+            raise ManifestError(f"{where}: field 'module' = {module!r} is not a Python module "
+                                "name such as \"alpha\" or \"alpha.cli\"")
+        base = module.replace(".", "/")
+        if f"{base}.py" not in bundle.files and f"{base}/__main__.py" not in bundle.files:
+            raise ManifestError(f"{where}: field 'module' = {module!r}: the project has neither "
+                                f"{base}.py nor {base}/__main__.py at its top level, so "
+                                f"python3 -m {module} cannot start it")
+    requirements_file, deps = "", ()
+    if "requirements.txt" in bundle.files:
+        requirements_file = "requirements.txt"
+    elif "pyproject.toml" in bundle.files:
+        deps = _pyproject_dependencies(root / "pyproject.toml", where)
+    return Project(rel=rel, entry=start, module=module, bundle=bundle,
+                   requirements_file=requirements_file), deps
+
+
+def _pyproject_dependencies(path: Path, where: str) -> tuple[str, ...]:
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{where}: {path} is not valid TOML ({exc}); fix it") from None
+    deps = (data.get("project") or {}).get("dependencies") or []
+    if not isinstance(deps, list) or not all(isinstance(d, str) and d for d in deps):
+        raise ManifestError(f"{where}: {path}: [project] dependencies must be a list of "
+                            "requirement strings")
+    return tuple(deps)
+
+
 def load_manifest(path: str | Path | None = None) -> Manifest:
     p = resolve_manifest_path(path)
     try:
@@ -306,6 +419,7 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
             raise ManifestError(f"{top}: field 'env' has an invalid variable name {name!r}")
     seen: set[str] = set()
     candidates = []
+    packed: dict[str, Bundle] = {}  # one pack per project directory, however many share it
     for i, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict):
             raise ManifestError(f"{p}: candidate #{i} is not a table")
@@ -318,30 +432,33 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
         if cid in seen:
             raise ManifestError(f"{where}: field 'id' is a duplicate; every id must be unique")
         seen.add(cid)
-        script_rel = _field(where, entry, "script", str, required=True)
-        script_path = (p.parent / script_rel).resolve()
-        if not script_path.is_file():
-            raise ManifestError(
-                f"{where}: field 'script' = {script_rel!r}: no such file ({script_path}); "
-                "paths are relative to the manifest"
-            )
-        raw = script_path.read_bytes()
-        if len(raw) > MAX_SCRIPT_BYTES:
-            raise ManifestError(f"{where}: field 'script' is over {MAX_SCRIPT_BYTES} bytes")
-        try:
-            script = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ManifestError(f"{where}: field 'script' is not UTF-8 text") from None
+        requirements = _str_list(where, entry, "requirements")
+        project = None
+        if "path" in entry or "entry" in entry or "module" in entry:
+            if "script" in entry:
+                raise ManifestError(f"{where}: give 'script' (one file) or 'path' (a project "
+                                    "directory with 'entry' or 'module'), not both")
+            project, deps = _project(p, where, entry, packed)
+            script_path, script, script_sha = p.parent / project.rel, "", ""
+            requirements = deps + requirements
+        else:
+            if "script" not in entry:
+                raise ManifestError(f"{where}: field 'script' is missing; add script = "
+                                    "\"agent.py\" (one file) or path = \"agents/x\" with "
+                                    "entry = \"main.py\" or module = \"x\" (a project)")
+            script_path, script = _script(p, where, entry)
+            script_sha = sha256_text(script)
         candidates.append(Candidate(
             id=cid,
             name=_field(where, entry, "name", str, default=cid),
             description=_field(where, entry, "description", str, default=""),
             script_path=script_path,
             script=script,
-            script_sha256=sha256_text(script),
+            script_sha256=script_sha,
             timeout=_timeout(where, entry),
-            requirements=_str_list(where, entry, "requirements"),
+            requirements=requirements,
             phase_timeouts=_phase_timeouts(where, entry),
+            project=project,
         ))
     network = _field(top, data, "network", bool, default=True)
     judge = _field(top, data, "judge", str, default="events")

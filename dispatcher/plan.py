@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from dispatcher.manifest import Manifest, ManifestError
+from dispatcher.request import RunRequest
 from worker import config
 from worker.records import (
     CandidateInfo,
@@ -18,6 +19,7 @@ from worker.records import (
     DaytonaSpec,
     Egress,
     Limits,
+    ProjectRef,
     RunSpec,
     SandboxBudget,
 )
@@ -29,8 +31,12 @@ DEFAULT_TIMEOUT = 60
 class RunPlan:
     run: RunSpec
     tasks: tuple[CandidateTask, ...]
-    # The manifest path and the explicit overrides, so `forge resume` can re-plan the run.
-    source: dict = field(default_factory=dict)
+    # What was asked, resolved (run id, paths, posting): the run record stores it, and
+    # `forge resume` re-plans the run from it.
+    request: RunRequest = field(default_factory=RunRequest)
+    # Directory candidates' bundles by sha256: stored once by ``dispatch.publish`` however
+    # many tasks (candidates, trials) share one, and never inside a task message.
+    bundles: dict[str, bytes] = field(default_factory=dict)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -41,7 +47,7 @@ def new_run_id(now: datetime | None = None) -> str:
 # Task fields added after runs were already being fingerprinted: left out at their
 # defaults, so a run planned by an older dispatcher keeps its fingerprint (and resumes).
 _LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False,
-                   "daytona": DaytonaSpec().to_dict()}
+                   "daytona": DaytonaSpec().to_dict(), "project": None}
 
 
 def _fingerprinted(task: CandidateTask) -> dict:
@@ -72,52 +78,39 @@ def definition_sha256(objective: str, tasks: list[CandidateTask], judge: str,
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def plan_run(
-    objective: str,
-    manifest: Manifest,
-    *,
-    execution_mode: str = "local",
-    artifacts_dir: str,
-    run_id: str | None = None,
-    timeout: int | None = None,
-    network: bool | None = None,
-    env_allow: tuple[str, ...] | None = None,
-    judge: str | None = None,
-    post_to_discord: bool = False,
-    competition: str | None = None,
-    limits: Limits | None = None,
-    notes: list[str] | None = None,
-    egress_allow: tuple[str, ...] | None = None,
-    egress_deny: tuple[str, ...] | None = None,
-    cpus: float | None = None,
-    speed: str | None = None,
-    exclusive: bool | None = None,
-    max_sandboxes: int | None = None,
-) -> RunPlan:
+def plan_run(request: RunRequest, manifest: Manifest, *, execution_mode: str = "local",
+             notes: list[str] | None = None) -> RunPlan:
     """Snapshot every candidate's script into its task; nothing is read again later.
 
-    Every option left None takes the manifest's value (a competition overrides it)."""
-    run_id = run_id or new_run_id()
+    Every option the request leaves None takes the manifest's value (a competition
+    overrides it). The plan keeps the request resolved: run id, absolute paths, and
+    whether the winner is posted are decided here, once, for the run record."""
+    r = request
+    run_id = r.run_id or new_run_id()
+    artifacts_dir = os.path.abspath(r.artifacts_dir or config.artifacts_dir())
+    post = config.discord_webhook_url() is not None if r.post is None else r.post
+    timeout = r.timeout
     default_timeout = timeout or manifest.timeout or DEFAULT_TIMEOUT
-    net = manifest.network if network is None else network
-    env = manifest.env if env_allow is None else env_allow
-    judge_name = judge or manifest.judge
+    net = manifest.network if r.network is None else r.network
+    env = manifest.env if r.env_allow is None else r.env_allow
+    judge_name = r.judge or manifest.judge
     egress = Egress(
-        allow=manifest.egress.allow if egress_allow is None else tuple(egress_allow),
-        deny=manifest.egress.deny if egress_deny is None else tuple(egress_deny))
-    cap = cpus if cpus is not None else manifest.cpus or (limits.cpus if limits else 0)
+        allow=manifest.egress.allow if r.egress_allow is None else tuple(r.egress_allow),
+        deny=manifest.egress.deny if r.egress_deny is None else tuple(r.egress_deny))
+    limits = r.limits
+    cap = r.cpus if r.cpus is not None else manifest.cpus or (limits.cpus if limits else 0)
     task_limits = dataclasses.replace(limits or Limits(), cpus=cap)
-    speed_basis = speed or manifest.speed
+    speed_basis = r.speed or manifest.speed
     if speed_basis == "cpu" and execution_mode != "local":
         raise ManifestError(
             f"speed = 'cpu' needs local execution ({execution_mode} sandboxes report no CPU "
             "time); use speed = 'wall', or run the competition locally")
-    one_per_core = manifest.exclusive if exclusive is None else exclusive
+    one_per_core = manifest.exclusive if r.exclusive is None else r.exclusive
     daytona, budget = DaytonaSpec(), SandboxBudget()
     requirements = {c.id: c.requirements for c in manifest.candidates}
     if execution_mode == "daytona":
         daytona, requirements = _daytona_image(manifest, requirements)
-        budget = _budget(max_sandboxes or manifest.max_sandboxes)
+        budget = _budget(r.max_sandboxes or manifest.max_sandboxes)
     tasks = [
         CandidateTask(
             run_id=run_id,
@@ -126,7 +119,7 @@ def plan_run(
             script_name=c.script_name,
             script=c.script,
             script_sha256=c.script_sha256,
-            objective=objective,
+            objective=r.objective,
             execution_mode=execution_mode,
             timeout=timeout or c.timeout or default_timeout,
             network=net,
@@ -137,35 +130,44 @@ def plan_run(
             exclusive=one_per_core,
             daytona=daytona,
             budget=budget,
-            competition=competition,
+            competition=r.competition,
+            project=_project_ref(c),
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
         for c in manifest.candidates
     ]
     run = RunSpec(
         run_id=run_id,
-        objective=objective,
+        objective=r.objective,
         timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
         execution_mode=execution_mode,
-        artifacts_dir=os.path.abspath(artifacts_dir),
+        artifacts_dir=artifacts_dir,
         candidates=[CandidateInfo(id=c.id, name=c.name, description=c.description,
-                                  script=c.script_name) for c in manifest.candidates],
+                                  script=c.script_name, content_sha256=c.content_sha256)
+                    for c in manifest.candidates],
         judge=judge_name,
         timeout=default_timeout,
-        post_to_discord=post_to_discord,
-        competition=competition,
-        definition_sha256=definition_sha256(objective, tasks, judge_name, speed_basis),
+        post_to_discord=post,
+        competition=r.competition,
+        definition_sha256=definition_sha256(r.objective, tasks, judge_name, speed_basis),
         notes=list(notes or []),
         speed=speed_basis,
     )
-    source = {"manifest": os.path.abspath(manifest.path), "timeout": timeout, "network": network,
-              "env_allow": None if env_allow is None else list(env_allow), "judge": judge,
-              "limits": limits.to_dict() if limits else None,
-              "egress_allow": None if egress_allow is None else list(egress_allow),
-              "egress_deny": None if egress_deny is None else list(egress_deny),
-              "cpus": cpus, "speed": speed, "exclusive": exclusive,
-              "max_sandboxes": max_sandboxes}
-    return RunPlan(run=run, tasks=tuple(tasks), source=source)
+    resolved = r.replace(run_id=run_id, artifacts_dir=artifacts_dir, post=post,
+                         candidates=os.path.abspath(manifest.path))
+    bundles = {c.project.bundle.sha256: c.project.bundle.data
+               for c in manifest.candidates if c.project}
+    return RunPlan(run=run, tasks=tuple(tasks), request=resolved, bundles=bundles)
+
+
+def _project_ref(c) -> ProjectRef | None:
+    """What a task message says of a directory candidate: the hash, not the bytes."""
+    p = c.project
+    if p is None:
+        return None
+    return ProjectRef(sha256=p.bundle.sha256, size=p.bundle.size, files=len(p.bundle.files),
+                      entry=p.entry, module=p.module, requirements_file=p.requirements_file,
+                      path=p.rel)
 
 
 def _daytona_image(manifest: Manifest, requirements: dict[str, tuple[str, ...]]

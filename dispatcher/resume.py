@@ -16,8 +16,13 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
+from dispatcher import console as ui
 from dispatcher import runs
-from dispatcher.plan import RunPlan
+from dispatcher.manifest import ManifestError, load_manifest
+from dispatcher.plan import RunPlan, plan_run
+from worker import config, keys
+from worker.rundir import read_summary
+from worker.validation import InvalidInput, check_run_id, check_run_spec
 
 
 class ResumeRefused(Exception):
@@ -32,33 +37,15 @@ class ResumePlan:
 
 
 def _replan(record: runs.RunRecord) -> RunPlan:
-    """The record's run planned again from today's files (same run id and overrides)."""
-    from dispatcher.manifest import load_manifest
-    from dispatcher.plan import plan_run
-    from worker.records import Limits
-
-    spec, src = record.spec, record.source
-    if not src.get("manifest"):
+    """The record's run planned again from today's files: its stored request as it is
+    (same run id and overrides) and the execution mode it ran in."""
+    request = record.run_request
+    spec = record.spec
+    if not request.candidates:
         raise ResumeRefused(f"run {spec.run_id} has no manifest path in its record; "
                             "start a new run with 'forge run'")
-    manifest = load_manifest(src["manifest"])
-    env_allow = src.get("env_allow")
-    plan = plan_run(
-        spec.objective, manifest, execution_mode=spec.execution_mode,
-        artifacts_dir=spec.artifacts_dir, run_id=spec.run_id, timeout=src.get("timeout"),
-        network=src.get("network"), env_allow=None if env_allow is None else tuple(env_allow),
-        judge=src.get("judge"), post_to_discord=spec.post_to_discord,
-        competition=spec.competition,
-        limits=Limits.from_dict(src["limits"]) if src.get("limits") else None,
-        egress_allow=_tuple(src.get("egress_allow")), egress_deny=_tuple(src.get("egress_deny")),
-        cpus=src.get("cpus"), speed=src.get("speed"), exclusive=src.get("exclusive"),
-        max_sandboxes=src.get("max_sandboxes"),
-    )
-    return plan
-
-
-def _tuple(value) -> tuple[str, ...] | None:
-    return None if value is None else tuple(value)
+    return plan_run(request, load_manifest(request.candidates),
+                    execution_mode=spec.execution_mode)
 
 
 def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
@@ -69,7 +56,7 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
         raise ResumeRefused(
             f"run {spec.run_id}'s competition definition changed since it was dispatched "
             f"(definition sha256 {spec.definition_sha256[:12]} then, {now[:12]} now: the "
-            f"manifest {record.source.get('manifest')}, a script or the objective differs). "
+            f"manifest {record.run_request.candidates}, a script or the objective differs). "
             "Its kept results would not be comparable; start a new run with 'forge run'.")
     # Same fingerprint: the re-planned tasks are the published ones (scripts by sha256).
     tasks = list(replanned.tasks)
@@ -80,8 +67,10 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
         where = runs.locate(app, {t.candidate_id: t.task_id for t in missing})
         if where.queued or where.delivered:
             raise ResumeRefused(_refusal(spec.run_id, where, len(missing)))
-    return ResumePlan(full=RunPlan(run=spec, tasks=tuple(tasks), source=record.source),
-                      missing=RunPlan(run=spec, tasks=tuple(missing), source=record.source),
+    request = record.run_request
+    return ResumePlan(full=RunPlan(run=spec, tasks=tuple(tasks), request=request),
+                      missing=RunPlan(run=spec, tasks=tuple(missing), request=request,
+                                      bundles=replanned.bundles),
                       kept_task_ids=tuple(t.task_id for t in kept))
 
 
@@ -102,9 +91,11 @@ def _refusal(run_id: str, where: runs.Whereabouts, missing: int) -> str:
 
 def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
     """Publish the missing candidates plus a body that also reads the kept ones."""
-    from dispatcher.dispatch import body_task_id, build_chord, never_joined
+    # start-up: the Celery app loads on first use (`forge --help` imports this module)
+    from dispatcher.dispatch import build_chord, never_joined, store_bundles
     from worker.tasks import collect_results
 
+    store_bundles(rp.missing)  # an expired project bundle is stored again
     record.status, record.resumes, record.published_at = "publishing", record.resumes + 1, None
     runs.save(app, record)
     kept = list(rp.kept_task_ids)
@@ -116,19 +107,15 @@ def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
         else:  # every candidate finished; only the body was lost
             result = collect_results.apply_async(
                 ([], record.run), {"kept_task_ids": kept},
-                task_id=body_task_id(record.run_id))
+                task_id=keys.body_task_id(record.run_id))
     runs.after_publish(app, record)
     return result
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from dispatcher import console as ui
+    # start-up: the Celery app loads on first use (`forge --help` imports this module)
     from dispatcher import dispatch
-    from dispatcher.manifest import ManifestError
-    from worker import config
     from worker.app import app
-    from worker.rundir import read_summary
-    from worker.validation import InvalidInput, check_run_id, check_run_spec
 
     err = Console(stderr=True, highlight=False)
 

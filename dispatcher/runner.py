@@ -3,80 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from dispatcher import dispatch
 from dispatcher.manifest import Manifest, load_manifest
 from dispatcher.plan import RunPlan, plan_run
+from dispatcher.request import RunRequest
 from dispatcher.tracker import LogCallback, RunTracker
 from worker import config
-from worker.records import DEFAULT_OBJECTIVE, ForgeResult, Limits
-from worker.validation import check_artifacts_dir, check_objective, check_run_id, check_timeout
+from worker.records import DEFAULT_OBJECTIVE, ForgeResult
 
 FALLBACK_NOTE = "(Daytona not configured, falling back to local)"
 MAX_EMBEDDED_CONCURRENCY = 32
 
 
-def prepare(
-    objective: str = DEFAULT_OBJECTIVE,
-    use_daytona: bool = False,
-    *,
-    candidates: str | None = None,
-    manifest: Manifest | None = None,
-    artifacts_dir: str | None = None,
-    run_id: str | None = None,
-    timeout: int | None = None,
-    network: bool | None = None,
-    env_allow: tuple[str, ...] | None = None,
-    judge: str | None = None,
-    post: bool | None = None,
-    competition: str | None = None,
-    limits: Limits | None = None,
-    egress_allow: tuple[str, ...] | None = None,
-    egress_deny: tuple[str, ...] | None = None,
-    cpus: float | None = None,
-    speed: str | None = None,
-    exclusive: bool | None = None,
-    max_sandboxes: int | None = None,
-) -> RunPlan:
+def prepare(objective: str = DEFAULT_OBJECTIVE, use_daytona: bool = False, *,
+            manifest: Manifest | None = None, **options: Any) -> RunPlan:
+    """``plan_request`` of ``RunRequest(objective, daytona=use_daytona, **options)``: the
+    keyword form of the Python API and the benchmarks."""
+    return plan_request(RunRequest(objective=objective, daytona=use_daytona, **options),
+                        manifest)
+
+
+def plan_request(request: RunRequest, manifest: Manifest | None = None) -> RunPlan:
     """Load and validate everything a run needs; raises InvalidInput (worker/validation.py:
-    the objective, run id, timeout, artifacts directory), ManifestError or ConfigError."""
-    check_objective(objective)
-    if run_id is not None:
-        check_run_id(run_id)
-    if timeout is not None:
-        check_timeout(timeout)
-    if artifacts_dir is not None:
-        check_artifacts_dir(artifacts_dir)
-    manifest = manifest or load_manifest(candidates)
+    the objective, run id, timeout, artifacts directory), ManifestError or ConfigError.
+
+    ``manifest``: candidates already loaded (the seed-compatible API), instead of
+    ``request.candidates``."""
+    request.validate()
+    manifest = manifest or load_manifest(request.candidates)
     notes = []
     mode = "local"
-    if use_daytona:
+    if request.daytona:
         if config.is_daytona_configured():
             mode = "daytona"
         else:
             notes.append(FALLBACK_NOTE)
-    want_post = config.discord_webhook_url() is not None if post is None else post
-    return plan_run(
-        objective,
-        manifest,
-        execution_mode=mode,
-        artifacts_dir=artifacts_dir or config.artifacts_dir(),
-        run_id=run_id,
-        timeout=timeout,
-        network=network,
-        env_allow=env_allow,
-        judge=judge,
-        post_to_discord=want_post,
-        competition=competition,
-        limits=limits,
-        notes=notes,
-        egress_allow=egress_allow,
-        egress_deny=egress_deny,
-        cpus=cpus,
-        speed=speed,
-        exclusive=exclusive,
-        max_sandboxes=max_sandboxes,
-    )
+    return plan_run(request, manifest, execution_mode=mode, notes=notes)
 
 
 def execute(
@@ -112,10 +76,9 @@ def run_forge(
     """Run a whole competition and return its result (the Python API).
 
     ``log_callback(candidate_id, message)`` receives each candidate's lifecycle lines
-    as they happen. ``options`` are those of :func:`prepare` (``candidates``,
-    ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``env_allow``, ``judge``,
-    ``post``, ``limits``, ``egress_allow``, ``egress_deny``, ``cpus``, ``speed``,
-    ``exclusive``, ``max_sandboxes``). Bad input raises ``InvalidInput`` (a ValueError)
+    as they happen. ``options`` are the fields of :class:`RunRequest` (``candidates``,
+    ``artifacts_dir``, ``run_id``, ``timeout``, ``network``, ``post``, ...) and
+    ``manifest`` (candidates already loaded). Bad input raises ``InvalidInput`` (a ValueError)
     before anything runs, with the same message the CLI prints (rules: worker/validation.py).
     """
     return execute(prepare(objective, use_daytona, **options), log_callback)

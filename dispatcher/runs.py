@@ -1,8 +1,8 @@
 """Run records: what a dispatcher published, kept in the result backend.
 
 A distributed run outlives its dispatcher, so before publishing the dispatcher stores
-``forge-run:<run_id>`` (the RunSpec, every task, the manifest and overrides it came
-from, the definition fingerprint) with the result TTL, and marks it ``published`` once
+a run record (the RunSpec, every task, the RunRequest it was planned from, the
+definition fingerprint) with the result TTL, and marks it ``published`` once
 the whole chord is out. ``forge status`` reads it for a run that has no run directory
 yet, and tells a run that is merely in progress from one whose fan-out was cut short
 (the dispatcher died mid-publish: the chord's body can never fire). ``forge resume``
@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker import config, states
+from dispatcher.request import RunRequest
+from worker import config, keys, states
 from worker.records import CandidateResult, RunSpec
 
 PREFIX = "forge-run:"
@@ -29,7 +30,7 @@ FANOUT_GRACE = config.env_int("FORGE_FANOUT_GRACE", 60)
 class RunRecord:
     run: dict[str, Any]  # RunSpec.to_dict()
     tasks: list[dict[str, Any]]  # CandidateTask.to_dict() less the script (sha256 kept)
-    source: dict[str, Any] = field(default_factory=dict)  # RunPlan.source
+    request: dict[str, Any] = field(default_factory=dict)  # RunPlan.request.to_dict()
     status: str = "publishing"  # publishing | published
     created_at: float = 0.0  # epoch seconds
     published_at: float | None = None
@@ -44,9 +45,15 @@ class RunRecord:
         return RunSpec.from_dict(self.run)
 
     @property
+    def run_request(self) -> RunRequest:
+        """What was asked, resolved, as the plan kept it (``forge resume`` re-plans it)."""
+        return RunRequest.from_dict(self.request)
+
+    @property
     def task_ids(self) -> dict[str, str]:
         """candidate id -> task id, in manifest order."""
-        return {t["candidate_id"]: f"{t['run_id']}:{t['candidate_id']}" for t in self.tasks}
+        return {t["candidate_id"]: keys.candidate_task_id(t["run_id"], t["candidate_id"])
+                for t in self.tasks}
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, ensure_ascii=False)
@@ -54,6 +61,10 @@ class RunRecord:
     @classmethod
     def from_json(cls, raw: bytes | str) -> RunRecord:
         data = json.loads(raw)
+        if "request" not in data and isinstance(data.get("source"), dict):
+            # Written before requests were stored: its overrides and RunSpec say the same.
+            data["request"] = RunRequest.from_legacy_source(
+                data.get("run") or {}, data["source"]).to_dict()
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -66,6 +77,7 @@ def _client(app):
 
 
 def _ttl() -> int:
+    # start-up: the Celery app loads on first use (`forge --help` imports this module)
     from worker.app import RESULT_EXPIRES
 
     return max(int(RESULT_EXPIRES), 60)
@@ -85,8 +97,8 @@ def load(app, run_id: str) -> RunRecord | None:
 
 def record_for(plan) -> RunRecord:
     tasks = [{k: v for k, v in t.to_dict().items() if k != "script"} for t in plan.tasks]
-    return RunRecord(run=plan.run.to_dict(), tasks=tasks,
-                     source=dict(getattr(plan, "source", {}) or {}), created_at=time.time())
+    return RunRecord(run=plan.run.to_dict(), tasks=tasks, request=plan.request.to_dict(),
+                     created_at=time.time())
 
 
 def before_publish(app, plan) -> RunRecord | None:
@@ -199,6 +211,7 @@ def some(ids: list[str], shown: int = 10) -> str:
 def busy_text(where: Whereabouts) -> str:
     """The queued and delivered candidates, said truthfully (the queue cannot tell a
     running candidate from one whose worker died)."""
+    # start-up: the Celery app loads on first use (`forge --help` imports this module)
     from worker.app import VISIBILITY_TIMEOUT
 
     parts = []
@@ -261,9 +274,7 @@ def progress(app, record: RunRecord) -> RunProgress:
         out.queued, out.running, out.lost = len(where.queued), len(where.delivered), where.lost
     else:
         out.published = out.total - len(stateless) + len(queued_task_ids(app, stateless))
-    from dispatcher.dispatch import body_task_id
-
-    body = task_metas(app, [body_task_id(record.run_id)])
+    body = task_metas(app, [keys.body_task_id(record.run_id)])
     out.body_state = next(iter(body.values()), {}).get("status")
     return out
 

@@ -31,6 +31,10 @@ IDS = ("alpha", "beta", "gamma", "delta", "epsilon")
 OBJECTIVE = "Generate weekly 'AI Events in San Francisco' post for Discord"
 
 
+BETA = CANDIDATES / "agent_beta"  # the project-form agent (candidates/README.md)
+BETA_WHEEL = BETA / "wheels" / "eventpost-1.0-py3-none-any.whl"
+
+
 def load_agent(cid: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"agent_{cid}", CANDIDATES / f"agent_{cid}.py")
     module = importlib.util.module_from_spec(spec)
@@ -89,12 +93,43 @@ def test_alpha_copies_exactly_its_top_sources():
     assert tuple(ranks[:2]) == alpha.TOP_SOURCES
 
 
-def test_beta_copies_the_whole_feed_and_its_trust_lists():
-    beta = load_agent("beta")
-    assert [canonical(t) for t in beta.FEED] == [strip_meta(e) for e in FEED["events"]]
-    verified = {s for s, info in FEED["sources"].items() if info["verified"]}
-    assert set(beta.TRUSTED_SOURCES) == verified
-    assert set(beta.KNOWN_HOSTS) == set(FEED["known_hosts"])
+def test_beta_project_ships_the_canonical_feed_and_reads_its_trust_lists(monkeypatch):
+    """Beta is a project: its data file is the canonical feed, byte for byte, and its
+    feed module reads the listings and trust lists from it."""
+    assert (BETA / "data" / "events.json").read_bytes() == \
+        (CANDIDATES / "data" / "events.json").read_bytes()
+    monkeypatch.syspath_prepend(str(BETA))
+    from beta import feed
+
+    listings, trusted, known_hosts = feed.load()
+    assert feed.FEED_FILE == BETA / "data" / "events.json"
+    assert [canonical(t) for t in listings] == [strip_meta(e) for e in FEED["events"]]
+    assert set(trusted) == {s for s, info in FEED["sources"].items() if info["verified"]}
+    assert set(known_hosts) == set(FEED["known_hosts"])
+
+
+def test_beta_ships_its_requirement_as_a_wheel_built_from_its_source():
+    """The wheel in wheels/ is what vendor/build_wheel.py builds from vendor/ today (so
+    the source cannot drift from what installs), the requirements file names it, and the
+    project's .forgeignore keeps the source out of the sandbox."""
+    import subprocess
+
+    from dispatcher.pack import pack_directory
+
+    spec = importlib.util.spec_from_file_location("build_wheel",
+                                                  BETA / "vendor" / "build_wheel.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    name, data = builder.build()
+    assert name == BETA_WHEEL.name and BETA_WHEEL.read_bytes() == data
+    assert (BETA / "requirements.txt").read_text().split() == [f"./wheels/{name}"]
+    shipped = pack_directory(BETA, 10**7).files
+    assert f"wheels/{name}" in shipped and "beta/__main__.py" in shipped
+    assert not any(f.startswith("vendor/") for f in shipped)
+    # Importable from the wheel alone: it is what pip installs in the sandbox.
+    out = subprocess.run([sys.executable, "-c", "import eventpost; print(eventpost.__file__)"],
+                         env={"PYTHONPATH": str(BETA_WHEEL)}, capture_output=True, text=True)
+    assert out.returncode == 0 and BETA_WHEEL.name in out.stdout, out.stderr
 
 
 @pytest.mark.parametrize("cid, attr", [("gamma", "PICKS"), ("delta", "FEED")])
@@ -118,13 +153,23 @@ def test_epsilon_invents_everything():
 # ---------------------------------------------------------------- running the demo
 
 def run_agent(cid: str, root: Path) -> CandidateResult:
-    """Like the sandbox: the script alone, as script.py, in an empty directory."""
+    """Like the sandbox: the script alone, as script.py, in an empty directory; Beta's
+    project copied whole and started with -m, its requirement importable from its wheel."""
+    import os
+
     work = root / cid
-    work.mkdir()
-    shutil.copy(CANDIDATES / f"agent_{cid}.py", work / "script.py")
+    env = dict(os.environ)
+    if cid == "beta":
+        shutil.copytree(BETA, work)
+        argv = ["-m", "beta"]
+        env["PYTHONPATH"] = str(work / "wheels" / BETA_WHEEL.name)
+    else:
+        work.mkdir()
+        shutil.copy(CANDIDATES / f"agent_{cid}.py", work / "script.py")
+        argv = ["script.py"]
     output = work / "discord_post.md"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "script.py", OBJECTIVE, str(output)], cwd=work,
+    proc = subprocess.run([sys.executable, *argv, OBJECTIVE, str(output)], cwd=work, env=env,
                           capture_output=True, text=True, timeout=60)
     runtime = round(time.monotonic() - t0, 3)
     artifact = output.read_text("utf-8") if output.exists() else None

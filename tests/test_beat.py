@@ -26,9 +26,9 @@ from dispatcher.competitions import (
     load_competitions,
     validate_crontab,
 )
+from dispatcher.schedule import build_beat_schedule
 from tests.manifests import write_manifest
 from tests.procs import ROOT, call_task, forge_env, run_forge_cli, starts_processes, stop_process
-from worker.schedule import build_beat_schedule
 
 QUICK = """import sys
 with open(sys.argv[2], "w", encoding="utf-8") as fh:
@@ -209,7 +209,7 @@ def test_beat_schedule_has_one_entry_per_enabled_competition(tmp_path):
     entries = build_beat_schedule(comps, grace=900)
     assert sorted(entries) == ["competition:a", "competition:b"]
     a = entries["competition:a"]
-    assert a["task"] == "worker.scheduling.start_competition" and a["args"] == ("a",)
+    assert a["task"] == "dispatcher.scheduling.start_competition" and a["args"] == ("a",)
     assert isinstance(a["schedule"], ZonedCrontab) and a["schedule"].zone == LA
     assert a["options"] == {"expires": 900}
     assert entries["competition:b"]["schedule"].run_every == timedelta(seconds=6)
@@ -355,7 +355,7 @@ def test_a_slot_is_claimed_once_and_an_overdue_slot_is_skipped(
     slot = (datetime.now(UTC) - timedelta(seconds=30)).replace(microsecond=0)
 
     def call(*args):
-        return call_task(redis_server, "worker.scheduling.start_competition", *args)
+        return call_task(redis_server, "dispatcher.scheduling.start_competition", *args)
 
     first = call("manual", slot.isoformat())
     again = call("manual", slot.isoformat())

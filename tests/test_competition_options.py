@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from dispatcher import run_forge
 from dispatcher.competitions import CompetitionsError, load_competitions
 from dispatcher.manifest import ManifestError, load_manifest
 from dispatcher.plan import plan_run
+from dispatcher.request import RunRequest
 from tests.manifests import write_manifest
 from worker import report
 from worker.judge import JudgeContext
@@ -84,31 +86,36 @@ def test_competition_overrides_the_manifest_and_tasks_carry_the_options(tmp_path
     m = load_manifest(manifest(tmp_path, 'egress_allow = ["10.1.2.3"]\n'
                                          'egress_deny = ["203.0.113.0/24"]\ncpus = 2'))
     assert m.egress == Egress(("10.1.2.3",), ("203.0.113.0/24",)) and m.cpus == 2
-    plan = plan_run("o", m, artifacts_dir=str(tmp_path), egress_allow=comp.egress_allow,
-                    cpus=comp.cpus, speed=comp.speed, exclusive=comp.exclusive)
+    asked = RunRequest(objective="o", artifacts_dir=str(tmp_path),
+                       egress_allow=comp.egress_allow, cpus=comp.cpus, speed=comp.speed,
+                       exclusive=comp.exclusive)
+    plan = plan_run(asked, m)
     t = plan.tasks[0]
     assert t.egress == Egress(("models.internal",), ("203.0.113.0/24",))
     assert t.limits.cpus == 0.5 and t.exclusive is True and plan.run.speed == "cpu"
     # Typed across the JSON boundary, unchanged.
     again = CandidateTask.from_dict(json.loads(json.dumps(t.to_dict())))
     assert again == t and isinstance(again.egress, Egress)
-    # Resume re-plans from the recorded overrides and gets the same definition.
-    src = plan.source
-    replanned = plan_run("o", m, artifacts_dir=str(tmp_path), egress_allow=src["egress_allow"],
-                         egress_deny=src["egress_deny"], cpus=src["cpus"],
-                         speed=src["speed"], exclusive=src["exclusive"])
+    # Resume re-plans from the stored request, read back through JSON, and gets the
+    # same run: same id, same definition.
+    stored = RunRequest.from_dict(json.loads(json.dumps(plan.request.to_dict())))
+    assert stored == plan.request and stored.egress_allow == ("models.internal",)
+    assert stored.run_id == plan.run.run_id and stored.candidates == os.path.abspath(m.path)
+    replanned = plan_run(stored, m)
     assert replanned.run.definition_sha256 == plan.run.definition_sha256
-    plain = plan_run("o", m, artifacts_dir=str(tmp_path))
+    assert replanned.run.run_id == plan.run.run_id
+    plain = plan_run(RunRequest(objective="o", artifacts_dir=str(tmp_path)), m)
     assert plain.run.definition_sha256 != plan.run.definition_sha256
     with pytest.raises(ManifestError, match="speed = 'cpu' needs local execution"):
-        plan_run("o", m, artifacts_dir=str(tmp_path), execution_mode="daytona", speed="cpu")
+        plan_run(RunRequest(objective="o", artifacts_dir=str(tmp_path), speed="cpu"), m,
+                 execution_mode="daytona")
 
 
 def test_default_options_keep_older_fingerprints(tmp_path):
     """A run planned before these options existed still resumes: at their defaults the
     new fields stay out of the definition fingerprint."""
     m = load_manifest(manifest(tmp_path, ""))
-    plan = plan_run("o", m, artifacts_dir=str(tmp_path), run_id="r")
+    plan = plan_run(RunRequest(objective="o", artifacts_dir=str(tmp_path), run_id="r"), m)
     old_fields = ("candidate_id", "name", "script_name", "script_sha256", "objective",
                   "execution_mode", "timeout", "network", "env_allow", "requirements",
                   "install_timeout", "upload_timeout", "retrieve_timeout")

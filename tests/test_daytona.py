@@ -416,7 +416,7 @@ def test_reap_and_alive_sandboxes(emu, backend):
 
 def test_compat_run_candidate_in_daytona(emu, tmp_path, monkeypatch):
     import worker.sandbox
-    from worker.daytona_compat import get_daytona_config, run_candidate_in_daytona
+    from dispatcher.daytona_compat import get_daytona_config, run_candidate_in_daytona
 
     monkeypatch.setattr(worker.sandbox, "_backends", {})  # no client left bound to emu
 
@@ -473,7 +473,7 @@ def test_seed_get_daytona_config_without_a_key_returns_the_default_url(tmp_path)
 
 def test_seed_run_candidate_in_daytona_without_a_key_says_exactly_what_the_seed_says(
         tmp_path, monkeypatch):
-    from worker.daytona_compat import run_candidate_in_daytona
+    from dispatcher.daytona_compat import run_candidate_in_daytona
 
     monkeypatch.delenv("DAYTONA_API_KEY", raising=False)
     script = tmp_path / "agent.py"
@@ -489,7 +489,7 @@ def test_seed_run_candidate_in_daytona_without_a_key_says_exactly_what_the_seed_
 
 
 def test_seed_run_candidate_in_daytona_refuses_a_bad_objective_or_timeout(emu, tmp_path):
-    from worker.daytona_compat import run_candidate_in_daytona
+    from dispatcher.daytona_compat import run_candidate_in_daytona
 
     script = tmp_path / "agent.py"
     script.write_text(WRITE_OBJECTIVE)

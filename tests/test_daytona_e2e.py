@@ -463,8 +463,8 @@ def test_daytona_without_a_key_falls_back_to_local_and_says_so(tmp_path):
 
 
 def test_run_all_candidates_in_daytona_keeps_the_seed_api(daytona_env, tmp_path):
+    from dispatcher.daytona_compat import run_all_candidates_in_daytona
     from dispatcher.manifest import load_manifest
-    from worker.daytona_compat import run_all_candidates_in_daytona
 
     emu = daytona_env
     sleepy = tmp_path / "sleepy.py"
@@ -495,7 +495,12 @@ def test_run_all_candidates_in_daytona_keeps_the_seed_api(daytona_env, tmp_path)
 
 
 def test_importing_worker_stays_light():
-    code = ("import sys, worker, worker.daytona_compat, worker.maintenance; "
-            "heavy = [m for m in ('daytona', 'dispatcher.runner', 'worker.judge') "
-            "if m in sys.modules]; assert not heavy, heavy")
+    """``import worker`` loads neither the SDK, the judge nor any of the dispatcher; the
+    seed-compatible API loads the dispatcher but still not the SDK nor the judge."""
+    code = ("import sys, worker, worker.maintenance; "
+            "heavy = [m for m in ('daytona', 'dispatcher', 'worker.judge') "
+            "if m in sys.modules]; assert not heavy, heavy; "
+            "import dispatcher.daytona_compat; assert 'dispatcher.runner' in sys.modules; "
+            "heavy = [m for m in ('daytona', 'worker.judge') if m in sys.modules]; "
+            "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -116,31 +116,30 @@ def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, work
     removes them, though pool processes leave through os._exit."""
     import glob
     import os
+    import shutil
+    import tempfile
 
-    from worker.sandbox.local.parent_dir import sandbox_parent
+    # The worker's own sandbox directory (a tmpfs, as by default), so helpers made by
+    # any other process on this machine cannot be mistaken for this worker's.
+    parent = tempfile.mkdtemp(prefix="forge-test-parent-", dir="/dev/shm")
+    os.chmod(parent, 0o755)
+    env = dict(distributed_env, FORGE_SANDBOX_DIR=parent)
 
     def helpers() -> set[str]:
         return {p for pat in ("forge-etc-*", "forge-view-*")
-                for p in glob.glob(os.path.join(sandbox_parent(), pat))}
+                for p in glob.glob(os.path.join(parent, pat))}
 
-    def owner_pid(path: str) -> int | None:
-        try:
-            with open(os.path.join(path, ".forge-owner")) as fh:
-                return int(fh.read().split(":")[0])
-        except (OSError, ValueError):
-            return None
-
-    (w,) = workers(distributed_env, n=1, concurrency=2)
-    manifest = sleepers(tmp_path / "cands", 2, seconds=0.1)
-    done = run_forge_cli(["run", "--candidates", str(manifest), "--no-post"], distributed_env)
-    assert done.returncode == 0, done.stderr
-    # This worker's helpers (their owner file names its processes): other workers on
-    # the machine (parallel tests, other checkouts) make and remove their own meanwhile.
-    ours = {w.proc.pid, *w.child_pids()}
-    during = {p for p in helpers() if owner_pid(p) in ours}
-    assert during, "the worker's pool processes made no /etc skeleton: nothing was tested"
-    w.stop()
-    assert not (helpers() & during), sorted(helpers() & during)
+    try:
+        (w,) = workers(env, n=1, concurrency=2)
+        manifest = sleepers(tmp_path / "cands", 2, seconds=0.1)
+        done = run_forge_cli(["run", "--candidates", str(manifest), "--no-post"], env)
+        assert done.returncode == 0, done.stderr
+        during = helpers()
+        assert during, "the worker's pool processes made no /etc skeleton: nothing was tested"
+        w.stop()
+        assert not helpers(), sorted(helpers())
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 LOUD = """import sys

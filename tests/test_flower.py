@@ -77,7 +77,7 @@ def test_flower_lists_the_run_with_readable_args_and_no_secrets(
                     FLOWER_TEST_TOKEN=SECRET)
     workers(env, n=1, concurrency=2)
 
-    started = call_task(redis_server, "worker.scheduling.start_competition", "watched", "now")
+    started = call_task(redis_server, "dispatcher.scheduling.start_competition", "watched", "now")
     assert started["status"] == "dispatched", started
     run_id = started["run_id"]
     deadline = time.monotonic() + 60
@@ -106,7 +106,7 @@ def test_flower_lists_the_run_with_readable_args_and_no_secrets(
     body_task = tasks[f"{run_id}:collect"]
     assert body_task["name"] == "worker.tasks.collect_results"
     assert f"run={run_id}" in body_task["args"] and "candidates=2" in body_task["args"]
-    starters = [t for t in tasks.values() if t["name"] == "worker.scheduling.start_competition"]
+    starters = [t for t in tasks.values() if t["name"] == "dispatcher.scheduling.start_competition"]
     assert len(starters) == 1 and "watched" in starters[0]["args"]
     # Neither the script nor a secret from the worker's environment reaches Flower.
     assert MARKER not in body and "FLOWER_TEST_TOKEN" not in body

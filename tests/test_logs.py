@@ -70,7 +70,7 @@ def worker_run(tmp_path_factory):
                     FORGE_COMPETITIONS=str(conf / "forge.toml"))
     worker = CeleryWorker(env, "logs", tmp, concurrency=2, split_stdout=True).start()
     try:
-        started = call_task(redis, "worker.scheduling.start_competition", "logged", "now")
+        started = call_task(redis, "dispatcher.scheduling.start_competition", "logged", "now")
         summary = artifacts / started["run_id"] / "summary.json"
         deadline = time.monotonic() + 60
         while not summary.exists():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
+from dispatcher.request import RunRequest
 from worker.records import sha256_text
 
 
@@ -24,8 +25,13 @@ def test_demo_manifest_loads_with_scripts_snapshotted():
     ids = [c.id for c in m.candidates]
     assert ids == ["alpha", "beta", "gamma", "delta", "epsilon"]
     for c in m.candidates:
+        if c.project is not None:  # Beta is a project: packed at load, by its hash
+            assert c.script == "" and c.script_path.is_dir()
+            assert c.content_sha256 == c.project.bundle.sha256
+            continue
         assert c.script == c.script_path.read_text()
-        assert c.script_sha256 == sha256_text(c.script)
+        assert c.script_sha256 == c.content_sha256 == sha256_text(c.script)
+    assert [c.id for c in m.candidates if c.project] == ["beta"]
 
 
 def test_directory_holding_candidates_toml_is_accepted(tmp_path):
@@ -82,8 +88,8 @@ def test_phase_deadlines_per_competition_and_per_candidate(tmp_path):
                  '[[candidate]]\nid = "a"\nscript = "a.py"\nretrieve_timeout = 2\n'
                  'install_timeout = 9\n'
                  '[[candidate]]\nid = "b"\nscript = "a.py"\n')
-    tasks = {t.candidate_id: t for t in plan_run("o", load_manifest(path),
-                                                 artifacts_dir=str(tmp_path)).tasks}
+    tasks = {t.candidate_id: t for t in plan_run(RunRequest("o", artifacts_dir=str(tmp_path)),
+                                                 load_manifest(path)).tasks}
     assert (tasks["a"].upload_timeout, tasks["a"].retrieve_timeout,
             tasks["a"].install_timeout) == (5, 2, 9)
     assert (tasks["b"].upload_timeout, tasks["b"].retrieve_timeout,
@@ -155,23 +161,23 @@ def test_daytona_plan_builds_requirements_into_the_image_and_carries_the_budget(
     path = write(tmp_path, '[daytona.image]\npython = "3.12"\npip = ["rich"]\n' + ONE
                  + '[[candidate]]\nid = "b"\nscript = "a.py"\nrequirements = ["rich", "attrs"]\n')
     manifest = load_manifest(path)
-    daytona = plan_run("o", manifest, execution_mode="daytona", artifacts_dir=str(tmp_path))
+    asked = RunRequest("o", artifacts_dir=str(tmp_path))
+    daytona = plan_run(asked, manifest, execution_mode="daytona")
     a, b = daytona.tasks
     assert a.daytona.image == ImageSpec(python="3.12", pip=("rich", "attrs", "requests"))
     assert a.requirements == b.requirements == ()  # installed at build time, once
     assert (a.budget.max_sandboxes, a.budget.slot_wait) == (7, 99) and a.budget.run_clock
-    local = plan_run("o", manifest, artifacts_dir=str(tmp_path))
+    local = plan_run(asked, manifest)
     assert local.tasks[0].requirements == ("requests",)  # local sandboxes install as before
     assert local.tasks[0].budget.max_sandboxes == 0
-    override = plan_run("o", manifest, execution_mode="daytona", artifacts_dir=str(tmp_path),
-                        max_sandboxes=3)
+    override = plan_run(asked.replace(max_sandboxes=3), manifest, execution_mode="daytona")
     assert override.tasks[0].budget.max_sandboxes == 3
     # The budget is not part of what the run *is*; the image is.
     assert override.run.definition_sha256 == daytona.run.definition_sha256
     assert override.tasks[0].budget.run_clock != daytona.tasks[0].budget.run_clock
     other = load_manifest(write(tmp_path, '[daytona.image]\npython = "3.11"\n' + ONE))
-    assert plan_run("o", other, execution_mode="daytona", artifacts_dir=str(tmp_path)
-                    ).run.definition_sha256 != daytona.run.definition_sha256
+    again = plan_run(asked, other, execution_mode="daytona")
+    assert again.run.definition_sha256 != daytona.run.definition_sha256
 
 
 def test_daytona_task_backstop_covers_the_wait_for_a_sandbox(tmp_path, monkeypatch):
@@ -181,7 +187,8 @@ def test_daytona_task_backstop_covers_the_wait_for_a_sandbox(tmp_path, monkeypat
     monkeypatch.setenv("FORGE_DAYTONA_SLOT_WAIT", "500")
     manifest = load_manifest(write(tmp_path, ONE))
     for mode, wait in (("daytona", 500), ("local", 0)):
-        plan = plan_run("o", manifest, execution_mode=mode, artifacts_dir=str(tmp_path))
+        plan = plan_run(RunRequest("o", artifacts_dir=str(tmp_path)), manifest,
+                        execution_mode=mode)
         (sig,) = build_chord(plan).tasks
         t = plan.tasks[0]
         assert sig.options["time_limit"] == t.timeout + t.install_timeout + BACKSTOP_MARGIN + wait

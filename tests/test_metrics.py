@@ -96,7 +96,7 @@ def scrape(cluster) -> tuple[str, dict]:
 def run_and_watch(cluster, competition: str, timeout: float = 90):
     """Start a scheduled competition; scrape every 0.2 s until it finished."""
     t0 = time.time()
-    started = call_task(cluster.redis, "worker.scheduling.start_competition", competition,
+    started = call_task(cluster.redis, "dispatcher.scheduling.start_competition", competition,
                         "now")
     assert started["status"] == "dispatched", started
     summary = cluster.tmp / "artifacts" / started["run_id"] / "summary.json"

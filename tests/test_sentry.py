@@ -86,7 +86,7 @@ def cluster(tmp_path_factory):
             OBS_COMP_TOKEN=SECRETS["sandbox"])
         worker = CeleryWorker(env, "sentry", tmp, concurrency=2).start()
         try:
-            runs = {name: call_task(redis, "worker.scheduling.start_competition", name, "now")
+            runs = {name: call_task(redis, "dispatcher.scheduling.start_competition", name, "now")
                     for name in ("local-sf", "judged", "cloud-sf")}
             for started in runs.values():
                 assert started["status"] == "dispatched", started

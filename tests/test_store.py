@@ -386,8 +386,8 @@ def test_beat_schedules_the_retry_of_owed_writes(monkeypatch):
     """Beat's schedule (forge.toml's competitions) also holds the store's drain task, a
     task the workers register, every FORGE_STORE_RETRY_INTERVAL seconds."""
     import worker.store.hooks  # noqa: F401 - registers the task, as the worker's include does
+    from dispatcher.schedule import CompetitionScheduler
     from worker.app import app
-    from worker.schedule import CompetitionScheduler
 
     monkeypatch.setenv("FORGE_STORE_RETRY_INTERVAL", "120")
     saved = dict(app.conf.beat_schedule or {})

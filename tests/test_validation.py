@@ -223,7 +223,7 @@ def test_cli_resume_refuses_a_hostile_run_record(site, redis_server):
     spec = RunSpec(run_id="a/../../victim", objective="o", timestamp="t",
                    execution_mode="local", artifacts_dir=str(site.art),
                    candidates=[CandidateInfo(id="echo", name="e")])
-    record = {"run": spec.to_dict(), "tasks": [], "source": {"manifest": BASIC},
+    record = {"run": spec.to_dict(), "tasks": [], "request": {"candidates": BASIC},
               "status": "published", "created_at": 1.0}
     client.set("forge-run:evil", json.dumps(record))
     done = run_forge_cli(["resume", "evil"], env)

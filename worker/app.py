@@ -29,11 +29,13 @@ RESTORE_INTERVAL = config.env_int("FORGE_RESTORE_INTERVAL",
 # A run can wait behind a long backlog; its chord state must outlive that wait.
 RESULT_EXPIRES = config.env_int("FORGE_RESULT_EXPIRES", 7 * 24 * 3600)
 MAX_ATTEMPTS = config.env_int("FORGE_MAX_ATTEMPTS", 3)
-# A scheduled slot missed by more than this is skipped, not run late (worker/scheduling.py).
+# A scheduled slot missed by more than this is skipped, not run late (dispatcher/scheduling.py).
 SCHEDULE_GRACE = config.env_int("FORGE_SCHEDULE_GRACE", 3600)
 
-app = Celery("dream_foundry", include=["worker.tasks", "worker.maintenance", "worker.scheduling",
-                                       "worker.store.hooks"])
+# Named by string, never imported here: the scheduled-competition task is a client entry
+# point (dispatcher/scheduling.py), and worker/ never imports dispatcher/.
+app = Celery("dream_foundry", include=["worker.tasks", "worker.maintenance", "worker.store.hooks",
+                                       "dispatcher.scheduling"])
 
 _broker = config.broker_url()
 _backend = config.result_backend_url()
@@ -91,9 +93,9 @@ app.conf.update(
     task_routes={"worker.tasks.*": {"queue": "celery"}},
     timezone="UTC",
     enable_utc=True,
-    # Beat: entries come from forge.toml (worker/schedule.py), its state file lives on a
+    # Beat: entries come from forge.toml (dispatcher/schedule.py), its state file lives on a
     # volume, and a crontab slot missed by more than the grace is not caught up late.
-    beat_scheduler="worker.schedule:CompetitionScheduler",
+    beat_scheduler="dispatcher.schedule:CompetitionScheduler",
     beat_schedule_filename=config.env("FORGE_BEAT_SCHEDULE", "celerybeat-schedule"),
     beat_cron_starting_deadline=SCHEDULE_GRACE,
 )

@@ -152,6 +152,18 @@ def env_count(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+# -- directory candidates (dispatcher/pack.py; reference in candidates/README.md) ----------
+
+# A project's files, in MB (10^6 bytes), past which planning refuses it: each project is
+# stored once per run in the result backend (Redis memory) and unpacked in every sandbox.
+PROJECT_MAX_MB = 20
+
+
+def project_max_bytes() -> int:
+    """The size cap of a directory candidate's files (FORGE_PROJECT_MAX_MB)."""
+    return env_count("FORGE_PROJECT_MAX_MB", PROJECT_MAX_MB, 1) * 1_000_000
+
+
 # -- the Daytona sandbox budget (worker/budget.py; reference in docs/daytona.md) -----------
 
 # The first Daytona tier allows 10 vCPU and a default sandbox takes 1.

@@ -1,6 +1,7 @@
 """One candidate's sandbox lifecycle, written once for every backend.
 
-(reserve a core, if exclusive) → create → upload script → (install requirements) →
+(fetch a project's bundle) → (reserve a core, if exclusive) → create → upload the script
+or unpack the project → (install requirements, before the candidate's clock starts) →
 execute with a deadline → retrieve artifact → delete, the delete in ``finally``. Every
 outcome comes back as a ``CandidateResult``; nothing here raises into the caller,
 because the caller is a chord header task and one exception would cost the whole run
@@ -17,7 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from worker import observability
-from worker.records import CandidateResult, CandidateTask
+from worker.bundles import ARCHIVE_NAME, UNPACK, BundleError
+from worker.records import CandidateResult, CandidateTask, ProjectRef
 from worker.sandbox.base import CreateStatus, SandboxBackend, SandboxError, SandboxRequest
 from worker.sandbox.visible import build_env
 
@@ -25,6 +27,7 @@ SCRIPT_NAME = "script.py"
 OUTPUT_NAME = "discord_post.md"
 
 LogFn = Callable[[str], None]
+BundleFn = Callable[[str], bytes]  # a bundle's verified bytes by sha256 (worker.bundles)
 
 
 def _now() -> str:
@@ -35,9 +38,44 @@ def worker_name() -> str:
     return socket.gethostname()
 
 
-def candidate_command(workdir: str, objective: str) -> list[str]:
-    """The candidate contract: ``python3 SCRIPT "<objective>" <output_path>``, as argv."""
-    return ["python3", f"{workdir}/{SCRIPT_NAME}", objective, f"{workdir}/{OUTPUT_NAME}"]
+def candidate_command(workdir: str, objective: str,
+                      project: ProjectRef | None = None) -> list[str]:
+    """The candidate contract: ``python3 SCRIPT "<objective>" <output_path>``, as argv.
+
+    A project unpacked into ``workdir`` starts as ``python3 <workdir>/<entry> ...`` or
+    ``python3 -m <module> ...``; commands run in ``workdir``, so ``-m`` finds it there."""
+    output = f"{workdir}/{OUTPUT_NAME}"
+    if project is None:
+        return ["python3", f"{workdir}/{SCRIPT_NAME}", objective, output]
+    if project.entry:
+        return ["python3", f"{workdir}/{project.entry}", objective, output]
+    return ["python3", "-m", project.module, objective, output]
+
+
+def install_command(task: CandidateTask) -> list[str] | None:
+    """pip, in the sandbox's own environment, for the project's requirements.txt and the
+    manifest's requirements; None when there is nothing to install. It runs in the work
+    directory, inside the sandbox, so the competition's network policy applies to it."""
+    wanted: list[str] = []
+    if task.project is not None and task.project.requirements_file:
+        wanted += ["-r", task.project.requirements_file]
+    wanted += task.requirements
+    if not wanted:
+        return None
+    return ["python3", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+            "--no-input", *wanted]
+
+
+def output_tail(text: str, lines: int = 6, chars: int = 1200) -> str:
+    """The last non-empty lines of a command's output, for an error message (pip's
+    reason is at the end of what it printed)."""
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    tail = " | ".join(kept)
+    return tail if len(tail) <= chars else "..." + tail[-chars:]
+
+
+def _why(ran, timeout: int) -> str:
+    return f"timed out after {timeout}s" if ran.timed_out else f"exit code {ran.exit_code}"
 
 
 def shell_command(argv: list[str]) -> str:
@@ -52,8 +90,12 @@ def run_lifecycle(
     env_source: dict[str, str] | None = None,
     owner: str = "",
     on_state: Callable[[str], None] | None = None,
+    bundles: BundleFn | None = None,
 ) -> CandidateResult:
     """Run one candidate in a fresh sandbox of ``backend`` and describe what happened.
+
+    ``bundles``: how a directory candidate's bundle is fetched by its hash (the worker
+    task passes its result backend's cache, ``worker.bundles.fetch_bundle``).
 
     ``on_state("waiting")`` / ``on_state("running")``: the sandbox waits for capacity (a
     budget slot, the account's quota) and then has it. That wait is not the candidate's
@@ -98,8 +140,18 @@ def run_lifecycle(
         return result
 
     try:
-        if hashlib.sha256(task.script.encode("utf-8")).hexdigest() != task.script_sha256:
-            return fail("script content does not match its sha256: refusing to run it")
+        archive = b""
+        if task.project is None:
+            if hashlib.sha256(task.script.encode("utf-8")).hexdigest() != task.script_sha256:
+                return fail("script content does not match its sha256: refusing to run it")
+        else:
+            if bundles is None:
+                return fail("a project candidate, but this worker was given no bundle store")
+            try:
+                archive = bundles(task.project.sha256)
+            except BundleError as exc:
+                return fail(f"Project unavailable: {exc}")
+            phase("fetch")
         request = SandboxRequest(
             run_id=task.run_id,
             candidate_id=task.candidate_id,
@@ -137,31 +189,44 @@ def run_lifecycle(
         result.isolation = sandbox.isolation
         log(f"[{label}] Sandbox ready: {sandbox.id[:8]}...")
 
-        try:
-            sandbox.upload(task.script.encode("utf-8"), f"{sandbox.workdir}/{SCRIPT_NAME}",
-                           task.upload_timeout)
-        except SandboxError as exc:
-            return fail(f"Upload failed: {exc}", exc)
-        phase("upload")
-        log(f"[{label}] Script uploaded")
+        if task.project is None:
+            try:
+                sandbox.upload(task.script.encode("utf-8"), f"{sandbox.workdir}/{SCRIPT_NAME}",
+                               task.upload_timeout)
+            except SandboxError as exc:
+                return fail(f"Upload failed: {exc}", exc)
+            phase("upload")
+            log(f"[{label}] Script uploaded")
+        else:
+            try:
+                failed = _unpack(sandbox, task, archive)
+            except SandboxError as exc:
+                return fail(f"Upload failed: {exc}", exc)
+            phase("upload")
+            if failed:
+                result.output = failed.output
+                return fail(f"Unpacking the project failed ({_why(failed, task.upload_timeout)}):"
+                            f" {output_tail(failed.output)}")
+            p = task.project
+            log(f"[{label}] Project uploaded: {p.files} files, {p.size:,} bytes, "
+                f"sha256 {p.sha256[:12]}")
 
-        if task.requirements:
-            log(f"[{label}] Installing Dependencies: {' '.join(task.requirements)}")
-            install = sandbox.exec(
-                ["python3", "-m", "pip", "install", "--quiet", *task.requirements],
-                task.install_timeout,
-                task.limits.output_bytes,
-            )
+        pip = install_command(task)
+        if pip is not None:
+            shown = " ".join(pip[pip.index("--no-input") + 1:])
+            log(f"[{label}] Installing Dependencies: {shown}")
+            install = sandbox.exec(pip, task.install_timeout, task.limits.output_bytes)
+            phase("install")  # its own phase, and not the candidate's time (runtime_seconds)
             if install.timed_out or install.exit_code != 0:
                 result.output = install.output
-                why = (f"timed out after {task.install_timeout}s" if install.timed_out
-                       else f"exit code {install.exit_code}")
-                return fail(f"Installing requirements failed ({why})")
-            phase("install")
+                return fail(f"Installing requirements failed "
+                            f"({_why(install, task.install_timeout)}): "
+                            f"{output_tail(install.output) or 'pip printed nothing'}")
+            log(f"[{label}] Dependencies installed in {result.timings['install']:.2f}s")
 
         log("[Run] Executing...")
         ran = sandbox.exec(
-            candidate_command(sandbox.workdir, task.objective),
+            candidate_command(sandbox.workdir, task.objective, task.project),
             task.timeout,
             task.limits.output_bytes,
         )
@@ -222,7 +287,25 @@ def run_lifecycle(
                                                      - status.waited), 6)
         if status.refused:
             result.timings["refused"] = status.refused
-        result.runtime_seconds = round(time.monotonic() - t0 - status.waited, 3)
+        # The candidate's clock: neither capacity waits nor installing its requirements.
+        result.runtime_seconds = round(time.monotonic() - t0 - status.waited
+                                       - result.timings.get("install", 0.0), 3)
         result.finished_at = _now()
         if result.success:
             log(f"[Done] {result.runtime_seconds:.2f}s")
+
+
+def _unpack(sandbox, task: CandidateTask, archive: bytes):
+    """Ship a project into the work directory; None when it worked, else the failed
+    ExecResult. A backend whose sandbox can write the files itself (``unpack``: local
+    sandboxes, from the host) does so; otherwise the tar goes in one upload and the
+    sandbox's own python3 unpacks it (Daytona), as the candidate's user."""
+    unpack = getattr(sandbox, "unpack", None)
+    if unpack is not None:
+        unpack(archive, sandbox.workdir, task.upload_timeout)
+        return None
+    path = f"{sandbox.workdir}/{ARCHIVE_NAME}"
+    sandbox.upload(archive, path, task.upload_timeout)
+    ran = sandbox.exec(["python3", "-c", UNPACK, path, sandbox.workdir], task.upload_timeout,
+                       task.limits.output_bytes)
+    return None if ran.exit_code == 0 and not ran.timed_out else ran

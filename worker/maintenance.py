@@ -19,6 +19,7 @@ from typing import Any
 from celery import shared_task
 
 from worker import config
+from worker.sandbox import get_backend
 
 logger = logging.getLogger("dream_foundry")
 
@@ -43,10 +44,8 @@ def sweep(max_age_seconds: float | None = None, dry_run: bool = False,
     """
     if not config.is_daytona_configured():
         raise config.ConfigError(NOT_CONFIGURED)
-    from worker.sandbox.daytona import reap
-
     age = default_max_age() if max_age_seconds is None else max(0.0, float(max_age_seconds))
-    return reap(age, dry_run=dry_run, owner=owner)
+    return get_backend("daytona").reap(age, dry_run=dry_run, owner=owner)  # type: ignore[attr-defined]
 
 
 @shared_task(name="worker.maintenance.reap_sandboxes", ignore_result=False)
@@ -58,8 +57,6 @@ def reap_sandboxes(max_age_seconds: float | None = None, dry_run: bool = False,
     try:
         found = sweep(max_age_seconds, dry_run, owner)
     except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds
-        from worker.sandbox import get_backend
-
         message = get_backend("daytona").scrub(f"{type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
         logger.warning("reap_sandboxes failed: %s", message)
         return {"error": message, "sandboxes": []}

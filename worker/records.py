@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from worker import keys
+
 T = TypeVar("T")
 
 DEFAULT_OBJECTIVE = "Generate weekly 'AI Events in San Francisco' post for Discord"
@@ -201,11 +203,37 @@ class SandboxBudget:
 
 
 @dataclass(frozen=True)
+class ProjectRef:
+    """A directory candidate in a task message: its bundle's hash, never its bytes.
+
+    The bundle (``worker.bundles``) is stored once in the result backend under
+    ``sha256``; ``entry`` (a file of the project) or ``module`` (``python3 -m``) says
+    how it starts, and ``requirements_file`` what pip installs before its clock starts.
+    """
+
+    sha256: str
+    size: int = 0  # bytes of file content
+    files: int = 0
+    entry: str = ""  # e.g. "main.py": python3 <entry> "<objective>" <output>
+    module: str = ""  # e.g. "alpha": python3 -m alpha "<objective>" <output>
+    requirements_file: str = ""  # "requirements.txt" when the project has one
+    path: str = ""  # the manifest's ``path``, for people (reports, logs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ProjectRef | None:
+        return _from_dict(cls, data) if data else None
+
+
+@dataclass(frozen=True)
 class CandidateTask:
     """Everything a worker needs to run one candidate, carried in the task message.
 
     The script content travels with its sha256 so a worker on another machine needs no
-    copy of the repository, and a tampered or truncated message is detected.
+    copy of the repository, and a tampered or truncated message is detected. A directory
+    candidate travels as ``project`` (its bundle's hash), with ``script`` empty.
     Environment *names* travel, never values: the worker reads allowed values itself.
     """
 
@@ -231,6 +259,12 @@ class CandidateTask:
     daytona: DaytonaSpec = field(default_factory=DaytonaSpec)
     budget: SandboxBudget = field(default_factory=SandboxBudget)
     competition: str | None = None  # the scheduled competition, for logs and error events
+    project: ProjectRef | None = None  # a directory candidate (then ``script`` is empty)
+
+    @property
+    def content_sha256(self) -> str:
+        """What the candidate's code is: its bundle's hash, or its script's."""
+        return self.project.sha256 if self.project else self.script_sha256
 
     @property
     def task_id(self) -> str:
@@ -253,12 +287,11 @@ class CandidateTask:
         data["egress"] = Egress.from_dict(data.get("egress"))
         data["daytona"] = DaytonaSpec.from_dict(data.get("daytona"))
         data["budget"] = SandboxBudget.from_dict(data.get("budget"))
+        data["project"] = ProjectRef.from_dict(data.get("project"))
         return _from_dict(cls, data)
 
 
-def task_id_for(run_id: str, candidate_id: str) -> str:
-    """Deterministic task id, so a redelivered task is recognisable."""
-    return f"{run_id}:{candidate_id}"
+task_id_for = keys.candidate_task_id  # the name callers know
 
 
 @dataclass
@@ -335,13 +368,17 @@ class Score:
 
 @dataclass
 class CandidateInfo:
-    """A candidate as listed in summary.json (``artifact``: path of its post, if any)."""
+    """A candidate as listed in summary.json (``artifact``: path of its post, if any).
+
+    ``content_sha256``: the sha256 of its script, or of its project's bundle, so a result
+    can be tied to exactly the code that produced it."""
 
     id: str
     name: str
     description: str = ""
     script: str = ""
     artifact: str | None = None
+    content_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -80,7 +80,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     if arrival.exhausted:
         return _gave_up(task, progress)
     progress.log("[Run] Starting...")
-    result = _run_in_sandbox(task, progress, t_enter)
+    result = _run_in_sandbox(task, progress, t_enter, self.backend)
     progress.close()
     result.timings["entered_at"] = round(entered, 6)
     result.timings["progress"] = round(progress.seconds, 6)
@@ -105,9 +105,10 @@ def _gave_up(task: CandidateTask, progress: CandidateProgress) -> dict[str, Any]
 
 
 def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
-                    t_enter: float) -> CandidateResult:
+                    t_enter: float, backend_of_results: Any) -> CandidateResult:
     """The sandbox lifecycle on the task's backend; a backend that cannot even be made
-    (the SDK missing on this worker, say) is a failed result."""
+    (the SDK missing on this worker, say) is a failed result. ``backend_of_results``:
+    the Celery result backend, where a project's bundle is fetched from."""
     from worker.sandbox import get_backend
 
     try:
@@ -118,11 +119,15 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
         return CandidateResult(candidate_id=task.candidate_id,
                                execution_mode=task.execution_mode,
                                worker=progress.worker, error_message=f"{exc}")
+    from worker.bundles import fetch_bundle
     from worker.lifecycle import run_lifecycle
+
+    def bundle(sha256: str) -> bytes:  # a project's files, by hash, cached per process
+        return fetch_bundle(backend_of_results, sha256)
 
     t_life = time.monotonic()
     result = run_lifecycle(backend, task, progress.log, owner=progress.worker,
-                           on_state=progress.on_state)
+                           on_state=progress.on_state, bundles=bundle)
     result.timings["pre"] = round(t_life - t_enter, 6)
     return result
 
@@ -158,9 +163,9 @@ def _sandboxes_alive(forge: ForgeResult) -> int | None:
                      "finished deleting, within their deadline): "
                      + ", ".join(f"{sid} ({cid})" for cid, sid in stuck))
     try:
-        from worker.sandbox.daytona import left_behind
+        from worker.sandbox import get_backend
 
-        alive = left_behind(run_id)
+        alive = get_backend("daytona").left_behind(run_id)  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - any SDK/transport failure
         notes.append(f"Could not count the run's live Daytona sandboxes ({type(exc).__name__});"
                      " 'forge reap' sweeps any left behind")

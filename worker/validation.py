@@ -20,6 +20,9 @@ The rules (docs/security.md lists them for users):
   to ``TIMEOUT_MAX``, as the manifest and forge.toml already required.
 * **paths** built from any of these stay inside their root, symlinks resolved:
   :func:`contained`.
+* **a project** (directory candidate) in a task: a sha256 hex digest, an ``entry`` that
+  is a plain relative path inside the project or a dotted ``module`` name (one of the
+  two), and no script text beside it.
 """
 
 from __future__ import annotations
@@ -118,7 +121,35 @@ def check_task(task: CandidateTask) -> CandidateTask:
     check_objective(task.objective)
     for name in ("timeout", "install_timeout", "upload_timeout", "retrieve_timeout"):
         check_timeout(getattr(task, name), name)
+    if task.project is not None:
+        check_project(task)
     return task
+
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+PROJECT_FILES = ("", "requirements.txt")
+
+
+def check_project(task: CandidateTask) -> None:
+    p = task.project
+    if not isinstance(p.sha256, str) or not SHA256_RE.fullmatch(p.sha256):
+        raise InvalidInput(f"project hash {_shown(p.sha256)} is not a sha256 hex digest")
+    if task.script:
+        raise InvalidInput("a task carries a project and a script; a candidate is one or the "
+                           "other")
+    entry, module = p.entry, p.module
+    if not isinstance(entry, str) or not isinstance(module, str) or bool(entry) == bool(module):
+        raise InvalidInput("a project needs exactly one of 'entry' (a file of it) or 'module'")
+    if entry and ("\x00" in entry or os.path.isabs(entry) or entry != os.path.normpath(entry)
+                  or entry.split("/")[0] == ".."):
+        raise InvalidInput(f"project entry {_shown(entry)} must be a plain relative path "
+                           "inside the project, such as 'main.py'")
+    if module and not MODULE_RE.fullmatch(module):
+        raise InvalidInput(f"project module {_shown(module)} is not a Python module name")
+    if p.requirements_file not in PROJECT_FILES:
+        raise InvalidInput(f"project requirements file {_shown(p.requirements_file)} must be "
+                           "'requirements.txt' or empty")
 
 
 def check_run_spec(spec: RunSpec) -> RunSpec:

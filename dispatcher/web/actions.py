@@ -1,6 +1,6 @@
 """The dashboard's two actions, the same code paths as the cluster's and the CLI's.
 
-* **Start a competition now** publishes ``worker.scheduling.start_competition`` with
+* **Start a competition now** publishes ``dispatcher.scheduling.start_competition`` with
   slot ``"now"``, exactly what an on-demand firing of beat's entry is: a worker claims
   the slot, publishes the run, and returns its run id, which the page then opens. It
   needs a broker (distributed mode): an embedded run lives inside the process that
@@ -23,7 +23,7 @@ from worker import config
 
 logger = logging.getLogger("dream_foundry.web")
 
-START_TASK = "worker.scheduling.start_competition"
+START_TASK = "dispatcher.scheduling.start_competition"
 START_WAIT = 8.0  # seconds the page waits for a worker to name the new run
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 RUN_CANDIDATE = "worker.tasks.run_candidate"
 COLLECT = "worker.tasks.collect_results"
-START_COMPETITION = "worker.scheduling.start_competition"
+START_COMPETITION = "dispatcher.scheduling.start_competition"
 
 
 @dataclass(frozen=True)

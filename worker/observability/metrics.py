@@ -195,10 +195,10 @@ def _first(task: Any, key: str) -> bool:
     client = _redis(task)
     if client is None:
         return True
-    from worker.app import RESULT_EXPIRES
-
+    expires = task.app.conf.result_expires  # worker/app.py: FORGE_RESULT_EXPIRES
+    ttl = int(getattr(expires, "total_seconds", lambda: expires)() or 86400)
     try:
-        return bool(client.set(key, "1", nx=True, ex=RESULT_EXPIRES))
+        return bool(client.set(key, "1", nx=True, ex=ttl))
     except Exception as exc:  # noqa: BLE001 - a metric must never fail a task
         logger.debug("metrics: %s not claimed: %s", key, exc)
         return False

@@ -10,7 +10,7 @@ from worker.records import ForgeResult, Score
 from worker.report.rows import (
     NO_WINNER,
     ranked_rows,
-    result_facts,
+    row_facts,
     speed_words,
     winner_post,
     winner_row,
@@ -139,7 +139,7 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
                       f"{'PASS' if row.passed else 'FAIL'}", ""]
         if row.description:
             lines += [f"*{_md_cell(row.description)}*", ""]
-        lines += [f"- **{k}:** {_md_cell(v, 500)}" for k, v in result_facts(row.result)]
+        lines += [f"- **{k}:** {_md_cell(v, 500)}" for k, v in row_facts(row)]
         if row.score and row.score.quality_details:
             lines += ["", "**Quality details**", "", *_details_md(row.score.quality_details)]
         r = row.result

@@ -17,7 +17,7 @@ from worker.report.rows import (
     NO_WINNER,
     Row,
     ranked_rows,
-    result_facts,
+    row_facts,
     speed_words,
     winner_post,
     winner_row,
@@ -170,7 +170,7 @@ def _board_html(rows: Iterable[Row], winner_id: str | None) -> str:
 def _candidate_html(row: Row, is_winner: bool) -> str:
     s, r = row.score, row.result
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(cut_line(v))}</dd>"
-                    for k, v in result_facts(r))
+                    for k, v in row_facts(row))
     parts = [f'<dl class="facts">{facts}</dl>']
     if s and s.quality_details:
         parts.append(f"<h4>Quality details</h4>{_value_html(s.quality_details)}")

@@ -74,6 +74,19 @@ def winner_post(result: ForgeResult) -> str | None:
     return r.artifact_content if r else None
 
 
+def row_facts(row: Row) -> list[tuple[str, str]]:
+    """A candidate's facts: the code it ran (script or project, and its content sha256,
+    which ties the result to exactly that code), then its result's."""
+    info, r = row.info, row.result
+    facts = []
+    if info and (info.script or info.content_sha256):
+        facts.append(("Code", " · ".join(x for x in (
+            info.script, f"sha256 {info.content_sha256}" if info.content_sha256 else "") if x)))
+    if r is not None and "install" in (r.timings or {}):
+        facts.append(("Install", f"{r.timings['install']:.2f}s (before its clock started)"))
+    return facts + result_facts(r)
+
+
 def result_facts(r: CandidateResult | None) -> list[tuple[str, str]]:
     if r is None:
         return [("Result", "no result reached the callback")]

@@ -97,6 +97,10 @@ class Sandbox(Protocol):
 
     def delete(self) -> None: ...
 
+    # Optional: ``unpack(archive, workdir, timeout)`` writes a project bundle (a tar) into
+    # the work directory directly, raising SandboxError. Without it the lifecycle uploads
+    # the tar and has the sandbox's python3 unpack it (worker.lifecycle._unpack).
+
 
 class Reservation(Protocol):
     def release(self) -> None: ...

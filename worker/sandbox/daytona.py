@@ -565,23 +565,3 @@ class DaytonaBackend:
             report.append(entry)
         return report
 
-
-def _backend() -> DaytonaBackend:
-    from worker.sandbox import get_backend
-
-    return get_backend("daytona")  # type: ignore[return-value]
-
-
-def left_behind(run_id: str) -> list[tuple[str, str]]:
-    """(id, state) of the sandboxes of ``run_id`` still alive, through the shared client."""
-    return _backend().left_behind(run_id)
-
-
-def alive_sandboxes(run_id: str) -> int:
-    return len(left_behind(run_id))
-
-
-def reap(max_age_seconds: float, dry_run: bool = False,
-         owner: str | None = None) -> list[dict[str, Any]]:
-    """Sweep orphaned sandboxes (see ``DaytonaBackend.reap``)."""
-    return _backend().reap(max_age_seconds, dry_run, owner)

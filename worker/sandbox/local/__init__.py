@@ -23,6 +23,7 @@ Modules, one job each:
 
 * ``backend``: ``LocalBackend`` (create a sandbox, reserve a core), ``prepare_process``;
 * ``sandbox``: what every local sandbox has (its directory, safe upload/download);
+  ``untar``: a project unpacked into it from the host, no link followed;
   ``bwrap_sandbox`` and ``plain``: running the command, with and without bubblewrap;
 * ``bwrap``: is bubblewrap here and working (the probe);
 * ``launch``: which host uid bwrap runs as, with which rlimits; ``prefix_view``: the

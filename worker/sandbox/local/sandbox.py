@@ -3,7 +3,8 @@
 A sandbox root (in ``parent_dir.sandbox_parent()``) holds ``work``, the candidate's
 working directory, and ``python``, its python environment (``pyenv``). Uploads and
 downloads stay inside ``work`` and never follow a symlink, parents included: the
-candidate owns that directory and may have planted one.
+candidate owns that directory and may have planted one. A project is unpacked into
+``work`` from the host (``untar``), before the candidate ever runs.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import os
 import shutil
 import stat
 import subprocess
+import tarfile
 import time
 import uuid
 
 from worker.sandbox.base import Download, ExecResult, SandboxError, SandboxRequest
 from worker.sandbox.capture import TailBuffer
+from worker.sandbox.local import untar
 from worker.sandbox.local.cgroups import ALL_CONTROLLERS, Cgroups
 from worker.sandbox.local.pyenv import base_pip_dir, make_python_env
 from worker.sandbox.visible import candidate_env
@@ -89,6 +92,17 @@ class LocalSandbox:
                 fh.write(content)
         except OSError as exc:
             raise SandboxError("Upload", f"could not write {path!r}: {exc}", self.id) from exc
+
+    def unpack(self, archive: bytes, workdir: str, timeout: int) -> None:
+        """A project bundle written straight into the work directory from the host: no
+        process to start (``untar`` treats the archive as hostile and follows no link)."""
+        if workdir != self.workdir:
+            raise SandboxError("Upload", f"{workdir!r} is not the work directory", self.id)
+        try:
+            untar.extract(archive, self.host_workdir, self.host_uid)
+        except (OSError, ValueError, tarfile.TarError) as exc:
+            raise SandboxError("Upload", f"could not unpack the project: {exc}",
+                               self.id) from exc
 
     def download(self, path: str, max_bytes: int, timeout: int) -> Download:
         parts = self._parts(path)

@@ -1,7 +1,7 @@
 """Beat's schedule, built from forge.toml when beat starts (``celery -A worker beat``).
 
-The app names :class:`CompetitionScheduler` as its ``beat_scheduler``, so only beat reads
-forge.toml here: ``import worker`` stays light and a worker runs whatever the file holds.
+The app names :class:`CompetitionScheduler` as its ``beat_scheduler`` by string, so only
+beat imports this module and reads forge.toml: a worker runs whatever the file holds.
 A missing or invalid file stops beat before it schedules anything, with the message
 that names the entry and the field.
 """
@@ -14,7 +14,12 @@ from datetime import timedelta
 from celery.beat import PersistentScheduler
 from celery.schedules import schedule as every_schedule
 
-TASK = "worker.scheduling.start_competition"
+from dispatcher.competitions import CompetitionsError, load_competitions
+from dispatcher.scheduling import TASK_NAME
+from worker.app import SCHEDULE_GRACE
+from worker.store.hooks import beat_entries
+
+TASK = TASK_NAME
 
 
 def entry_name(competition: str) -> str:
@@ -43,9 +48,6 @@ class CompetitionScheduler(PersistentScheduler):
     """PersistentScheduler whose entries are forge.toml's competitions."""
 
     def __init__(self, *args, **kwargs):
-        from dispatcher.competitions import CompetitionsError, load_competitions
-        from worker.app import SCHEDULE_GRACE
-
         app = kwargs.get("app") or args[0]
         try:
             comps = load_competitions()
@@ -53,8 +55,6 @@ class CompetitionScheduler(PersistentScheduler):
             sys.stderr.write(f"beat: refusing to start: {exc}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
-        from worker.store.hooks import beat_entries
-
         # forge.toml's competitions, and the run store's retry of writes still owed.
         app.conf.beat_schedule = {**build_beat_schedule(comps, SCHEDULE_GRACE),
                                   **beat_entries()}

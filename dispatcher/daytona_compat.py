@@ -6,7 +6,8 @@ competition; only the surrounding Celery chord is missing.
 ``run_all_candidates_in_daytona`` keeps the seed's signature but runs the candidates
 through the chord (in parallel, embedded or distributed), not one after another.
 
-The dispatcher is imported inside the functions: ``import worker`` stays light.
+They were ``worker.daytona_compat``; as client entry points they now live in the
+dispatcher, above the worker (worker/ never imports dispatcher/).
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dispatcher.manifest import ID_RE, Candidate, Manifest, ManifestError
+from dispatcher.request import RunRequest
+from dispatcher.runner import execute, plan_request
 from worker.config import get_daytona_config, is_daytona_configured
+from worker.lifecycle import run_lifecycle
 from worker.records import CandidateTask, DaytonaResult, sha256_text
+from worker.sandbox import get_backend
+from worker.sandbox.daytona import NO_KEY, NO_KEY_MESSAGE
+from worker.validation import InvalidInput, check_objective, check_timeout
 
 __all__ = [
     "DaytonaResult",
@@ -47,11 +55,6 @@ def run_candidate_in_daytona(
 
     As in the seed, without a key the ``error_message`` is exactly ``Daytona API key not
     configured``; the hint (which variable to set) goes to the log line."""
-    from worker.lifecycle import run_lifecycle
-    from worker.sandbox import get_backend
-    from worker.sandbox.daytona import NO_KEY, NO_KEY_MESSAGE
-    from worker.validation import InvalidInput, check_objective, check_timeout
-
     def log(message: str) -> None:
         if log_callback is not None:
             log_callback(candidate_id, message)
@@ -123,8 +126,6 @@ def _script_path(raw: str | os.PathLike[str]) -> Path:
 def _as_candidate(candidate: Any) -> Any:
     """A ``dispatcher.manifest.Candidate`` from the seed's dict (``id``, ``name``,
     ``description``, ``script``/``script_path``) or any object with those attributes."""
-    from dispatcher.manifest import ID_RE, Candidate, ManifestError
-
     if isinstance(candidate, Candidate):
         return candidate
     cid = _field(candidate, "id", "candidate_id")
@@ -167,9 +168,6 @@ def run_all_candidates_in_daytona(
     --daytona`` does (the result's ``execution_mode`` says which ran). Raises
     ``ManifestError`` for an unusable candidate list, before anything is started.
     """
-    from dispatcher.manifest import Manifest, ManifestError
-    from dispatcher.runner import execute, prepare
-
     converted = [_as_candidate(c) for c in candidates]
     if not converted:
         raise ManifestError("no candidates given")
@@ -179,8 +177,9 @@ def run_all_candidates_in_daytona(
         raise ManifestError(f"duplicate candidate ids: {', '.join(duplicates)}")
     manifest = Manifest(path=converted[0].script_path.parent / "candidates.toml",
                         candidates=tuple(converted))
-    plan = prepare(objective, True, manifest=manifest, artifacts_dir=artifacts_dir,
-                   timeout=timeout, post=False)
+    request = RunRequest(objective=objective, daytona=True, artifacts_dir=artifacts_dir,
+                         timeout=timeout, post=False)
+    plan = plan_request(request, manifest)
     forge = execute(plan, log_callback)
     by_id = {r.candidate_id: r for r in forge.results}
     return [by_id.get(cid) or DaytonaResult(candidate_id=cid,

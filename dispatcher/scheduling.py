@@ -18,12 +18,18 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_ready
 
+from dispatcher import dispatch
+from dispatcher.competitions import CompetitionsError, get_competition, load_competitions
+from dispatcher.runner import plan_request
 from worker import config
 from worker.app import SCHEDULE_GRACE
 
 logger = logging.getLogger("dream_foundry")
 
 PUBLISHED = "published"
+# The Celery app includes this module by name (worker/app.py); beat's entries and the
+# web app's "start now" publish this task by name.
+TASK_NAME = "dispatcher.scheduling.start_competition"
 
 
 def _lock_client(task):
@@ -44,15 +50,13 @@ def _parse_slot(comp, slot: str | None, now: datetime) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@shared_task(bind=True, name="worker.scheduling.start_competition")
+@shared_task(bind=True, name=TASK_NAME)
 def start_competition(self, name: str, slot: str | None = None) -> dict[str, Any]:
     """Claim the competition's slot and publish its run; skip a claimed or stale slot.
 
     ``slot``: None for the scheduled slot now belongs to (what beat sends), ``"now"`` for
     an on-demand run, or an ISO time to (re)claim a given slot.
     """
-    from dispatcher.competitions import get_competition
-
     comp = get_competition(name)
     now = datetime.now(UTC)
     at = _parse_slot(comp, slot, now)
@@ -79,15 +83,7 @@ def start_competition(self, name: str, slot: str | None = None) -> dict[str, Any
             logger.info("competition %s: slot %s already claimed; skipped", name, at.isoformat())
             return {**outcome, "status": "skipped", "reason": "slot already claimed"}
     try:
-        from dispatcher import dispatch
-        from dispatcher.runner import prepare
-
-        plan = prepare(comp.objective, comp.execution == "daytona",
-                       candidates=str(comp.candidates), run_id=run_id, timeout=comp.timeout,
-                       network=comp.network, env_allow=comp.env, judge=comp.judge,
-                       post=comp.post, competition=name, egress_allow=comp.egress_allow,
-                       egress_deny=comp.egress_deny, cpus=comp.cpus, speed=comp.speed,
-                       exclusive=comp.exclusive, max_sandboxes=comp.max_sandboxes)
+        plan = plan_request(comp.request(run_id))
         dispatch.publish(plan)
     except Exception:
         client.delete(key)  # not started: a redelivery or a later firing may try again
@@ -103,8 +99,6 @@ def _check_competitions(sender=None, **_kwargs) -> None:
     """A worker says early when forge.toml is missing or broken (it still starts)."""
     if not config.is_distributed():
         return
-    from dispatcher.competitions import CompetitionsError, load_competitions
-
     try:
         comps = load_competitions()
     except CompetitionsError as exc:

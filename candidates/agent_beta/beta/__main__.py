@@ -1,0 +1,5 @@
+import sys
+
+from beta.agent import main
+
+sys.exit(main(sys.argv))

@@ -1,0 +1,112 @@
+"""Where code may import from: dispatcher/ above worker/, no cycles, lazy imports say why.
+
+The contracts live in pyproject.toml (``[tool.importlinter]``); these tests run them in
+``make test`` and add what import-linter does not check: a cycle between any two modules
+(a package and its own submodule included).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+from tests.procs import ROOT
+
+PACKAGES = ("dispatcher", "worker")
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    if not LINT_IMPORTS.is_file():
+        pytest.fail(f"{LINT_IMPORTS} is missing: install the dev extras (pip install -e '.[dev]')")
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.processes
+def test_import_linter_contracts_hold():
+    done = lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Contracts: 2 kept, 0 broken." in done.stdout, done.stdout
+
+
+@pytest.mark.processes
+def test_import_linter_catches_an_upward_import(tmp_path):
+    """Positive control: the same contracts refuse a worker module importing dispatcher."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "worker" / "tasks.py").write_text("import dispatcher.runner\n")
+    (tmp_path / "dispatcher" / "runner.py").write_text("import worker.tasks\n")
+    done = lint_imports(tmp_path)
+    assert done.returncode != 0
+    assert "worker never imports dispatcher BROKEN" in done.stdout, done.stdout
+    assert "worker.tasks -> dispatcher.runner" in done.stdout, done.stdout
+
+
+def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Every set of modules that import each other, directly or through others (Tarjan's
+    strongly connected components of size > 1)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            members = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                members.append(member)
+                if member == module:
+                    break
+            if len(members) > 1:
+                cycles.append(sorted(members))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    """Every import of both packages, function-local ones included (they are imports too:
+    a cycle hidden inside a function is still a cycle)."""
+    return grimp.build_graph(*PACKAGES, exclude_type_checking_imports=True, cache_dir=None)
+
+
+def test_no_import_cycle_between_any_two_modules(graph):
+    assert import_cycles(graph) == []
+    worker_up = [(m, i) for m in graph.modules if m.split(".")[0] == "worker"
+                 for i in graph.find_modules_directly_imported_by(m)
+                 if i.split(".")[0] == "dispatcher"]
+    assert worker_up == []
+
+
+def test_the_cycle_check_finds_a_cycle(graph):
+    """Positive control: one import back from records to the module it depends on."""
+    assert "worker.keys" in graph.find_modules_directly_imported_by("worker.records")
+    graph.add_import(importer="worker.keys", imported="worker.records")
+    try:
+        assert ["worker.keys", "worker.records"] in import_cycles(graph)
+    finally:
+        graph.remove_import(importer="worker.keys", imported="worker.records")
+    assert import_cycles(graph) == []
