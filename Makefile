@@ -11,7 +11,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test web setup system-deps-demo system-deps-test lint bench clean
+.PHONY: demo test web setup system-deps-demo system-deps-test lint bench clean mutation
 
 demo: setup system-deps-demo
 	$(VENV)/bin/forge run
@@ -47,6 +47,10 @@ system-deps-demo:
 # chromium, and iproute2 to build the egress tests' own network: fail loudly.
 system-deps-test:
 	@.ci/system-deps redis-server postgresql bubblewrap slirp4netns chromium iproute2
+
+# Mutation checks on the core guards (docs/testing.md): minutes, on purpose not in CI.
+mutation: setup
+	tools/mutation.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -228,7 +228,7 @@ def test_deadline_kills_grandchildren():
     """, timeout=2))
     assert r.timed_out and not r.success
     assert "timed out after 2s" in r.error_message
-    assert r.runtime_seconds < 6
+    assert r.runtime_seconds < 7  # a 2 s deadline: over 3x its median (2.1 s)
     time.sleep(0.2)
     for path in glob.glob("/proc/[0-9]*/cmdline"):
         try:
@@ -414,7 +414,7 @@ def test_plain_fallback_still_has_deadline_and_limits(plain):
         print(resource.getrlimit(resource.RLIMIT_AS), flush=True)
         time.sleep(60)
     """, timeout=2))
-    assert r.timed_out and r.runtime_seconds < 6
+    assert r.timed_out and r.runtime_seconds < 7  # over 3x its median (2.1 s)
     assert str((256 << 20, 256 << 20)) in r.output
 
 
