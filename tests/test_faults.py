@@ -264,10 +264,13 @@ def test_sigterm_remapped_to_soft_shutdown_requeues_unfinished_candidates(
         redis_server, workers, artifacts, tmp_path):
     # Container setting: REMAP_SIGTERM=SIGQUIT makes SIGTERM a soft shutdown of
     # FORGE_SOFT_SHUTDOWN_TIMEOUT seconds, then a cold one that requeues the rest.
+    # 8 s candidates (both surely running at once, and cut off by the 1 s soft
+    # shutdown), under a 30 s visibility timeout (over 3x).
     env = forge_env(redis_server.url, artifacts, REMAP_SIGTERM="SIGQUIT",
-                    FORGE_SOFT_SHUTDOWN_TIMEOUT="1", **FAST)
+                    FORGE_SOFT_SHUTDOWN_TIMEOUT="1", FORGE_VISIBILITY_TIMEOUT="30",
+                    FORGE_MAX_DEADLINE="10")
     (w1,) = workers(env, n=1, concurrency=2)
-    manifest = sleepers_with(tmp_path / "c", 2, 3.0)
+    manifest = sleepers_with(tmp_path / "c", 2, 8.0)
     client = redis_server.client()
     dispatch_detached("soft", manifest, env)
     wait_for(lambda: all((meta(client, f"soft:{c}") or {}).get("status") == "PROGRESS"
