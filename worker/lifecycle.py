@@ -20,7 +20,15 @@ from datetime import UTC, datetime
 from worker import observability
 from worker.bundles import ARCHIVE_NAME, UNPACK, BundleError
 from worker.records import CandidateResult, CandidateTask, ProjectRef
-from worker.sandbox.base import CreateStatus, SandboxBackend, SandboxError, SandboxRequest
+from worker.sandbox.base import (
+    CapacityState,
+    CreateStatus,
+    NetworkAccess,
+    Phase,
+    SandboxBackend,
+    SandboxError,
+    SandboxRequest,
+)
 from worker.sandbox.visible import build_env
 
 SCRIPT_NAME = "script.py"
@@ -89,7 +97,7 @@ def run_lifecycle(
     log: LogFn,
     env_source: dict[str, str] | None = None,
     owner: str = "",
-    on_state: Callable[[str], None] | None = None,
+    on_state: Callable[[CapacityState], None] | None = None,
     bundles: BundleFn | None = None,
 ) -> CandidateResult:
     """Run one candidate in a fresh sandbox of ``backend`` and describe what happened.
@@ -97,9 +105,10 @@ def run_lifecycle(
     ``bundles``: how a directory candidate's bundle is fetched by its hash (the worker
     task passes its result backend's cache, ``worker.bundles.fetch_bundle``).
 
-    ``on_state("waiting")`` / ``on_state("running")``: the sandbox waits for capacity (a
-    budget slot, the account's quota) and then has it. That wait is not the candidate's
-    time: it is left out of ``runtime_seconds`` and kept as ``timings["slot_wait"]``.
+    ``on_state(WAITING)`` / ``on_state(RUNNING)`` (``CapacityState``): the sandbox waits
+    for capacity (a budget slot, the account's quota) and then has it. That wait is not
+    the candidate's time: it is left out of ``runtime_seconds`` and kept as
+    ``timings["slot_wait"]``.
     """
     import os
 
@@ -114,9 +123,9 @@ def run_lifecycle(
     sandbox = None
     reservation = None
     mark = [t0]
-    shown = [""]
+    shown: list[CapacityState | None] = [None]
 
-    def state(name: str) -> None:
+    def state(name: CapacityState) -> None:
         if name != shown[0]:
             shown[0] = name
             observability.candidate_state(backend.name, name)
@@ -177,17 +186,20 @@ def run_lifecycle(
             sandbox = backend.create(request, log, status)
         except SandboxError as exc:
             result.sandbox_id = exc.sandbox_id
-            return fail(f"Sandbox creation failed: {exc}", exc)
+            return fail(f"{Phase.CREATE} failed: {exc}", exc)
         finally:
             result.warnings.extend(status.warnings)
             result.stuck_sandboxes.extend(status.stuck)
-        if shown[0] == "waiting":
-            state("running")
+        if shown[0] is CapacityState.WAITING:
+            state(CapacityState.RUNNING)
         phase("create")
         observability.sandbox_alive(backend.name, +1)
         result.sandbox_id = sandbox.id
         result.isolation = sandbox.isolation
         log(f"[{label}] Sandbox ready: {sandbox.id[:8]}...")
+        if not request.network and sandbox.network is not NetworkAccess.NONE:
+            log(f"[Warn] The competition allows no network, but this sandbox cannot block "
+                f"it (network: {sandbox.network})")
 
         if task.project is None:
             try:

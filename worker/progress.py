@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from worker import config
+from worker.sandbox.base import CapacityState
 
 logger = logging.getLogger("dream_foundry")
 
@@ -94,7 +95,7 @@ class CandidateProgress:
         if self.delivered:
             self._writer.line_added()
 
-    def on_state(self, state: str) -> None:
+    def on_state(self, state: CapacityState) -> None:
         """Flower shows it: its event state turns an unknown ``task-<x>`` event into
         state ``<X>`` (WAITING, then RUNNING once the sandbox has its slot); the run
         store shows it too."""

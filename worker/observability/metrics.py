@@ -37,6 +37,7 @@ from typing import Any
 
 from worker import config
 from worker.observability import context
+from worker.sandbox.base import CapacityState
 
 logger = logging.getLogger("dream_foundry")
 
@@ -288,7 +289,7 @@ def sandbox_alive(backend: str, delta: int) -> None:
 
 def candidate_state(backend: str, state: str) -> None:
     """The lifecycle: the candidate waits for capacity (counted now), or runs."""
-    if _m is not None and state == "waiting" and not _waited.get():
+    if _m is not None and state == CapacityState.WAITING and not _waited.get():
         _waited.set(True)
         _m.slot_waits.labels(backend).inc()
 

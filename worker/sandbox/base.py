@@ -9,20 +9,62 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from worker.records import DaytonaSpec, Egress, Limits, SandboxBudget
 
 LogFn = Callable[[str], None]
-StateFn = Callable[[str], None]
+
+
+class Phase(StrEnum):
+    """The backend step a ``SandboxError`` comes from; its value starts the result's error
+    message ("Upload failed: ...")."""
+
+    CREATE = "Sandbox creation"
+    UPLOAD = "Upload"
+    EXECUTION = "Execution"
+    RETRIEVAL = "Artifact retrieval"
+    CLEANUP = "Cleanup"
+    PATH = "path"  # a path outside the sandbox's working directory (a caller's bug)
+
+
+class CapacityState(StrEnum):
+    """Where a sandbox being created stands (``CreateStatus.on_state``)."""
+
+    WAITING = "waiting"  # for capacity: a budget slot, the account's quota, an image build
+    RUNNING = "running"  # it has it
+
+
+class Boundary(StrEnum):
+    """One thing that stands between a candidate and the worker's host: a fact code can
+    test (``Boundary.NETWORK in backend.boundaries``), where the result's ``isolation``
+    words say the same to a person."""
+
+    MACHINE = "separate machine"  # it runs elsewhere: nothing of the worker is reachable
+    FILESYSTEM = "filesystem"  # it sees only what worker.sandbox.visible lists
+    PROCESSES = "processes"  # its own PID namespace: it cannot see or signal ours
+    USER = "user"  # a user namespace, as an unprivileged uid
+    NETWORK = "network"  # never the worker's network: its own, blocked or policed
+    LIMITS = "limits"  # rlimits and cgroups cap its memory, processes, files and CPU
+
+
+class NetworkAccess(StrEnum):
+    """What network one sandbox has."""
+
+    NONE = "none"  # none at all (its own loopback at most)
+    OUTBOUND = "outbound-only"  # out through a policy (local: slirp4netns + egress rules)
+    ALLOW_LIST = "allow-list"  # only listed destinations (Daytona's allow-lists)
+    OPEN = "open"  # its own unrestricted network, on a machine that is not the worker
+    HOST = "host"  # the worker's own network, loopback services included: NOT isolated
 
 
 class SandboxError(Exception):
     """A backend step failed; ``phase`` names the step for the result's error message."""
 
-    def __init__(self, phase: str, message: str, sandbox_id: str | None = None):
+    def __init__(self, phase: Phase, message: str, sandbox_id: str | None = None):
         super().__init__(message)
-        self.phase = phase
+        self.phase = Phase(phase)
         self.sandbox_id = sandbox_id
 
 
@@ -44,7 +86,7 @@ class SandboxRequest:
     budget: SandboxBudget = field(default_factory=SandboxBudget)
 
 
-def _no_state(_state: str) -> None:
+def _no_state(_state: CapacityState) -> None:
     pass
 
 
@@ -53,12 +95,12 @@ class CreateStatus:
     """The lifecycle's window into ``create()``, filled in place so that it survives a
     failed create.
 
-    ``on_state("waiting")`` when the sandbox must wait for capacity (a budget slot, the
-    account's quota, an image build) and ``on_state("running")`` when it has it: the task
+    ``on_state(WAITING)`` when the sandbox must wait for capacity (a budget slot, the
+    account's quota, an image build) and ``on_state(RUNNING)`` when it has it: the task
     shows both (Flower). ``waited`` seconds are not the candidate's time.
     """
 
-    on_state: StateFn = _no_state
+    on_state: Callable[[CapacityState], None] = _no_state
     waited: float = 0.0
     refused: int = 0  # creates the service refused (quota, rate limit) and we retried
     warnings: list[str] = field(default_factory=list)
@@ -87,7 +129,9 @@ class Sandbox(Protocol):
 
     id: str
     workdir: str
-    isolation: str  # human words for what protects the host, shown in results
+    boundaries: frozenset[Boundary]  # what isolates this sandbox from the host
+    network: NetworkAccess  # the network it has
+    isolation: str  # the same, in words for a person (shown in results)
 
     def upload(self, content: bytes, path: str, timeout: int) -> None: ...
 
@@ -114,8 +158,21 @@ class NoReservation:
 
 
 class SandboxBackend(Protocol):
+    """Makes sandboxes. Its capabilities are properties, for code to read: what its
+    sandboxes are isolated by here (``boundaries``), whether a request for no network is
+    enforced (``can_block_network``), whether they run on the worker's own machine."""
+
     name: str  # "local" | "daytona": the result's execution_mode
     label: str  # prefix of the lifecycle's log lines, e.g. "Daytona"
+
+    @property
+    def boundaries(self) -> frozenset[Boundary]: ...
+
+    @property
+    def can_block_network(self) -> bool: ...
+
+    @property
+    def on_worker_machine(self) -> bool: ...
 
     def reserve(self, request: SandboxRequest, log: LogFn) -> Reservation:
         """Wait for what an ``exclusive`` request needs of the machine (a core of the

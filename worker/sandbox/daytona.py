@@ -34,11 +34,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.sandbox.base import (
+    Boundary,
+    CapacityState,
     CreateStatus,
     Download,
     ExecResult,
     LogFn,
+    NetworkAccess,
     NoReservation,
+    Phase,
     SandboxError,
     SandboxRequest,
 )
@@ -79,7 +83,7 @@ def _sdk() -> Any:
     try:
         import daytona
     except ImportError as exc:
-        raise SandboxError("Sandbox creation", NO_SDK) from exc
+        raise SandboxError(Phase.CREATE, NO_SDK) from exc
     return daytona
 
 
@@ -119,6 +123,14 @@ def _age_seconds(created_at: str | None, now: float) -> float | None:
     return now - when.timestamp()
 
 
+# A Daytona sandbox is a machine of its own: nothing of the worker is there to reach.
+BOUNDARIES = frozenset({Boundary.MACHINE, Boundary.FILESYSTEM, Boundary.PROCESSES,
+                        Boundary.NETWORK, Boundary.LIMITS})
+_NET_WORDS = {NetworkAccess.NONE: "; all network blocked",
+              NetworkAccess.ALLOW_LIST: "; network limited to an allow-list",
+              NetworkAccess.OPEN: ""}
+
+
 class DaytonaSandbox:
     """One live Daytona sandbox; ``workdir`` is the sandbox's own working directory."""
 
@@ -131,19 +143,20 @@ class DaytonaSandbox:
         self.workdir = workdir
         spec = request.daytona
         if not request.network:
-            net = "; all network blocked"
+            self.network = NetworkAccess.NONE
         elif spec.network_allow_list or spec.domain_allow_list:
-            net = "; network limited to an allow-list"
+            self.network = NetworkAccess.ALLOW_LIST
         else:
-            net = ""
-        self.isolation = "Daytona sandbox (remote, separate machine)" + net
+            self.network = NetworkAccess.OPEN
+        self.boundaries = BOUNDARIES
+        self.isolation = "Daytona sandbox (remote, separate machine)" + _NET_WORDS[self.network]
 
     def upload(self, content: bytes, path: str, timeout: int) -> None:
         # Bytes go as a multipart file part: nothing passes through a shell.
         try:
             self._sb.fs.upload_file(content, path, max(1, int(timeout)))
         except Exception as exc:  # noqa: BLE001 - any SDK/transport failure is the phase's
-            raise SandboxError("Upload", self._backend.scrub(str(exc)), self.id) from exc
+            raise SandboxError(Phase.UPLOAD, self._backend.scrub(str(exc)), self.id) from exc
 
     def exec(self, argv: list[str], timeout: int, output_cap: int) -> ExecResult:
         sdk = _sdk()
@@ -157,7 +170,7 @@ class DaytonaSandbox:
             # answer in time at all; either way deleting the sandbox ends it.
             return ExecResult(None, "", timed_out=True, duration=time.monotonic() - t0)
         except Exception as exc:  # noqa: BLE001
-            raise SandboxError("Execution", self._backend.scrub(str(exc)), self.id) from exc
+            raise SandboxError(Phase.EXECUTION, self._backend.scrub(str(exc)), self.id) from exc
         buffer = TailBuffer(output_cap)
         buffer.write((response.result or "").encode("utf-8", errors="replace"))
         return ExecResult(
@@ -182,7 +195,7 @@ class DaytonaSandbox:
                         truncated = True
                         break
                     if time.monotonic() > deadline:
-                        raise SandboxError("Artifact retrieval", f"timed out after {timeout}s",
+                        raise SandboxError(Phase.RETRIEVAL, f"timed out after {timeout}s",
                                            self.id)
             finally:
                 stream.close()
@@ -191,7 +204,7 @@ class DaytonaSandbox:
         except SandboxError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise SandboxError("Artifact retrieval", self._backend.scrub(str(exc)),
+            raise SandboxError(Phase.RETRIEVAL, self._backend.scrub(str(exc)),
                                self.id) from exc
         return Download(bytes(data[:max_bytes]), truncated=truncated)
 
@@ -212,6 +225,9 @@ class DaytonaBackend:
 
     name = "daytona"
     label = "Daytona"
+    boundaries = BOUNDARIES
+    can_block_network = True  # network_block_all
+    on_worker_machine = False
 
     def reserve(self, request: SandboxRequest, log: LogFn) -> NoReservation:
         """``exclusive`` is about the worker's cores; Daytona sandboxes run elsewhere."""
@@ -261,7 +277,7 @@ class DaytonaBackend:
 
                 api_key, api_url = get_daytona_config()
                 if not api_key:
-                    raise SandboxError("Sandbox creation", NO_KEY)
+                    raise SandboxError(Phase.CREATE, NO_KEY)
                 sdk = _sdk()
                 if log:
                     log("[Daytona] Connecting...")
@@ -272,7 +288,7 @@ class DaytonaBackend:
                         self._client = sdk.Daytona(sdk.DaytonaConfig(api_key=api_key,
                                                                      api_url=api_url))
                 except Exception as exc:  # noqa: BLE001
-                    raise SandboxError("Sandbox creation",
+                    raise SandboxError(Phase.CREATE,
                                        f"Daytona client: {self.scrub(str(exc))}") from exc
         return self._client
 
@@ -287,7 +303,7 @@ class DaytonaBackend:
             network["network_allow_list"] = _allow_list(spec.network_allow_list)
         if request.network and spec.domain_allow_list:
             if "domain_allow_list" not in sdk.CreateSandboxFromSnapshotParams.model_fields:
-                raise SandboxError("Sandbox creation", "domain_allow_list needs the daytona "
+                raise SandboxError(Phase.CREATE, "domain_allow_list needs the daytona "
                                    "SDK 0.190.0 or newer (pip install -U daytona)")
             network["domain_allow_list"] = _allow_list(spec.domain_allow_list)
         if source.snapshot:
@@ -359,7 +375,7 @@ class DaytonaBackend:
                         status.stuck.append(sandbox_id)
                     cleaned = self._discard(sandbox_id, attempt_id, log, status)
                     raise SandboxError(
-                        "Sandbox creation",
+                        Phase.CREATE,
                         f"not started within {self.create_timeout:g}s ({cleaned})",
                         sandbox_id,
                     ) from exc
@@ -376,11 +392,11 @@ class DaytonaBackend:
                         pause = self._backoff(len(refusals), exc)
                         if time.monotonic() + pause >= deadline:
                             drop()
-                            raise SandboxError("Sandbox creation", self._gave_up(
+                            raise SandboxError(Phase.CREATE, self._gave_up(
                                 wait, slot, refusals)) from exc
                         log(f"[Daytona] {why}; retrying in {pause:.1f}s "
                             f"(attempt {len(refusals) + 1}, within the run's wait bound)")
-                        status.on_state("waiting")
+                        status.on_state(CapacityState.WAITING)
                         self._sleep(pause)
                         status.waited += pause
                         continue
@@ -393,7 +409,7 @@ class DaytonaBackend:
                         continue
                     drop()
                     if status_code == 503:
-                        raise SandboxError("Sandbox creation", "Service unavailable (503); gave "
+                        raise SandboxError(Phase.CREATE, "Service unavailable (503); gave "
                                            f"up after {transient + 1} attempts") from exc
                     # Unless the request was refused (4xx), a sandbox may exist (a lost answer,
                     # or one stuck in "error" state): sweep by this attempt's label.
@@ -401,7 +417,7 @@ class DaytonaBackend:
                     cleaned = NOTHING_LEFT if refused else self._discard(None, attempt_id, log,
                                                                           status)
                     suffix = "" if cleaned == NOTHING_LEFT else f" ({cleaned})"
-                    raise SandboxError("Sandbox creation", self.scrub(str(exc)) + suffix) from exc
+                    raise SandboxError(Phase.CREATE, self.scrub(str(exc)) + suffix) from exc
         except BaseException:
             drop()  # whatever ended the create (a worker's shutdown too): never keep a slot
             raise
@@ -419,12 +435,12 @@ class DaytonaBackend:
         def waiting(usage: Any) -> None:
             log(f"{WAITING_LINE} ({usage.held} of "
                 f"{slot.quota.sandboxes} in use, {usage.waiting_runs} run(s) waiting)")
-            status.on_state("waiting")
+            status.on_state(CapacityState.WAITING)
 
         try:
             grant = budget.acquire(slot, waiting)
         except SlotWaitExpired as exc:
-            raise SandboxError("Sandbox creation", self._gave_up(slot.wait, slot, refusals,
+            raise SandboxError(Phase.CREATE, self._gave_up(slot.wait, slot, refusals,
                                                                  exc.usage.held)) from exc
         if grant.waited >= 0.05:
             log(f"[Daytona] Got a sandbox slot after {grant.waited:.1f}s")
@@ -497,7 +513,7 @@ class DaytonaBackend:
             except sdk.DaytonaTimeoutError as exc:
                 if attempt == self.delete_attempts or not wait:
                     raise SandboxError(
-                        "Cleanup",
+                        Phase.CLEANUP,
                         f"still deleting after {attempt} attempts of {self.delete_timeout:g}s "
                         f"(state {_state(sdk_sandbox)}); its TTL or `forge reap` will remove it",
                         sdk_sandbox.id,
@@ -505,7 +521,7 @@ class DaytonaBackend:
             except Exception as exc:  # noqa: BLE001
                 if attempt == self.delete_attempts:
                     raise SandboxError(
-                        "Cleanup",
+                        Phase.CLEANUP,
                         f"delete failed after {attempt} attempts ({self.scrub(str(exc))}); "
                         "its TTL or `forge reap` will remove it",
                         sdk_sandbox.id,

@@ -25,7 +25,7 @@ from typing import Any
 
 from worker.budget import DEFAULT_UNITS, Units
 from worker.records import DaytonaSpec, ImageSpec, Resources
-from worker.sandbox.base import SandboxError
+from worker.sandbox.base import Phase, SandboxError
 
 SNAPSHOT_PREFIX = "dream-foundry-"
 READY = "active"
@@ -116,16 +116,16 @@ class Snapshots:
         snapshot = self._get(client, sdk, name)
         if snapshot is None:
             if image is None:
-                raise SandboxError("Sandbox creation", f"snapshot {name!r} does not exist on "
+                raise SandboxError(Phase.CREATE, f"snapshot {name!r} does not exist on "
                                    "the Daytona account: create it, or fix 'snapshot' in the "
                                    "manifest's [daytona] table")
             snapshot = self._build(client, sdk, name, image, resources, deadline, log)
         while _state(snapshot) != READY:  # being built (by us or another worker)
             if _state(snapshot) in FAILED:
-                raise SandboxError("Sandbox creation", f"snapshot {name} failed to build: "
+                raise SandboxError(Phase.CREATE, f"snapshot {name} failed to build: "
                                    f"{self._scrub(str(getattr(snapshot, 'error_reason', '')))}")
             if time.monotonic() > deadline:
-                raise SandboxError("Sandbox creation", f"snapshot {name} not ready within the "
+                raise SandboxError(Phase.CREATE, f"snapshot {name} not ready within the "
                                    f"run's wait bound (state {_state(snapshot)})")
             time.sleep(POLL)
             snapshot = self._get(client, sdk, name) or snapshot
@@ -137,7 +137,7 @@ class Snapshots:
         except sdk.DaytonaNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001
-            raise SandboxError("Sandbox creation", f"looking up snapshot {name}: "
+            raise SandboxError(Phase.CREATE, f"looking up snapshot {name}: "
                                f"{self._scrub(str(exc))}") from exc
 
     def _build(self, client: Any, sdk: Any, name: str, image: Any, resources: Resources,
@@ -158,5 +158,5 @@ class Snapshots:
                 found = self._get(client, sdk, name)
                 if found is not None:
                     return found
-            raise SandboxError("Sandbox creation", f"building snapshot {name}: "
+            raise SandboxError(Phase.CREATE, f"building snapshot {name}: "
                                f"{self._scrub(str(exc))}") from exc

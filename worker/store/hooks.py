@@ -36,6 +36,7 @@ from celery.signals import (
 
 from worker import config, observability
 from worker.records import CandidateResult, ForgeResult, RunSpec
+from worker.sandbox.base import CapacityState
 
 if TYPE_CHECKING:
     from worker.store.api import Store
@@ -212,9 +213,9 @@ def mark_state(run_id: str, candidate_id: str, state: str, worker: str | None = 
                trial: int = 0) -> None:
     """A candidate waiting for a sandbox slot, or running again once it has one (the
     lifecycle's ``on_state``); queued behind the other marks, best effort."""
-    if state == "waiting":
+    if state == CapacityState.WAITING:
         _mark(run_id, lambda s: s.mark_waiting(run_id, candidate_id, worker=worker, trial=trial))
-    elif state == "running":
+    elif state == CapacityState.RUNNING:
         _mark(run_id, lambda s: s.mark_running(run_id, candidate_id, worker=worker, trial=trial))
 
 

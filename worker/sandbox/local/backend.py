@@ -6,11 +6,18 @@ import os
 import shutil
 import tempfile
 
-from worker.sandbox import slots
-from worker.sandbox.base import CreateStatus, LogFn, SandboxError, SandboxRequest
+from worker.sandbox import netns, slots
+from worker.sandbox.base import (
+    Boundary,
+    CreateStatus,
+    LogFn,
+    Phase,
+    SandboxError,
+    SandboxRequest,
+)
 from worker.sandbox.local import bwrap, owner
 from worker.sandbox.local.bwrap import INSTALL_HINT, require_isolation
-from worker.sandbox.local.bwrap_sandbox import BwrapSandbox
+from worker.sandbox.local.bwrap_sandbox import BOUNDARIES, BwrapSandbox
 from worker.sandbox.local.leftovers import sweep_leftovers
 from worker.sandbox.local.parent_dir import sandbox_parent
 from worker.sandbox.local.plain import PlainSandbox
@@ -29,8 +36,24 @@ def prepare_process() -> None:
 class LocalBackend:
     name = "local"
     label = "Local"
+    on_worker_machine = True
 
     slots_dir: str | None = None  # default: forge-cores in the sandbox parent directory
+
+    @property
+    def boundaries(self) -> frozenset[Boundary]:
+        """With bubblewrap, everything ``BwrapSandbox`` isolates (the network only where
+        slirp4netns gives a sandbox that wants one its own); without it, limits alone."""
+        if not bwrap.probe().ok:
+            return frozenset({Boundary.LIMITS})
+        if netns.slirp4netns_path() is None:
+            return BOUNDARIES - {Boundary.NETWORK}
+        return BOUNDARIES
+
+    @property
+    def can_block_network(self) -> bool:
+        """Every bubblewrap sandbox gets a network namespace; a plain process cannot."""
+        return bwrap.probe().ok
 
     def reserve(self, request: SandboxRequest, log: LogFn) -> slots.CoreSlot:
         """A core of this machine for an ``exclusive`` candidate (see ``slots``): shared
@@ -48,9 +71,9 @@ class LocalBackend:
         probe = bwrap.probe()
         if probe.drop_uid:
             prepare_process()
-        if not probe.ok and require_isolation():
+        if Boundary.FILESYSTEM not in self.boundaries and require_isolation():
             raise SandboxError(
-                "Sandbox creation",
+                Phase.CREATE,
                 f"filesystem isolation unavailable ({probe.reason}) and "
                 f"FORGE_REQUIRE_ISOLATION=1; fix: {INSTALL_HINT}",
             )
@@ -73,7 +96,7 @@ class LocalBackend:
         except OSError as exc:
             if root:
                 shutil.rmtree(root, ignore_errors=True)
-            raise SandboxError("Sandbox creation", str(exc)) from exc
+            raise SandboxError(Phase.CREATE, str(exc)) from exc
 
 
 def _safe(name: str) -> str:

@@ -10,7 +10,15 @@ import subprocess
 import time
 
 from worker.sandbox import egress, netns, rtnetlink
-from worker.sandbox.base import ExecResult, LogFn, SandboxError, SandboxRequest
+from worker.sandbox.base import (
+    Boundary,
+    ExecResult,
+    LogFn,
+    NetworkAccess,
+    Phase,
+    SandboxError,
+    SandboxRequest,
+)
 from worker.sandbox.capture import TailBuffer, pump
 from worker.sandbox.local import cgroups, process
 from worker.sandbox.local.bwrap import INSTALL_HINT, Probe, require_isolation
@@ -20,6 +28,12 @@ from worker.sandbox.local.owner import own_identity
 from worker.sandbox.local.parent_dir import sandbox_parent
 from worker.sandbox.local.sandbox import LocalSandbox
 from worker.sandbox.visible import INSIDE_PYTHON_ENV, INSIDE_WORKDIR, build_argv
+
+# The network modes: what the candidate gets, and the /etc skeleton's key (etc.py).
+_NET_MODES = {"none": NetworkAccess.NONE, "slirp4netns": NetworkAccess.OUTBOUND,
+              "host": NetworkAccess.HOST}
+BOUNDARIES = frozenset({Boundary.FILESYSTEM, Boundary.PROCESSES, Boundary.USER,
+                        Boundary.NETWORK, Boundary.LIMITS})
 
 
 class BwrapSandbox(LocalSandbox):
@@ -31,7 +45,7 @@ class BwrapSandbox(LocalSandbox):
             else:
                 if require_isolation():
                     raise SandboxError(
-                        "Sandbox creation",
+                        Phase.CREATE,
                         "network isolation unavailable: slirp4netns (or /dev/net/tun) missing and "
                         f"FORGE_REQUIRE_ISOLATION=1; fix: {INSTALL_HINT}",
                     )
@@ -43,7 +57,7 @@ class BwrapSandbox(LocalSandbox):
             try:
                 self.policy = egress.build(request.egress)
             except (egress.EgressError, OSError) as exc:
-                raise SandboxError("Sandbox creation", f"egress policy: {exc}") from exc
+                raise SandboxError(Phase.CREATE, f"egress policy: {exc}") from exc
             egress.log_once(self.policy)
             for note in self.policy.notes:
                 log(f"[Warn] {note}")
@@ -57,17 +71,20 @@ class BwrapSandbox(LocalSandbox):
         try:
             self.launch = plan_launch(root, host_uid)
             self.net = net
+            self.network = _NET_MODES[net]
+            self.boundaries = BOUNDARIES if self.network is not NetworkAccess.HOST \
+                else BOUNDARIES - {Boundary.NETWORK}
             self.bwrap = probe.bwrap or "bwrap"
             self.etc = etc_binds(self.net, sandbox_parent(), own_identity())
         except BaseException:
             self.cgroups.remove()
             raise
         net_words = {
-            "none": "net ns (no network)",
-            "slirp4netns": "net ns + slirp4netns outbound-only ("
-                           + (self.policy.words() if self.policy else "") + ")",
-            "host": "HOST NETWORK (slirp4netns missing)",
-        }[self.net]
+            NetworkAccess.NONE: "net ns (no network)",
+            NetworkAccess.OUTBOUND: "net ns + slirp4netns outbound-only ("
+                                    + (self.policy.words() if self.policy else "") + ")",
+            NetworkAccess.HOST: "HOST NETWORK (slirp4netns missing)",
+        }[self.network]
         if as_host_root and "pids" not in self.cgroups.dirs:
             log("[Warn] No process cap: the sandbox runs as host uid 0 (RLIMIT_NPROC does not "
                 "apply) and no pids cgroup is writable; a fork bomb runs until the deadline")
@@ -92,7 +109,7 @@ class BwrapSandbox(LocalSandbox):
             self.bwrap,
             host_workdir=self.host_workdir,
             etc=self.etc,
-            share_host_net=self.net == "host",
+            share_host_net=self.network is NetworkAccess.HOST,
             tmpfs_bytes=self.tmpfs_bytes,
             info_fd=info_w,
             block_fd=block_r,
@@ -120,7 +137,7 @@ class BwrapSandbox(LocalSandbox):
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in (info_r, info_w, block_r, block_w, out_r, out_w):
                 os.close(fd)
-            raise SandboxError("Execution", f"could not start bwrap: {exc}", self.id) from exc
+            raise SandboxError(Phase.EXECUTION, f"could not start bwrap: {exc}", self.id) from exc
         for fd in (info_w, block_r, out_w):
             os.close(fd)
         reader = pump(out_r, buffer)
@@ -133,24 +150,24 @@ class BwrapSandbox(LocalSandbox):
                 proc.wait(timeout=10)
                 reader.finish(grace=2.0)
                 raise SandboxError(
-                    "Execution", f"bwrap could not set up the sandbox: {buffer.text()[-500:]}",
+                    Phase.EXECUTION, f"bwrap could not set up the sandbox: {buffer.text()[-500:]}",
                     self.id)
             pidfd = os.pidfd_open(child)
             self.cgroups.add(child)
             if self.launch.uid is None:  # else set by the launch, before bwrap started
                 for which, soft, hard in limits:
                     resource.prlimit(child, which, (soft, hard))
-            if self.net == "slirp4netns":
+            if self.network is NetworkAccess.OUTBOUND:
                 try:
                     slirp = netns.Slirp(child)
                 except OSError as exc:
-                    raise SandboxError("Execution", f"network setup failed: {exc}",
+                    raise SandboxError(Phase.EXECUTION, f"network setup failed: {exc}",
                                        self.id) from exc
                 try:  # before the command is released: it never runs without the policy
                     rtnetlink.install(child, self.policy.routes, egress.IPV6_OFF)
                 except OSError as exc:
                     raise SandboxError(
-                        "Execution", f"the egress policy could not be installed ({exc}); "
+                        Phase.EXECUTION, f"the egress policy could not be installed ({exc}); "
                         "the candidate did not run", self.id) from exc
             try:
                 os.write(block_w, b"1")  # let the command start
@@ -158,7 +175,7 @@ class BwrapSandbox(LocalSandbox):
                 proc.wait(timeout=10)
                 reader.finish(grace=2.0)
                 raise SandboxError(
-                    "Execution", f"the sandbox died during setup (exit {proc.returncode}): "
+                    Phase.EXECUTION, f"the sandbox died during setup (exit {proc.returncode}): "
                     f"{buffer.text()[-500:]}", self.id) from None
             os.close(block_w)
             block_w = -1

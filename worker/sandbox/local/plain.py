@@ -11,7 +11,14 @@ import resource
 import subprocess
 import time
 
-from worker.sandbox.base import ExecResult, SandboxError, SandboxRequest
+from worker.sandbox.base import (
+    Boundary,
+    ExecResult,
+    NetworkAccess,
+    Phase,
+    SandboxError,
+    SandboxRequest,
+)
 from worker.sandbox.capture import TailBuffer, pump
 from worker.sandbox.local import process
 from worker.sandbox.local.sandbox import LocalSandbox
@@ -25,6 +32,8 @@ class PlainSandbox(LocalSandbox):
         self.workdir = self.host_workdir
         self.tmpdir = os.path.join(root, "tmp")
         os.mkdir(self.tmpdir, 0o700)
+        self.boundaries = frozenset({Boundary.LIMITS})
+        self.network = NetworkAccess.HOST  # network=false cannot be enforced here
         extra = self.cgroups.describe()
         self.isolation = (
             f"NONE: {reason}; only rlimits, scrubbed env, deadline and process-group kill"
@@ -65,7 +74,7 @@ class PlainSandbox(LocalSandbox):
         except (OSError, subprocess.SubprocessError) as exc:
             os.close(out_r)
             os.close(out_w)
-            raise SandboxError("Execution", f"could not start the process: {exc}",
+            raise SandboxError(Phase.EXECUTION, f"could not start the process: {exc}",
                                self.id) from exc
         os.close(out_w)
         reader = pump(out_r, buffer)

@@ -17,7 +17,7 @@ import tarfile
 import time
 import uuid
 
-from worker.sandbox.base import Download, ExecResult, SandboxError, SandboxRequest
+from worker.sandbox.base import Download, ExecResult, Phase, SandboxError, SandboxRequest
 from worker.sandbox.capture import TailBuffer
 from worker.sandbox.local import untar
 from worker.sandbox.local.cgroups import ALL_CONTROLLERS, Cgroups
@@ -61,7 +61,7 @@ class LocalSandbox:
     def _parts(self, path: str) -> list[str]:
         norm = os.path.normpath(path)
         if os.path.commonpath([norm, self.workdir]) != self.workdir or norm == self.workdir:
-            raise SandboxError("path", f"{path!r} is outside the sandbox", self.id)
+            raise SandboxError(Phase.PATH, f"{path!r} is outside the sandbox", self.id)
         return os.path.relpath(norm, self.workdir).split(os.sep)
 
     def _open_parent(self, parts: list[str]) -> int:
@@ -91,17 +91,17 @@ class LocalSandbox:
                     os.fchown(fh.fileno(), self.host_uid, self.host_uid)
                 fh.write(content)
         except OSError as exc:
-            raise SandboxError("Upload", f"could not write {path!r}: {exc}", self.id) from exc
+            raise SandboxError(Phase.UPLOAD, f"could not write {path!r}: {exc}", self.id) from exc
 
     def unpack(self, archive: bytes, workdir: str, timeout: int) -> None:
         """A project bundle written straight into the work directory from the host: no
         process to start (``untar`` treats the archive as hostile and follows no link)."""
         if workdir != self.workdir:
-            raise SandboxError("Upload", f"{workdir!r} is not the work directory", self.id)
+            raise SandboxError(Phase.UPLOAD, f"{workdir!r} is not the work directory", self.id)
         try:
             untar.extract(archive, self.host_workdir, self.host_uid)
         except (OSError, ValueError, tarfile.TarError) as exc:
-            raise SandboxError("Upload", f"could not unpack the project: {exc}",
+            raise SandboxError(Phase.UPLOAD, f"could not unpack the project: {exc}",
                                self.id) from exc
 
     def download(self, path: str, max_bytes: int, timeout: int) -> Download:
