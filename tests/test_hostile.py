@@ -129,7 +129,15 @@ class World:
         token = self.credentials["DISCORD_WEBHOOK_URL"].rsplit("/", 1)[-1]
         return [*self.credentials.values(), password, token, self.secret]
 
-    def config(self, case: str) -> dict:
+    def config(self, case: str, unisolated: bool = False) -> dict:
+        """A case's CONFIG. ``unisolated``: for the control run without bubblewrap, where
+        a write succeeds on the host: only paths this test owns are attacked."""
+        if unisolated and case == "write_escape":
+            return {**self.config(case), "system_targets": [], "scan_tmp": False}
+        if unisolated and case == "read_secrets":  # not other processes' environments
+            return {**self.config(case), "scan_proc": False}
+        if unisolated and case == "daemon":
+            return {**self.config(case), "tmp_heartbeat": str(self.tmp / "tmp-heartbeat")}
         return {
             "write_escape": {
                 "targets": [str(p) for p in self.targets],
@@ -493,7 +501,8 @@ def leftover_sandboxes(tag: str) -> list[str]:
 # --------------------------------------------------------------------------- drivers
 
 
-def _run_cases(world: World, cases: list[str]) -> dict[str, CandidateResult]:
+def _run_cases(world: World, cases: list[str],
+               unisolated: bool = False) -> dict[str, CandidateResult]:
     """Every case through run_lifecycle at once, on the local backend, with the worker's
     credentials in this (the worker's) environment."""
     backend = LocalBackend()
@@ -501,7 +510,7 @@ def _run_cases(world: World, cases: list[str]) -> dict[str, CandidateResult]:
 
     def one(case: str) -> CandidateResult:
         script, network, _ = CASES[case]
-        text = render(script, world.config(case))
+        text = render(script, world.config(case, unisolated))
         task = CandidateTask(
             run_id=run_id, candidate_id=f"h{world.tag}-{case}", name=case,
             script_name=script, script=text, script_sha256=sha256_text(text),
@@ -549,18 +558,22 @@ def test_isolation_cases_fail_without_isolation(world, credentials_in_env, monke
     """The control of the isolation checks: with bubblewrap off (the fallback keeps
     rlimits, cgroups, the deadline and the environment filter), exactly the isolation
     cases fail their checks. A check that passed here could not tell isolation from
-    none; a limit case failing here would be testing isolation by accident."""
+    none; a limit case failing here would be testing isolation by accident. Without
+    isolation the attacks do reach the host, so here they aim only at what this test
+    owns (``World.config(unisolated=True)``)."""
+    # Not the fork bomb: a limits case, and without a PID namespace it forks on the host.
+    cases = [c for c in CASES if c != "fork_bomb"]
     monkeypatch.setenv("FORGE_SANDBOX", "plain")
     monkeypatch.delenv("FORGE_REQUIRE_ISOLATION")
     bwrap.probe.cache_clear()
     try:
-        results = _run_cases(world, list(CASES))
+        results = _run_cases(world, cases, unisolated=True)
     finally:
         monkeypatch.delenv("FORGE_SANDBOX")
         bwrap.probe.cache_clear()
         _kill_marked(world.marker)  # the daemon does get out without a PID namespace
     assert all(r.isolation.startswith("NONE:") for r in results.values())
-    failed = failing_checks(results, world, LIMITS, list(CASES))
+    failed = failing_checks(results, world, LIMITS, cases)
     assert set(failed) == ISOLATION_CASES, (
         f"failing without isolation: {sorted(failed)}, expected {sorted(ISOLATION_CASES)}; "
         + "\n".join(f"{c}: {why[:300]}" for c, why in failed.items()))
