@@ -53,11 +53,17 @@ pytestmark = pytest.mark.processes
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_LINE = "CONFIG = {}  # forge-hostile-config"
-TIMEOUT = 5
-# The flood moves 1 GiB through the capture (0.6 s alone) and the allocator touches up
-# to the memory cap (0.7 s alone): seconds more among 16 others and a fork bomb on 2
-# busy cores. Their checks need them to finish, so they get deadlines of their own.
-CASE_TIMEOUT = {"stdout_flood": 40, "alloc_20g": 40}
+TIMEOUT = 5  # the deadline of the cases that test it: the infinite loop, the fork bomb
+# Every other case must end on its own (its checks need it to finish): a deadline that
+# only bounds a broken run. The flood moves 1 GiB through the capture (0.6 s alone), a
+# plain case starts an interpreter (0.1 s alone): among 16 others and a fork bomb on 2
+# cores shared with other work that took over 5 s.
+FINISHES_BY = 40
+DEADLINE_CASES = frozenset({"infinite_loop", "fork_bomb"})
+
+
+def case_timeout(case: str) -> int:
+    return TIMEOUT if case in DEADLINE_CASES else FINISHES_BY
 OBJECTIVE = "Generate weekly 'AI Events in San Francisco' post for Discord"
 LIMITS = Limits(memory_mb=512, max_processes=64, max_file_mb=128, output_bytes=64 * 1024,
                 artifact_bytes=256 * 1024)
@@ -341,7 +347,7 @@ def check_big_file(r, w, lim):
 
 def check_flood(r, w, lim):
     # 1 GiB went to stdout: only the tail is kept, and the result says how much went.
-    assert not r.timed_out, f"the flood must finish within {CASE_TIMEOUT['stdout_flood']}s"
+    assert not r.timed_out, f"the flood must finish within {FINISHES_BY}s"
     assert r.success, brief(r)
     assert r.output_dropped_bytes >= (1 << 30) - lim.output_bytes, brief(r)
     assert len(r.output.encode("utf-8")) <= lim.output_bytes + 200
@@ -514,7 +520,7 @@ def _run_cases(world: World, cases: list[str],
         task = CandidateTask(
             run_id=run_id, candidate_id=f"h{world.tag}-{case}", name=case,
             script_name=script, script=text, script_sha256=sha256_text(text),
-            objective=OBJECTIVE, timeout=CASE_TIMEOUT.get(case, TIMEOUT), network=network,
+            objective=OBJECTIVE, timeout=case_timeout(case), network=network,
             env_allow=ENV_ALLOW, limits=LIMITS,
         )
         lines: list[str] = []
@@ -588,8 +594,7 @@ def _write_manifest(directory: Path, w: World, cases: list[str], network: bool) 
         (directory / f"{case}.py").write_text(render(script, w.config(case)), "utf-8")
         lines += ["[[candidate]]", f'id = "{case.replace("_", "-")}"', f'name = "{case}"',
                   f'script = "{case}.py"']
-        if case in CASE_TIMEOUT:
-            lines.append(f"timeout = {CASE_TIMEOUT[case]}")
+        lines.append(f"timeout = {case_timeout(case)}")
         lines.append("")
     path = directory / "candidates.toml"
     path.write_text("\n".join(lines), "utf-8")
