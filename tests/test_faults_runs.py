@@ -94,6 +94,8 @@ def test_duplicate_delivery_changes_nothing_and_posts_once(redis_server, workers
 def test_dispatcher_killed_after_publishing_run_completes_and_status_shows_it(
         redis_server, workers, artifacts, tmp_path):
     env = forge_env(redis_server.url, artifacts, **FAST)
+    # No worker until `forge status` has spoken (below): the run cannot be over by then,
+    # however slow the machine.
     manifest = sleepers_with(tmp_path / "c", 4, 2.0)
     dispatcher = popen_forge(["run", "--candidates", str(manifest), "--run-id", "orphan",
                               "--no-post"], env, tmp_path / "dispatcher.log")
