@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from tests.procs import RedisServer, forge_env
@@ -74,7 +75,7 @@ def _short_lived(ttls: dict[str, int]) -> dict[str, int]:
     the first-finished guard's (worker/delivery.py): it lives while a duplicate delivery
     of a running candidate could still finish, two visibility timeouts."""
     return {k: t for k, t in ttls.items()
-            if t != -1 and t < EXPIRES - 60 and not k.startswith("forge-first:")}
+            if t != -1 and t < EXPIRES - 60 and not re.match(r"forge[-:]first:", k)}
 
 
 def test_run_waiting_in_a_backlog_completes_and_its_state_lives_result_expires(
@@ -90,7 +91,7 @@ def test_run_waiting_in_a_backlog_completes_and_its_state_lives_result_expires(
     time.sleep(2.0)  # nobody is consuming
     assert summary_missing(artifacts, "backlog")
     waiting = _ttls(client)
-    assert any(k.startswith("forge-run:") for k in waiting), waiting
+    assert any(re.match(r"forge[-:]run:", k) for k in waiting), waiting
     assert _short_lived(waiting) == {}, waiting
     workers(env, n=1, concurrency=2)
     # Two candidates done, the third still running: the chord is half joined.
@@ -101,8 +102,8 @@ def test_run_waiting_in_a_backlog_completes_and_its_state_lives_result_expires(
 
     mid = wait_for(part_way, 60, "the chord to be part way", every=0.02)
     assert _short_lived(mid) == {}, mid
-    chord_state = {k: t for k, t in mid.items() if not k.startswith(("celery-task-meta-backlog:s",
-                                                                     "forge-"))}
+    chord_state = {k: t for k, t in mid.items()
+                   if not k.startswith(("celery-task-meta-backlog:s", "forge"))}
     assert chord_state, f"no chord state seen part way: {sorted(mid)}"
     results = assert_once(wait_summary(artifacts, "backlog"), ["s00", "s01", "s02"])
     assert all(r["success"] for r in results.values())
