@@ -74,9 +74,9 @@ def test_a_direct_call_is_no_delivery(backend, redis_server):
 def test_without_redis_the_stored_result_still_wins():
     """Embedded mode (one process, a memory backend): no counter beyond one, and a
     stored result is the one returned."""
-    from celery import Celery
-
     import uuid
+
+    from celery import Celery
 
     app = Celery("delivery-memory", broker="memory://", backend="cache+memory://")
     task_id = f"run-{uuid.uuid4().hex[:8]}:alpha"  # the memory cache is the process's
