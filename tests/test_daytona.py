@@ -277,8 +277,21 @@ def test_exec_timeout_is_a_timed_out_result_and_the_sandbox_is_deleted(emu, back
     result, lines = run(backend, make_task("import time\ntime.sleep(30)\n", timeout=1))
     assert result.timed_out and result.exit_code is None and not result.success
     assert result.error_message == "Execution timed out after 1s (sandbox killed)"
+    assert result.output == ""  # nothing came back from a killed command
     assert "[Daytona] Cleaning up..." in lines
     assert result.sandbox_id in emu.deleted
+    execs = [c for c in emu.calls if c["path"] == "execute" and c["sandbox"] == result.sandbox_id]
+    assert [c["timeout"] for c in execs] == [1]  # the candidate's deadline, to the daemon
+
+
+def test_a_failing_daemon_is_an_execution_failure_and_the_sandbox_is_deleted(emu, backend):
+    emu.set_faults(fail_execs=1)
+    result, lines = run(backend, make_task(WRITE_OBJECTIVE))
+    assert not result.success and not result.timed_out
+    assert result.error_message.startswith("Execution failed: "), result.error_message
+    assert "Runner exploded mid-command" in result.error_message
+    assert result.sandbox_id and result.sandbox_id in emu.deleted
+    assert any(x.startswith("[Error] Execution failed") for x in lines)
 
 
 def test_a_daemon_that_misses_the_deadline_is_ended_by_deleting_the_sandbox(emu, backend,

@@ -72,4 +72,5 @@ def test_objective_arrives_byte_for_byte_and_runs_nothing(name, mode, request):
     result = run_lifecycle(backend, task(objective, mode), lambda _line: None)
     assert result.success, (result.error_message, result.output)
     assert result.artifact_content == f"{[objective]!r}\n3"  # one argv element, and two more
+    assert result.output == ""  # the script prints nothing, and nothing is made up
     assert not os.path.exists(CANARY), "the objective was run as a command"
