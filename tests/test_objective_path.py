@@ -59,8 +59,14 @@ def daytona() -> Iterator[DaytonaBackend]:
 
 
 def test_the_candidate_command_is_the_contract():
+    from worker.records import ProjectRef
+
     assert candidate_command("/w", "an objective") == [
         "python3", "/w/script.py", "an objective", "/w/discord_post.md"]
+    assert candidate_command("/w", "o", ProjectRef(sha256="s", entry="main.py")) == [
+        "python3", "/w/main.py", "o", "/w/discord_post.md"]
+    assert candidate_command("/w", "o", ProjectRef(sha256="s", module="alpha")) == [
+        "python3", "-m", "alpha", "o", "/w/discord_post.md"]
     assert shell_command(["python3", "a b", "it's"]) == "python3 'a b' 'it'\"'\"'s'"
 
 
