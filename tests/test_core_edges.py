@@ -69,7 +69,8 @@ def test_a_symlink_to_a_run_directory_is_not_replaced(tmp_path):
     os.symlink(real, tmp_path / "art" / "run-1")
     with pytest.raises(InvalidInput) as info:
         write_run_dir(forge_result(), tmp_path / "art")
-    assert "refusing to replace it: move it away or pick another run id" in str(info.value)
+    assert str(info.value).endswith("(no summary.json); refusing to replace it: move it "
+                                    "away or pick another run id")
     assert json.loads((real / "summary.json").read_text())["run_id"] == "real"
 
 
