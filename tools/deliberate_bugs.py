@@ -5,7 +5,8 @@ scratch copy of the repository and run the test that must fail, N times.
     .venv/bin/python tools/deliberate_bugs.py rundir_loser_raises --runs 10
 
 The working tree is never touched: the copy is ``git ls-files`` of this checkout in a
-temporary directory, run with this checkout's virtualenv (figures: docs/testing.md).
+temporary directory, run with this checkout's virtualenv; the tests must pass there
+before the bug goes in (figures: docs/testing.md).
 """
 
 from __future__ import annotations
@@ -85,16 +86,19 @@ def main() -> int:
     for name in args.bugs:
         path, good, bad, tests = BUGS[name]
         copy = scratch_copy()
+
+        def run(copy: Path = copy, tests: list[str] = tests) -> int:
+            return subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                                   *tests], cwd=copy, capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(copy)}).returncode
+
         try:
+            # The control: without the bug the same tests pass in the same copy.
+            assert run() == 0, f"{name}: {' '.join(tests)} fails without the bug"
             text = (copy / path).read_text()
             assert text.count(good) == 1, f"{name}: the correct code is not in {path} once"
             (copy / path).write_text(text.replace(good, bad))
-            failed = 0
-            for _ in range(args.runs):
-                done = subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                                       *tests], cwd=copy, capture_output=True, text=True,
-                                      env={**os.environ, "PYTHONPATH": str(copy)})
-                failed += done.returncode != 0
+            failed = sum(run() != 0 for _ in range(args.runs))
             print(f"{name}: {' '.join(tests)} failed {failed} of {args.runs} runs", flush=True)
         finally:
             shutil.rmtree(copy, ignore_errors=True)
