@@ -89,3 +89,23 @@ def test_without_redis_the_stored_result_still_wins():
         assert guard.arrive() == Arrival({"n": 0}, 0)
     finally:
         app.close()
+
+
+def test_a_failing_pipeline_falls_back_to_one_call_at_a_time(backend, redis_server):
+    """A Redis blip in the pipelined round trip: the guard asks again, one call at a
+    time, and counts and keeps the same as the pipelined path."""
+    def broken_pipeline(*args, **kwargs):
+        raise ConnectionError("pipeline lost")
+
+    backend.client.pipeline = broken_pipeline
+    guard = DeliveryGuard(bound(backend, "run-3:alpha"))
+    assert [guard.arrive() for _ in range(2)] == [Arrival(None, 1), Arrival(None, 2)]
+    client = redis_server.client()
+    key = delivery.attempts_key("run-3:alpha")
+    assert int(client.get(key)) == 2
+    assert RESULT_EXPIRES - 60 <= client.ttl(key) <= RESULT_EXPIRES
+    del backend.client.pipeline  # storing the result pipelines too
+    backend.store_result("run-3:alpha", {"candidate_id": "alpha", "n": 1}, "SUCCESS")
+    backend.client.pipeline = broken_pipeline
+    assert guard.arrive() == Arrival({"candidate_id": "alpha", "n": 1}, 0)
+    assert int(client.get(key)) == 2  # a finished task's redelivery is not an attempt
