@@ -18,6 +18,7 @@ __all__ = ["DEFAULT_OBJECTIVE", "CandidateResult", "DaytonaResult", "ForgeResult
 
 def __getattr__(name: str) -> Any:
     if name == "run_forge":
+        # start-up: `import dispatcher` (every forge command) stays without the Celery app
         from dispatcher.runner import run_forge
 
         return run_forge

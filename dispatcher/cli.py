@@ -13,13 +13,32 @@ import importlib
 import json
 import sys
 import time
+from types import SimpleNamespace
 
 from rich.console import Console
 from rich.table import Table
 
+from dispatcher import console as ui
+from dispatcher import store_cli
+from dispatcher.manifest import ManifestError
 from dispatcher.request import RunRequest
-from worker import trace
+from dispatcher.runs import status_pending
+from worker import config, observability, trace
+from worker.discord import post_winner
 from worker.records import DEFAULT_OBJECTIVE
+from worker.rundir import SUMMARY, list_runs, read_summary
+from worker.validation import (
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+    TRIALS_MAX,
+    InvalidInput,
+    check_artifacts_dir,
+    check_run_id,
+    check_timeout,
+    check_trials,
+    contained,
+    shorten,
+)
 
 # Modules that add a subcommand: each has register(subparsers) setting func=handler.
 EXTRA_COMMANDS: list[str] = []
@@ -33,8 +52,6 @@ EXTRA_COMMANDS.append("dispatcher.web.cli")
 
 
 def _positive_int(text: str) -> int:
-    from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_timeout
-
     try:
         value = int(text)
     except ValueError:
@@ -57,8 +74,6 @@ def _count(text: str) -> int:
 
 
 def _trials(text: str) -> int:
-    from worker.validation import TRIALS_MAX, InvalidInput, check_trials
-
     try:
         value = int(text)
     except ValueError:
@@ -128,24 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _console(stderr: bool = False) -> Console:
-    """Rich console; wide enough in CI logs that tables stay readable."""
-    console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal:
-        console = Console(stderr=stderr, highlight=False, width=max(console.width, 120))
-    return console
-
-
-def _err(message: str) -> int:
-    print(f"forge: error: {message}", file=sys.stderr)
-    return 2
+_console = ui.wide_console
+_err = ui.error
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dispatcher import console as ui
-    from dispatcher.manifest import ManifestError
+    # start-up: the Celery app loads only for the commands that use it
     from dispatcher.runner import execute, plan_request
-    from worker import config
 
     if args.objective and args.objective_arg:
         return _err("give the objective once: either positionally or with -o/--objective")
@@ -174,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         trace.mark("planned")
         t0 = time.monotonic()
         if args.detach:
-            from dispatcher import dispatch
+            from dispatcher import dispatch  # start-up: the Celery app
 
             dispatch.check_broker()
             dispatch.publish(plan)
@@ -206,20 +210,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_target(args: argparse.Namespace) -> tuple[str, str]:
     """(artifacts root, run id) of status/post, both checked: a run id is a plain name,
     so the run directory stays inside the root (InvalidInput: exit 2)."""
-    from worker import config
-    from worker.validation import check_artifacts_dir, check_run_id
-
     check_run_id(args.run_id)
     return check_artifacts_dir(args.artifacts_dir or config.artifacts_dir()), args.run_id
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dispatcher import console as ui
-    from dispatcher import store_cli
-    from worker import config
-    from worker.rundir import SUMMARY, read_summary
-    from worker.store import StoreError
-    from worker.validation import shorten
+    from worker.store import StoreError  # start-up: SQLAlchemy
 
     root, run_id = _run_target(args)
     store, problem = store_cli.read_store(root)
@@ -237,8 +233,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if result is None:
         pending = None
         if config.is_distributed():  # the broker's record tells a cut-short fan-out
-            from dispatcher.runs import status_pending
-            from worker.app import app
+            from worker.app import app  # start-up: the Celery app
 
             pending = status_pending(app, run_id)
         if detail is not None and (pending is None or pending[1] == 2):
@@ -261,10 +256,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from dispatcher import store_cli
-    from worker import config
-    from worker.rundir import list_runs
-    from worker.store import StoreError
+    from worker.store import StoreError  # start-up: SQLAlchemy
 
     root = args.artifacts_dir or config.artifacts_dir()
     limit = max(args.limit, 1)
@@ -298,8 +290,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _dir_row(r):
     """A run directory's summary as a runs-list row (the store's RunSummary fields)."""
-    from types import SimpleNamespace
-
     return SimpleNamespace(run_id=r.run_id, timestamp=r.timestamp, competition=r.competition,
                            status="finished", execution_mode=r.execution_mode,
                            candidates_total=len(r.candidates), winner_id=r.winner_id,
@@ -307,11 +297,6 @@ def _dir_row(r):
 
 
 def cmd_post(args: argparse.Namespace) -> int:
-    from worker import config
-    from worker.discord import post_winner
-    from worker.rundir import read_summary
-    from worker.validation import contained
-
     root, run_id = _run_target(args)
     result = read_summary(root, run_id)
     if result is None:
@@ -321,7 +306,7 @@ def cmd_post(args: argparse.Namespace) -> int:
         return _err("DISCORD_WEBHOOK_URL is not set (or is a placeholder); set it in .env")
     run_dir = contained(root, run_id)
     record = post_winner(result, run_dir, url, force=True)
-    from worker.store.hooks import record_run_dir
+    from worker.store.hooks import record_run_dir  # start-up: Celery
 
     record_run_dir(run_dir)  # the store's copy of discord.json
     if record.get("posted"):
@@ -358,16 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = getattr(args, "func", None) or COMMANDS[args.command]
-    from worker import observability
-    from worker.config import ConfigError
-    from worker.validation import InvalidInput
-
     try:
         # doctor reports a bad setting instead of stopping; the web app sets itself up
         if args.command not in ("doctor", "web"):
             observability.setup_process("cli")  # JSON logs, Sentry: when configured
         return handler(args)
-    except (ConfigError, InvalidInput) as exc:
+    except (config.ConfigError, InvalidInput) as exc:
         return _err(str(exc))
 
 

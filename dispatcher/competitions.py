@@ -44,6 +44,8 @@ from celery.schedules import crontab, crontab_parser
 
 from dispatcher.manifest import cpus_problem, egress_problem, speed_problem, trials_problem
 from dispatcher.request import RunRequest
+from worker import keys
+from worker.settings import settings
 from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_objective
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: "$" would let a "\n" through
@@ -193,7 +195,7 @@ class Competition:
             exclusive=self.exclusive, max_sandboxes=self.max_sandboxes, trials=self.trials)
 
     def lock_key(self, slot: datetime) -> str:
-        return f"forge:competition:{self.name}:slot:{_aware(slot).astimezone(UTC):%Y%m%dT%H%M%SZ}"
+        return keys.competition_slot_key(self.name, slot)
 
 
 def _aware(dt: datetime) -> datetime:
@@ -210,7 +212,7 @@ def competitions_path(path: str | os.PathLike | None = None) -> Path:
     """The flag's path, else ``FORGE_COMPETITIONS``, else ./forge.toml, else the repo's."""
     if path:
         return Path(path)
-    from_env = os.environ.get("FORGE_COMPETITIONS", "").strip()
+    from_env = settings.competitions
     if from_env:
         return Path(from_env)
     here = Path.cwd() / "forge.toml"

@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.table import Table
 
+from dispatcher.manifest import ManifestError, load_manifest
+from worker.validation import shorten
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -21,9 +24,8 @@ def register(subparsers) -> None:
 
 
 def cmd_competitions(args: argparse.Namespace) -> int:
+    # start-up: Celery (crontab arithmetic)
     from dispatcher.competitions import CompetitionsError, competitions_path, load_competitions
-    from dispatcher.manifest import ManifestError, load_manifest
-    from worker.validation import shorten
 
     try:
         comps = load_competitions(args.file)

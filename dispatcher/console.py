@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -19,6 +20,20 @@ RULE = "=" * 60
 MAX_LOG_CANDIDATES = 50  # above this, per-line logs give way to counts
 STYLE = {"QUEUED": "dim", "RUNNING": "yellow", "WAITING": "magenta", "DONE": "green",
          "FAILED": "red"}
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """Rich console; wide enough in CI logs that tables stay readable."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, highlight=False, width=max(console.width, 120))
+    return console
+
+
+def error(message: str) -> int:
+    """``forge: error: ...`` on stderr; the exit code of bad input (2)."""
+    print(f"forge: error: {message}", file=sys.stderr)
+    return 2
 
 
 def header(console: Console, plan: RunPlan, mode_line: str) -> None:

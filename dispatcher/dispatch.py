@@ -3,9 +3,9 @@
 ``chord(group(run_candidate × N), collect_results)``: every task has a deterministic id
 (worker/keys.py). With K repeated trials the header is K x N tasks,
 ``<run_id>:<candidate_id>:<k>`` (k = 1..K), each its own sandbox lifecycle on whichever
-worker slot takes it. What Flower
-shows as a task's arguments is a short ``argsrepr`` (run and candidate ids), never the
-script or the environment.
+worker slot takes it. What Flower shows as a task's arguments is a short ``argsrepr``
+(run and candidate ids), never the script or the environment. The Celery internals
+publishing leans on live in worker/celery_compat.py.
 """
 
 from __future__ import annotations
@@ -18,18 +18,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 from celery import chord, group
-from celery.result import denied_join_result
 
 from dispatcher import runs
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import LogCallback, RunTracker
+from worker import celery_compat
 from worker.app import RESULT_EXPIRES, app
 from worker.bundles import store_bundle
-from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
-from worker.keys import body_task_id
+from worker.config import ConfigError, broker_url, redact_url, result_backend_url
+from worker.keys import body_task_id, run_spec_key
 from worker.records import ForgeResult
+from worker.settings import settings
 from worker.store.hooks import record_published
-from worker.tasks import collect_results, run_candidate, spec_key, warm_body
+from worker.tasks import collect_results, run_candidate, warm_body
 
 logger = logging.getLogger("dream_foundry")
 
@@ -82,7 +83,7 @@ def _body_run_data(run) -> dict:
     data = run.to_dict()
     if len(run.candidates) <= SPEC_INLINE_MAX:
         return data
-    key = spec_key(run.run_id)
+    key = run_spec_key(run.run_id)
     app.backend.set(key, json.dumps(data, ensure_ascii=False))
     return {"run_id": run.run_id, "spec_key": key}
 
@@ -118,60 +119,6 @@ def build_chord(plan: RunPlan):
     return chord(header, body)
 
 
-@contextmanager
-def _for_this_thread(obj, name: str, replacement: Callable):
-    """Set ``obj.name`` to ``replacement`` for calls from this thread only; other
-    threads (an embedded worker, say) keep the original."""
-    owner = threading.get_ident()
-    original = getattr(obj, name)
-
-    def dispatch(*args, **kwargs):
-        if threading.get_ident() == owner:
-            return replacement(original, *args, **kwargs)
-        return original(*args, **kwargs)
-
-    setattr(obj, name, dispatch)
-    try:
-        yield
-    finally:
-        obj.__dict__.pop(name, None)
-
-
-@contextmanager
-def _batched_producer(max_size: int = 500):
-    """Publish through one producer whose Redis commands are pipelined (kombu >= 5.7).
-
-    Celery's chord publishes its header one task at a time through a producer it takes
-    from the pool (a round trip per task message and per task-sent event); chord does
-    not pass a producer through, so for this thread only, the app hands out ours.
-    Unlike single publishes a batch is not retried: a large run's publish that fails
-    part-way is the cut-short run ``forge resume`` finishes.
-    """
-    with app.producer_or_acquire() as producer, producer.batch(max_size):
-        def ours(original, given=None):
-            return nullcontext(producer) if given is None else original(given)
-
-        with _for_this_thread(app, "producer_or_acquire", ours):
-            yield
-
-
-@contextmanager
-def never_joined():
-    """Publish results nobody joins: we poll the backend (``wait``), never block on one.
-
-    Besides refusing a join, this stops Celery's group from registering every header
-    result with the backend's result consumer for this thread: on Redis that was a
-    SUBSCRIBE per task while publishing (and an UNSUBSCRIBE when each result object
-    died), a fifth of the dispatcher's time at 5,000 tasks, for messages never read.
-    """
-    def unregistered(_original, result, weak=False, start_drainer=True):
-        return result
-
-    with denied_join_result(), _for_this_thread(app.backend, "add_pending_result",
-                                                unregistered):
-        yield
-
-
 def publish(plan: RunPlan):
     """Send the chord; returns the body's AsyncResult.
 
@@ -184,8 +131,9 @@ def publish(plan: RunPlan):
     # We never join a task (wait() polls the backend): without never_joined the Redis
     # backend SUBSCRIBEs to every task's result channel, one round trip per task, and
     # Redis then buffers every PROGRESS update for a client that never reads them.
-    batched = _batched_producer() if len(plan.tasks) > SPEC_INLINE_MAX else nullcontext()
-    with never_joined(), batched:
+    batched = (celery_compat.batched_producer(app) if len(plan.tasks) > SPEC_INLINE_MAX
+               else nullcontext())
+    with celery_compat.never_joined(app), batched:
         result = build_chord(plan).apply_async()
     runs.after_publish(app, record)
     return result
@@ -196,11 +144,9 @@ def _body_state(body) -> tuple[str, object]:
     backend's retry loop, so an outage reaches wait()'s broker_grace instead of hanging."""
     if broker_url() is None:
         return body.state, body.result
-    backend = app.backend
-    raw = backend.get(backend.get_key_for_task(body.id))
-    if not raw:
+    meta = celery_compat.read_meta_once(app.backend, body.id)
+    if meta is None:
         return "PENDING", None
-    meta = backend.decode_result(raw)
     return meta.get("status", "PENDING"), meta.get("result")
 
 
@@ -218,7 +164,7 @@ def wait(
     FORGE_BROKER_GRACE, 60) ends the wait with a ConfigError instead of hanging.
     """
     if broker_grace is None:
-        broker_grace = float(env_int("FORGE_BROKER_GRACE", 60))
+        broker_grace = float(settings.broker_grace)
     tracker = RunTracker(app, {t.unit: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
     with _task_ends(body.id) as ended:
@@ -237,7 +183,7 @@ def _task_ends(body_id: str) -> Iterator[threading.Event]:
         with _body_published(body_id, ended):
             yield ended
         return
-    from celery.signals import task_postrun
+    from celery.signals import task_postrun  # start-up: celery.signals only when embedded
 
     def on_end(**_kwargs) -> None:
         ended.set()
@@ -252,14 +198,14 @@ def _task_ends(body_id: str) -> Iterator[threading.Event]:
 @contextmanager
 def _body_published(body_id: str, ended: threading.Event) -> Iterator[None]:
     """Set ``ended`` when the Redis result backend publishes the chord body's result."""
-    from worker.states import is_redis
-
     backend = app.backend
+    client = celery_compat.redis_client(backend)
     worker = None
-    if is_redis(backend):
+    if client is not None:
         try:
-            pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(**{backend.get_key_for_task(body_id): lambda _m: ended.set()})
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(**{celery_compat.task_meta_key(backend, body_id):
+                                lambda _m: ended.set()})
             worker = pubsub.run_in_thread(  # a lost connection ends it quietly
                 sleep_time=0.5, daemon=True, exception_handler=lambda _e, _p, t: t.stop())
         except Exception as exc:  # noqa: BLE001 - the wait polls instead

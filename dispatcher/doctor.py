@@ -18,15 +18,23 @@ are never shown, and every line goes through the same scrubber as Sentry's event
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from dispatcher.manifest import ManifestError, load_manifest
 from worker import config
+from worker.observability.scrub import process_scrubber
+from worker.sandbox.daytona import APP_LABEL
+from worker.settings import settings
 
 TIMEOUT = 5.0  # seconds per network check
 WEBHOOK_FORM = re.compile(r"^https://(?:(?:ptb|canary)\.)?discord(?:app)?\.com/api"
@@ -106,7 +114,8 @@ def _within(seconds: float, fn: Callable[[], Any]) -> Any:
 def check_settings() -> Check:
     """Every setting parses (the app's numbers, log format, metrics port, budget)."""
     try:
-        import worker.app  # noqa: F401 - reads the app's settings, refusing bad ones
+        # start-up: the Celery app (and importing it is the check: it refuses bad values)
+        import worker.app  # noqa: F401
 
         config.sentry_dsn()
         fmt = config.log_format()
@@ -126,6 +135,7 @@ def check_broker() -> list[Check]:
     if url is None:
         return [Check("broker", True, "none set: embedded mode (forge run starts its own "
                       "worker); set CELERY_BROKER_URL to run a cluster")]
+    # start-up: Celery and kombu
     from celery import Celery
     from kombu import Connection
 
@@ -165,7 +175,7 @@ def check_backend() -> Check:
     shown = config.redact_url(url)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return Check("result backend", True, f"{shown} (not pinged: not Redis)")
-    import redis
+    import redis  # start-up: redis-py
 
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT,
@@ -181,7 +191,8 @@ def check_backend() -> Check:
 def check_store() -> Check:
     if not config.store_enabled():
         return Check("store", True, "off (FORGE_STORE=off): runs live in run directories only")
-    from worker.store.db import describe_error, parse_url, sqlite_path
+    # start-up: SQLAlchemy
+    from worker.store.db import current_revision, describe_error, parse_url, sqlite_path
     from worker.store.migrations import HEAD
 
     url = config.database_url()
@@ -193,15 +204,11 @@ def check_store() -> Check:
         return Check("store", False, str(exc), "correct FORGE_DATABASE_URL")
     if path is not None and not path.is_file():
         parent = next((p for p in path.parents if p.exists()), None)
-        import os
-
         if parent is None or not os.access(parent, os.W_OK):
             return Check("store", False, f"{shown} does not exist and {parent} is not "
                          "writable", "set FORGE_ARTIFACTS_DIR to a writable directory")
         return Check("store", True, f"{shown} will be created by the first run")
-    from sqlalchemy import create_engine
-
-    from worker.store.db import current_revision
+    from sqlalchemy import create_engine  # start-up: SQLAlchemy
 
     args = {"timeout": TIMEOUT} if path is not None else {"connect_timeout": int(TIMEOUT)}
     engine = create_engine(parsed, connect_args=args)
@@ -218,6 +225,7 @@ def check_store() -> Check:
         return Check("store", True, f"{shown} at schema {HEAD}")
     if revision is None:
         return Check("store", True, f"{shown} reachable, empty: its schema is made on first use")
+    # start-up: Alembic
     from alembic.script import ScriptDirectory
 
     from worker.store.migrations import alembic_config
@@ -234,10 +242,11 @@ def check_store() -> Check:
 
 
 def _isolation_required() -> bool:
-    return (config.env("FORGE_REQUIRE_ISOLATION") or "").lower() in ("1", "true", "yes", "on")
+    return settings.require_isolation
 
 
 def check_sandbox_tools() -> list[Check]:
+    # start-up: the local sandbox modules
     from worker.sandbox import netns
     from worker.sandbox.local import bwrap
     from worker.sandbox.local.bwrap import INSTALL_HINT
@@ -257,10 +266,10 @@ def check_sandbox_tools() -> list[Check]:
 
 
 def check_cgroups() -> Check:
-    if (config.env("FORGE_NO_CGROUPS") or "").lower() in ("1", "true", "yes", "on"):
+    if settings.no_cgroups:
         return Check("cgroups", True, "off (FORGE_NO_CGROUPS=1): caps rely on rlimits",
                      required=False)
-    from worker.sandbox.local.cgroups import controller_base
+    from worker.sandbox.local.cgroups import controller_base  # start-up: sandbox modules
 
     found = [c for c in ("pids", "memory", "cpu") if controller_base(c)]
     if len(found) == 3:
@@ -280,11 +289,9 @@ def check_daytona() -> Check:
         return Check("daytona", True, "not configured: --daytona falls back to local "
                      "(set DAYTONA_API_KEY to use it)")
     try:
-        import daytona as sdk
+        import daytona as sdk  # start-up: the Daytona SDK
     except ImportError:
         return Check("daytona", False, "the daytona SDK is not installed", "pip install daytona")
-    from worker.sandbox.daytona import APP_LABEL
-
     def count() -> int:
         client = sdk.Daytona(sdk.DaytonaConfig(api_key=key, api_url=api_url))
         found = client.list(sdk.ListSandboxesQuery(labels={APP_LABEL: "1"}))
@@ -317,8 +324,8 @@ def check_discord() -> Check:
 
 
 def check_competitions() -> Check:
+    # start-up: Celery (crontab arithmetic)
     from dispatcher.competitions import CompetitionsError, competitions_path, load_competitions
-    from dispatcher.manifest import ManifestError, load_manifest
 
     try:
         source = competitions_path()
@@ -341,10 +348,6 @@ def check_flower() -> Check | None:
     url = config.flower_url()
     if url is None:
         return None
-    import urllib.error
-    import urllib.request
-    from urllib.parse import urlsplit, urlunsplit
-
     shown = config.redact_url(url)
     try:
         parts = urlsplit(url)
@@ -370,8 +373,6 @@ def check_sentry() -> Check:
         return Check("sentry", False, str(exc), "correct SENTRY_DSN, or unset it")
     if dsn is None:
         return Check("sentry", True, "off: errors are not reported (set SENTRY_DSN)")
-    from urllib.parse import urlsplit
-
     parts = urlsplit(dsn)
     project = parts.path.rstrip("/").rsplit("/", 1)[-1]
     return Check("sentry", True, f"events go to {parts.hostname}, project {project}")
@@ -408,8 +409,6 @@ def run_checks() -> list[Check]:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from worker.observability.scrub import process_scrubber
-
     scrub = process_scrubber().scrub
     results = run_checks()
     for check in results:

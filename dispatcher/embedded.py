@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from worker import celery_compat
+
 # The previous embedded worker's thread. Celery's synchronous consumer loop only sees a
 # stop between 2-second broker polls, so waiting for it on the way out cost every run
 # up to 2 s; instead the next embedded worker in this process waits for it (before it
@@ -26,6 +28,7 @@ def _warm_local_sandboxes() -> threading.Thread:
     the first candidate to report."""
     def warm() -> None:
         try:
+            # start-up: the sandbox modules load in this thread, beside the worker's start
             from worker.sandbox import get_backend
             from worker.sandbox.local import bwrap
             from worker.sandbox.local.leftovers import sweep_leftovers
@@ -46,8 +49,6 @@ def embedded_worker(app, concurrency: int, local: bool = True) -> Iterator[objec
     """Start a thread-pool worker consuming the in-memory broker; stop it on exit.
     ``local``: the run has local candidates (their sandbox backend is readied too)."""
     global _winding_down
-    from celery.backends import cache
-
     warming = _warm_local_sandboxes() if local else None
 
     if _winding_down is not None:
@@ -56,7 +57,7 @@ def embedded_worker(app, concurrency: int, local: bool = True) -> Iterator[objec
 
     # The memory result backend is an LRU of 5,000 keys by default; a large embedded
     # run keeps a meta key per candidate plus the chord's, so give it room.
-    cache._DUMMY_CLIENT_CACHE.limit = max(cache._DUMMY_CLIENT_CACHE.limit or 0, 200_000)
+    celery_compat.widen_memory_backend(200_000)
     app.finalize()
     app.set_current()
     app.set_default()

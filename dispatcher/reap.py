@@ -13,6 +13,10 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from dispatcher.console import error, wide_console
+from worker import config
+from worker.sandbox import get_backend
+
 
 def _seconds(text: str) -> float:
     try:
@@ -56,21 +60,18 @@ def _table(found: list[dict], dry_run: bool, max_age: float) -> Table:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from dispatcher.cli import _console, _err
-    from worker import config
+    # start-up: Celery (the sweep is also beat's task)
     from worker.maintenance import NOT_CONFIGURED, default_max_age, sweep
 
     if not config.is_daytona_configured():
-        return _err(f"{NOT_CONFIGURED}; there is nothing to reap without it")
+        return error(f"{NOT_CONFIGURED}; there is nothing to reap without it")
     try:
         max_age = default_max_age() if args.max_age is None else args.max_age
     except config.ConfigError as exc:
-        return _err(str(exc))
+        return error(str(exc))
     try:
         found = sweep(max_age, dry_run=args.dry_run, owner=args.owner)
     except Exception as exc:  # noqa: BLE001 - SDK/transport errors, worded once
-        from worker.sandbox import get_backend
-
         message = get_backend("daytona").scrub(str(exc))  # type: ignore[attr-defined]
         Console(stderr=True).print(f"forge: reap failed: {type(exc).__name__}: {message}",
                                    markup=False, highlight=False)
@@ -78,7 +79,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found, indent=2))
     else:
-        out = _console()
+        out = wide_console()
         if found:
             out.print(_table(found, args.dry_run, max_age))
         else:

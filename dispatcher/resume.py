@@ -20,7 +20,7 @@ from dispatcher import console as ui
 from dispatcher import runs
 from dispatcher.manifest import ManifestError, load_manifest
 from dispatcher.plan import RunPlan, plan_run
-from worker import config, keys
+from worker import celery_compat, config, keys
 from worker.rundir import read_summary
 from worker.validation import InvalidInput, check_run_id, check_run_spec
 
@@ -92,17 +92,16 @@ def _refusal(run_id: str, where: runs.Whereabouts, missing: int) -> str:
 def publish_resume(app, record: runs.RunRecord, rp: ResumePlan):
     """Publish the missing candidates plus a body that also reads the kept ones."""
     # start-up: the Celery app loads on first use (`forge --help` imports this module)
-    from dispatcher.dispatch import build_chord, never_joined, store_bundles
+    from dispatcher.dispatch import build_chord, store_bundles
     from worker.tasks import collect_results
 
     store_bundles(rp.missing)  # an expired project bundle is stored again
     record.status, record.resumes, record.published_at = "publishing", record.resumes + 1, None
     runs.save(app, record)
     kept = list(rp.kept_task_ids)
-    with never_joined():  # we poll the backend; never subscribe per task
+    with celery_compat.never_joined(app):  # we poll the backend; never subscribe per task
         if rp.missing.tasks:
-            canvas = build_chord(rp.missing)
-            canvas.body.kwargs["kept_task_ids"] = kept
+            canvas = celery_compat.add_body_kwargs(build_chord(rp.missing), kept_task_ids=kept)
             result = canvas.apply_async()
         else:  # every candidate finished; only the body was lost
             result = collect_results.apply_async(

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from dispatcher import dispatch
+from dispatcher.embedded import embedded_worker
 from dispatcher.manifest import Manifest, load_manifest
 from dispatcher.plan import RunPlan, plan_run
 from dispatcher.request import RunRequest
 from dispatcher.tracker import LogCallback, RunTracker
 from worker import config, trace
+from worker.app import app
 from worker.records import DEFAULT_OBJECTIVE, ForgeResult
 
 FALLBACK_NOTE = "(Daytona not configured, falling back to local)"
@@ -56,9 +58,6 @@ def execute(
         if on_published:
             on_published(plan)
         return dispatch.wait(plan, on_log=log_callback, on_tick=on_tick)
-    from dispatcher.embedded import embedded_worker
-    from worker.app import app
-
     trace.mark("worker.starting")
     width = max(1, min(len(plan.tasks), MAX_EMBEDDED_CONCURRENCY))
     with embedded_worker(app, width, any(t.execution_mode == "local" for t in plan.tasks)):

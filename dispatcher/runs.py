@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.request import RunRequest
-from worker import config, keys, states
+from worker import celery_compat, config, keys, states
 from worker.records import CandidateResult, RunSpec, unit_name
+from worker.settings import settings
 
-PREFIX = "forge-run:"
 # How long a record may stay "publishing" before its fan-out counts as cut short.
 # Publishing N tasks takes about a millisecond each; the default is very generous.
-FANOUT_GRACE = config.env_int("FORGE_FANOUT_GRACE", 60)
+FANOUT_GRACE = settings.fanout_grace
 
 
 @dataclass
@@ -77,8 +77,7 @@ def _client(app):
     """The result backend's Redis client, or None (embedded mode, other backends)."""
     if not config.is_distributed():
         return None
-    client = getattr(app.backend, "client", None)
-    return client if hasattr(client, "set") else None
+    return celery_compat.redis_client(app.backend)
 
 
 def _ttl() -> int:
@@ -91,12 +90,16 @@ def _ttl() -> int:
 def save(app, record: RunRecord) -> None:
     client = _client(app)
     if client is not None:
-        client.set(PREFIX + record.run_id, record.to_json(), ex=_ttl())
+        client.set(keys.run_record_key(record.run_id), record.to_json(), ex=_ttl())
 
 
 def load(app, run_id: str) -> RunRecord | None:
     client = _client(app)
-    raw = client.get(PREFIX + run_id) if client is not None else None
+    if client is None:
+        return None
+    raw = client.get(keys.run_record_key(run_id))
+    if raw is None:  # published by a dispatcher from before worker/keys.py
+        raw = client.get(keys.LEGACY_RUN_RECORD_PREFIX + run_id)
     return RunRecord.from_json(raw) if raw else None
 
 
@@ -138,31 +141,11 @@ def kept_results(app, task_ids: list[str]) -> list[dict[str, Any]]:
 
 def broker_task_ids(app, wanted: set[str]) -> tuple[set[str], set[str]]:
     """Which of ``wanted`` sit in the broker: (in the queue, delivered to a worker but not
-    yet acknowledged: the unacked hash)."""
+    yet acknowledged)."""
     client = _client(app)
     if client is None or not wanted:
         return set(), set()
-
-    def look(raw: bytes, found: set[str]) -> None:
-        try:
-            data = json.loads(raw)
-            if isinstance(data, list):  # the unacked hash holds [message, exchange, key]
-                data = data[0]
-            tid = (data.get("headers") or {}).get("id")
-        except (ValueError, TypeError, AttributeError, IndexError):
-            return
-        if tid in wanted:
-            found.add(tid)
-
-    queued: set[str] = set()
-    delivered: set[str] = set()
-    queue = "celery"
-    for start in range(0, int(client.llen(queue)), 500):
-        for raw in client.lrange(queue, start, start + 499):
-            look(raw, queued)
-    for raw in client.hvals("unacked"):
-        look(raw, delivered)
-    return queued, delivered
+    return celery_compat.broker_task_ids(client, app.conf.task_default_queue, wanted)
 
 
 def queued_task_ids(app, wanted: set[str]) -> set[str]:

@@ -21,7 +21,7 @@ from celery.signals import worker_ready
 from dispatcher import dispatch
 from dispatcher.competitions import CompetitionsError, get_competition, load_competitions
 from dispatcher.runner import plan_request
-from worker import config
+from worker import celery_compat, config
 from worker.app import SCHEDULE_GRACE
 
 logger = logging.getLogger("dream_foundry")
@@ -33,8 +33,8 @@ TASK_NAME = "dispatcher.scheduling.start_competition"
 
 
 def _lock_client(task):
-    client = getattr(task.backend, "client", None)
-    if client is None or not hasattr(client, "set"):
+    client = celery_compat.redis_client(task.backend)
+    if client is None:
         raise config.ConfigError(
             "start_competition needs the Redis result backend (set CELERY_BROKER_URL / "
             "CELERY_RESULT_BACKEND to redis://...) to claim schedule slots")

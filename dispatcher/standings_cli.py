@@ -18,6 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dispatcher import store_cli
+from worker import config
+
 
 def _since(text: str) -> datetime:
     try:
@@ -71,8 +74,7 @@ def table(data: dict) -> Table:
 
 
 def cmd_standings(args: argparse.Namespace) -> int:
-    from dispatcher import store_cli
-    from worker import config
+    # start-up: SQLAlchemy and the season maths load only for `forge standings`
     from worker.standings import as_dict, compute
     from worker.store import StoreError
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from worker import config
+from worker.store.importer import SUMMARY, run_dirs
 
 
 def read_store(artifacts_dir: str):
@@ -23,8 +24,8 @@ def read_store(artifacts_dir: str):
     """
     if not config.store_enabled():
         return None, None
+    # start-up: SQLAlchemy
     from worker.store import StoreError, open_store
-    from worker.store.importer import run_dirs
 
     try:
         store = open_store(artifacts_dir=artifacts_dir, create=False)
@@ -54,8 +55,8 @@ def describe(detail) -> tuple[str, int]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    # start-up: SQLAlchemy
     from worker.store import StoreError, open_store
-    from worker.store.importer import SUMMARY, run_dirs
 
     path = Path(args.path or config.artifacts_dir())
     if not path.exists():

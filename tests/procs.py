@@ -249,8 +249,9 @@ class CeleryWorker:
 
     def __init__(self, env: dict[str, str], name: str, logdir: Path, concurrency: int = 2,
                  pool: str = "prefork", extra_args: tuple[str, ...] = (),
-                 split_stdout: bool = False):
+                 split_stdout: bool = False, app: str = "worker"):
         self.env = env
+        self.app = app  # the -A module (tests/barrier_worker.py wraps the real app)
         self.name = name
         self.logfile = Path(logdir) / f"{name}.log"  # stderr (and stdout unless split)
         self.stdout_file = Path(logdir) / f"{name}.out" if split_stdout else None
@@ -260,7 +261,7 @@ class CeleryWorker:
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True) -> CeleryWorker:
-        args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO",
+        args = [sys.executable, "-m", "celery", "-A", self.app, "worker", "--loglevel", "INFO",
                 "-n", f"{self.name}@%h", "-c", str(self.concurrency), "-P", self.pool,
                 "--without-mingle", "--without-gossip", *self.extra_args]
         self.log = open(self.logfile, "ab")

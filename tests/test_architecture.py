@@ -2,11 +2,13 @@
 
 The contracts live in pyproject.toml (``[tool.importlinter]``); these tests run them in
 ``make test`` and add what import-linter does not check: a cycle between any two modules
-(a package and its own submodule included).
+(a package and its own submodule included), and a reason beside every import made inside
+a function (the only reason kept is start-up time: ``# start-up: ...``).
 """
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from tests.procs import ROOT
 
 PACKAGES = ("dispatcher", "worker")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+REASON = "start-up"  # the word a function-local import's comment must carry
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
@@ -110,3 +113,73 @@ def test_the_cycle_check_finds_a_cycle(graph):
     finally:
         graph.remove_import(importer="worker.keys", imported="worker.records")
     assert import_cycles(graph) == []
+def unexplained_local_imports(source: str) -> list[int]:
+    """Line numbers of imports inside a function with no comment giving the reason
+    (``REASON``) on the line or in the comment lines right above its group of imports."""
+    lines = source.splitlines()
+    found = []
+
+    def explained(lineno: int) -> bool:
+        i = lineno - 1
+        if REASON in lines[i]:
+            return True
+        i -= 1
+        while i >= 0:
+            text = lines[i].strip()
+            if text.startswith("#"):
+                if REASON in text:
+                    return True
+            elif text and not text.startswith(("import ", "from ")):
+                return False  # a blank line between import groups keeps the block going
+            i -= 1
+        return False
+
+    def walk(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, ast.Import | ast.ImportFrom):
+                if not explained(child.lineno):
+                    found.append(child.lineno)
+            walk(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+
+    walk(ast.parse(source), False)
+    return found
+
+
+def test_every_function_local_import_says_why():
+    missing = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for lineno in unexplained_local_imports(path.read_text("utf-8")):
+                missing.append(f"{path.relative_to(ROOT)}:{lineno}")
+    assert missing == [], ("imports inside a function need a comment saying what start-up "
+                           f"time they save (or move them to the top): {missing}")
+
+
+def test_the_local_import_check_flags_a_silent_one():
+    """Positive control: the same function, with and without its reason."""
+    silent = "def f():\n    import json\n    return json\n"
+    said = "def f():\n    # start-up: json is slow to import\n    import json\n    return json\n"
+    assert unexplained_local_imports(silent) == [2]
+    assert unexplained_local_imports(said) == []
+
+
+HEAVY = ("celery", "kombu", "redis", "sqlalchemy", "alembic", "worker.app", "uvicorn")
+
+
+def modules_loaded(code: str) -> set[str]:
+    script = f"{code}\nimport sys\nprint(' '.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+@pytest.mark.processes
+def test_what_the_start_up_imports_buy():
+    """Every ``forge`` command builds the whole parser (each subcommand's module): that
+    loads none of Celery, Redis, SQLAlchemy or the web server, which load where used."""
+    loaded = modules_loaded("import dispatcher.cli\ndispatcher.cli.build_parser()")
+    assert "dispatcher.resume" in loaded and "dispatcher.doctor" in loaded
+    assert sorted(loaded & set(HEAVY)) == []
+    # Positive control: a run's modules do load them.
+    assert {"celery", "worker.app"} <= modules_loaded("import dispatcher.runner")

@@ -61,6 +61,7 @@ def test_sandbox_environment_is_only_the_allow_list_and_never_our_secrets():
 
 
 def test_bad_number_in_the_environment_names_the_variable(monkeypatch):
-    monkeypatch.setenv("FORGE_TEST_NUMBER", "lots")
-    with pytest.raises(config.ConfigError, match="FORGE_TEST_NUMBER='lots' is not a whole"):
-        config.env_int("FORGE_TEST_NUMBER", 5)
+    monkeypatch.setenv("FORGE_DAYTONA_SLOT_WAIT", "lots")
+    with pytest.raises(config.ConfigError,
+                       match="FORGE_DAYTONA_SLOT_WAIT='lots' is not a whole"):
+        config.daytona_slot_wait()

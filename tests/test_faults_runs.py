@@ -23,6 +23,7 @@ from tests.test_faults import (
     wait_for,
     wait_summary,
 )
+from worker.keys import run_record_key
 
 CANDIDATES = ROOT / "candidates"
 
@@ -102,7 +103,7 @@ def test_dispatcher_killed_after_publishing_run_completes_and_status_shows_it(
     client = redis_server.client()
 
     def published() -> bool:
-        raw = client.get("forge-run:orphan")
+        raw = client.get(run_record_key("orphan"))
         return bool(raw) and json.loads(raw)["status"] == "published"
 
     wait_for(published, 60, "the run to be published")

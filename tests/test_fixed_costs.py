@@ -74,12 +74,15 @@ def test_an_embedded_run_never_loads_the_redis_client(tmp_path):
     assert out["loaded"] == {"redis": False, "celery.backends.redis": False, "control": True}
 
 
-def test_is_redis_tells_the_redis_backend_from_the_memory_one():
+def test_redis_client_tells_the_redis_backend_from_the_memory_one():
     from celery.backends.cache import CacheBackend
     from celery.backends.redis import RedisBackend
 
     from worker.app import app
-    from worker.states import is_redis
+    from worker.celery_compat import redis_client
+
+    def is_redis(backend) -> bool:
+        return redis_client(backend) is not None
 
     assert is_redis(RedisBackend(app=app, url="redis://127.0.0.1:1/0"))  # no connection made
     assert not is_redis(CacheBackend(app=app, backend="memory"))

@@ -31,6 +31,7 @@ from tests.procs import (
 )
 from tests.test_rundir import forge_result
 from worker import validation
+from worker.keys import run_record_key
 from worker.records import CandidateInfo, CandidateTask, RunSpec, sha256_text
 from worker.rundir import read_summary, write_run_dir
 
@@ -225,13 +226,13 @@ def test_cli_resume_refuses_a_hostile_run_record(site, redis_server):
                    candidates=[CandidateInfo(id="echo", name="e")])
     record = {"run": spec.to_dict(), "tasks": [], "request": {"candidates": BASIC},
               "status": "published", "created_at": 1.0}
-    client.set("forge-run:evil", json.dumps(record))
+    client.set(run_record_key("evil"), json.dumps(record))
     done = run_forge_cli(["resume", "evil"], env)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "run id 'a/../../victim' is invalid" in one_error_line(done.stderr)
 
     record["run"]["run_id"] = "escape"  # valid, but not the run the record is filed under
-    client.set("forge-run:evil", json.dumps(record))
+    client.set(run_record_key("evil"), json.dumps(record))
     done = run_forge_cli(["resume", "evil"], env)
     assert done.returncode == 2
     assert "names run 'escape'" in one_error_line(done.stderr)

@@ -15,6 +15,7 @@ __all__ = ["app", "celery", "get_daytona_config", "is_daytona_configured"]
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
+        # start-up: records and configuration import without the Celery app
         from worker.app import app
 
         return app

@@ -10,27 +10,26 @@ from __future__ import annotations
 from celery import Celery
 
 from worker import config, observability
+from worker.settings import settings
 
-config.load_dotenv_once()
 observability.install()  # Sentry, JSON logs, metrics: Celery signals, inert unless configured
 
 # The longest candidate deadline we plan for; the visibility timeout must exceed it,
 # or Redis redelivers a task that is still running (it would run twice).
-MAX_DEADLINE = config.env_int("FORGE_MAX_DEADLINE", 3600)
+MAX_DEADLINE = settings.max_deadline
 # A Daytona candidate may first wait this long for a sandbox (worker/budget.py), inside
 # its task: the visibility timeout covers the wait as well as the deadline.
-SLOT_WAIT = config.daytona_slot_wait()
-VISIBILITY_TIMEOUT = config.env_int("FORGE_VISIBILITY_TIMEOUT", MAX_DEADLINE + SLOT_WAIT + 300)
+SLOT_WAIT = settings.daytona_slot_wait
+VISIBILITY_TIMEOUT = settings.visibility_timeout  # default: MAX_DEADLINE + SLOT_WAIT + 300
 # How often each worker looks for unacked tasks past the visibility timeout (a dead
 # node's tasks): kombu's default scans every 100 s; a cheap ZRANGE every few seconds
 # redelivers them within VISIBILITY_TIMEOUT + RESTORE_INTERVAL.
-RESTORE_INTERVAL = config.env_int("FORGE_RESTORE_INTERVAL",
-                                  max(1, min(10, VISIBILITY_TIMEOUT // 2)))
+RESTORE_INTERVAL = settings.restore_interval
 # A run can wait behind a long backlog; its chord state must outlive that wait.
-RESULT_EXPIRES = config.env_int("FORGE_RESULT_EXPIRES", 7 * 24 * 3600)
-MAX_ATTEMPTS = config.env_int("FORGE_MAX_ATTEMPTS", 3)
+RESULT_EXPIRES = settings.result_expires
+MAX_ATTEMPTS = settings.max_attempts
 # A scheduled slot missed by more than this is skipped, not run late (dispatcher/scheduling.py).
-SCHEDULE_GRACE = config.env_int("FORGE_SCHEDULE_GRACE", 3600)
+SCHEDULE_GRACE = settings.schedule_grace
 
 # Named by string, never imported here: the scheduled-competition task is a client entry
 # point (dispatcher/scheduling.py), and worker/ never imports dispatcher/.
@@ -77,7 +76,7 @@ app.conf.update(
     # A Redis restart must not turn a finished candidate into a FAILURE: backend writes
     # retry connection errors with backoff (FORGE_BACKEND_RETRIES tries, ~40 s in all).
     result_backend_always_retry=True,
-    result_backend_max_retries=config.env_int("FORGE_BACKEND_RETRIES", 20),
+    result_backend_max_retries=settings.backend_retries,
     result_backend_base_sleep_between_retries_ms=100,
     result_backend_max_sleep_between_retries_ms=5000,
     redis_socket_connect_timeout=5,
@@ -89,7 +88,7 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     worker_cancel_long_running_tasks_on_connection_loss=False,
-    worker_soft_shutdown_timeout=config.env_int("FORGE_SOFT_SHUTDOWN_TIMEOUT", 60),
+    worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,
     worker_enable_soft_shutdown_on_idle=True,
     worker_hijack_root_logger=False,
     task_routes={"worker.tasks.*": {"queue": "celery"}},
@@ -98,6 +97,6 @@ app.conf.update(
     # Beat: entries come from forge.toml (dispatcher/schedule.py), its state file lives on a
     # volume, and a crontab slot missed by more than the grace is not caught up late.
     beat_scheduler="dispatcher.schedule:CompetitionScheduler",
-    beat_schedule_filename=config.env("FORGE_BEAT_SCHEDULE", "celerybeat-schedule"),
+    beat_schedule_filename=settings.beat_schedule,
     beat_cron_starting_deadline=SCHEDULE_GRACE,
 )

@@ -45,58 +45,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker import config
+from worker.keys import (
+    BUDGET,
+    freed_channel,
+    learned_key,
+    lease_info_key,
+    leases_key,
+    run_key_prefix,
+    waiter_run_key,
+    waiters_key,
+)
 from worker.records import SandboxBudget
 
 logger = logging.getLogger("dream_foundry")
 
-NAME = "daytona"  # one budget per Daytona account this cluster uses
+NAME = BUDGET  # one budget per Daytona account this cluster uses
 POLL = 1.0  # seconds between a waiting process's retries when nothing was published
 LEARNED_TTL = 24 * 3600  # a learned limit outlives any run
 CLOCK_GRACE = 3600  # a run's wait clock outlives its bound by this much
 
-# -- Redis keys: every one the budget uses, one convention, forge:budget:<name>:<what> ----
-
-KEY_PREFIX = "forge:budget"
-
-
-def leases_key(name: str = NAME) -> str:
-    """ZSET lease id -> expiry (ms, Redis clock): the slots held."""
-    return f"{KEY_PREFIX}:{name}:leases"
-
-
-def lease_info_key(name: str = NAME) -> str:
-    """HASH lease id -> JSON {run, c, m, d}: whose lease, and its sandbox's size."""
-    return f"{KEY_PREFIX}:{name}:lease"
-
-
-def waiters_key(name: str = NAME) -> str:
-    """ZSET waiting request id -> expiry: who waits, for fairness."""
-    return f"{KEY_PREFIX}:{name}:waiters"
-
-
-def waiter_run_key(name: str = NAME) -> str:
-    """HASH waiting request id -> run id."""
-    return f"{KEY_PREFIX}:{name}:waiter"
-
-
-def freed_channel(name: str = NAME) -> str:
-    """Pub/sub channel: a slot was released or expired."""
-    return f"{KEY_PREFIX}:{name}:freed"
-
-
-def run_key_prefix(name: str = NAME) -> str:
-    """Prefix of the per-run keys the scripts build themselves:
-    ``<prefix>learned:<run id>`` (the limit learned from refusals) and
-    ``<prefix>clock:<run clock>`` (ms when the run first asked for a slot)."""
-    return f"{KEY_PREFIX}:{name}:run:"
-
-
-def learned_key(run_id: str, name: str = NAME) -> str:
-    return f"{run_key_prefix(name)}learned:{run_id}"
-
-
-def clock_key(clock: str, name: str = NAME) -> str:
-    return f"{run_key_prefix(name)}clock:{clock}"
+# Redis keys: every one the budget uses, forge:budget:<name>:<what> (worker/keys.py).
 
 
 # -- what a request asks for ------------------------------------------------------------
@@ -340,7 +308,7 @@ class RedisBudget:
     """The budget shared by every worker through Redis (see the module docstring)."""
 
     def __init__(self, url: str, name: str = NAME, ttl: float | None = None):
-        import redis
+        import redis  # start-up: redis-py, only for the distributed budget
 
         self.name = name
         self.ttl = float(ttl if ttl is not None else config.daytona_lease_ttl())

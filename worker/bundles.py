@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from worker import celery_compat
 from worker.keys import bundle_key
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -58,13 +59,9 @@ def store_bundle(backend: Any, sha256: str, data: bytes, expires: int) -> bool:
     its expiry is pushed out so a later run keeps it alive); on any other backend (the
     embedded worker's memory backend) a get, then a set when missing.
     """
-    # start-up: the lifecycle imports this module where Celery may not even be installed;
-    # embedded, the Redis client is never imported (worker.states.is_redis)
-    from worker.states import is_redis
-
     key = bundle_key(sha256)
-    if is_redis(backend):
-        client = backend.client
+    client = celery_compat.redis_client(backend)
+    if client is not None:
         if client.exists(key):
             client.expire(key, expires)
             return False

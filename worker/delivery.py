@@ -18,17 +18,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from worker import celery_compat, keys
 from worker.app import MAX_ATTEMPTS, RESULT_EXPIRES, VISIBILITY_TIMEOUT
 
 logger = logging.getLogger("dream_foundry")
 
 
-def attempts_key(task_id: str) -> str:
-    return f"forge-attempts:{task_id}"
-
-
-def first_key(task_id: str) -> str:
-    return f"forge-first:{task_id}"
+attempts_key, first_key = keys.attempts_key, keys.first_key  # worker/keys.py
 
 
 def exhausted_message(attempt: int) -> str:
@@ -79,14 +75,13 @@ class DeliveryGuard:
         On Redis one pipelined round trip (GET meta, INCR and EXPIRE the counter) instead
         of three: at thousands of trivial candidates every round trip per task shows.
         """
-        from worker.states import is_redis
-
         backend = self.task.backend
-        if is_redis(backend):
+        client = celery_compat.redis_client(backend)
+        if client is not None:
             key = attempts_key(self.task_id)
             try:
-                with backend.client.pipeline() as pipe:
-                    pipe.get(backend.get_key_for_task(self.task_id))
+                with client.pipeline() as pipe:
+                    pipe.get(celery_compat.task_meta_key(backend, self.task_id))
                     pipe.incr(key)
                     pipe.expire(key, RESULT_EXPIRES)
                     raw, count, _ = pipe.execute()
@@ -124,12 +119,10 @@ class DeliveryGuard:
         body, a re-sent body and ``forge resume`` all read one result. Kept while a
         duplicate could still run.
         """
-        from worker.states import is_redis
-
-        if not is_redis(self.task.backend):  # embedded: no duplicates
+        client = celery_compat.redis_client(self.task.backend)
+        if client is None:  # embedded: no duplicates
             earlier = self._finished_before()
             return result if earlier is None else earlier
-        client = self.task.backend.client
         try:
             if client.set(first_key(self.task_id), json.dumps(result), nx=True,
                           ex=2 * VISIBILITY_TIMEOUT + 60):

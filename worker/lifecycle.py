@@ -11,6 +11,7 @@ its callback.
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import socket
 import time
@@ -111,8 +112,6 @@ def run_lifecycle(
     the candidate's time: it is left out of ``runtime_seconds`` and kept as
     ``timings["slot_wait"]``.
     """
-    import os
-
     result = CandidateResult(
         candidate_id=task.candidate_id,
         execution_mode=backend.name,

@@ -19,21 +19,19 @@ from typing import Any
 from celery import shared_task
 
 from worker import config
+from worker.app import MAX_DEADLINE
 from worker.sandbox import get_backend
+from worker.settings import settings
 
 logger = logging.getLogger("dream_foundry")
 
-# Beyond the longest candidate deadline: requirements install, upload, create retries.
-REAP_MARGIN = 600
 NOT_CONFIGURED = "Daytona not configured (set DAYTONA_API_KEY and DAYTONA_API_URL)"
 
 
 def default_max_age() -> int:
     """Older than this, a sandbox belongs to no running task: the longest deadline plus
     a margin (``FORGE_MAX_DEADLINE`` + ``FORGE_REAP_MARGIN``, default 3600 + 600 s)."""
-    from worker.app import MAX_DEADLINE
-
-    return MAX_DEADLINE + config.env_int("FORGE_REAP_MARGIN", REAP_MARGIN)
+    return MAX_DEADLINE + settings.reap_margin
 
 
 def sweep(max_age_seconds: float | None = None, dry_run: bool = False,

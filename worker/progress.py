@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker import config
 from worker.sandbox.base import CapacityState
+from worker.settings import settings
+from worker.store.hooks import mark_state
 
 logger = logging.getLogger("dream_foundry")
 
-INTERVAL = config.env_int("FORGE_PROGRESS_INTERVAL_MS", 250) / 1000
+INTERVAL = settings.progress_interval_ms / 1000
 LOG_WINDOW = 40  # newest log lines kept in the task's PROGRESS meta
 
 
@@ -100,8 +101,6 @@ class CandidateProgress:
         """Flower shows it: its event state turns an unknown ``task-<x>`` event into
         state ``<X>`` (WAITING, then RUNNING once the sandbox has its slot); the run
         store shows it too."""
-        from worker.store.hooks import mark_state
-
         mark_state(self.run_id, self.candidate_id, state, self.worker, trial=self.trial)
         if self.delivered:
             try:

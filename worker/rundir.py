@@ -83,6 +83,7 @@ def iter_files(result: ForgeResult) -> Iterator[tuple[str, bytes | Iterator[str]
     """Every file of the run directory as (relative path, content), one at a time: at
     thousands of candidates the whole directory is never in memory at once. Content is
     bytes, or (the reports, megabytes at that size) text pieces made as they are written."""
+    # start-up: the renderers load only where a run directory is written (not in the CLI)
     from worker import report
 
     yield SUMMARY, _summary_json(result)
@@ -166,6 +167,7 @@ def _syncfs(fd: int) -> bool:
     """syncfs(2) through libc (Linux); False where it is not available."""
     global _LIBC
     if _LIBC is None:
+        # start-up: ctypes loads only at the first syncfs
         import ctypes
         import ctypes.util
 

@@ -19,6 +19,7 @@ from typing import Any
 from worker import config
 from worker.judge.season import SeasonRun, Standings, season_line, standings
 from worker.records import ForgeResult
+from worker.store.hooks import _RUN_URLS, _store
 
 logger = logging.getLogger("dream_foundry")
 
@@ -46,8 +47,6 @@ def for_run(result: ForgeResult, artifacts_dir: str) -> dict[str, Any] | None:
     """The standings after ``result`` (the chord body's run), or None (see above)."""
     if not result.competition or not config.store_enabled():
         return None
-    from worker.store.hooks import _RUN_URLS, _store
-
     try:
         store = _store(_RUN_URLS.get(result.run_id) or config.database_url(artifacts_dir))
         if store is None:

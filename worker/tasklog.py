@@ -1,4 +1,4 @@
-"""Celery workaround: the worker's per-task success line, without the task's return value.
+"""The worker's per-task success line, without the task's return value: its summary.
 
 Celery's tracer (``celery.app.trace``) logs every task that succeeds, at INFO, as
 ``Task NAME[ID] succeeded in Ts: <repr of the return value>`` (``LOG_SUCCESS``; the repr
@@ -9,19 +9,16 @@ has no setting to leave the value out (and turning the logger down would lose th
 itself), so a filter on that one logger swaps the value for a one-line summary of it.
 The summary is made from the real return value, which Celery hands to the
 ``task_success`` signal just before it logs the line, in the same thread. The full
-result stays where it belongs: the result backend and the run directory.
+result stays where it belongs: the result backend and the run directory. The filter,
+which leans on Celery's internals, lives in worker/celery_compat.py.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from typing import Any
 
-from celery.app import trace
-from celery.signals import task_success
+from worker import celery_compat
 
-TRACE_LOGGER = "celery.app.trace"
 # A task's ``resultrepr_maxsize``: Celery builds the repr of every return value (for
 # that line, and in prefork for the task-succeeded event Flower shows) whether or not
 # it is logged; at its default 1 KiB that was ~0.25 ms of a pool process per candidate,
@@ -31,7 +28,6 @@ RESULT_REPR_MAX = 64
 NO_SUMMARY = "(result in the result backend)"
 MAX_SUMMARY = 200  # characters
 
-_last = threading.local()  # the summary of the task this thread just finished
 
 
 def summarize(result: Any) -> str:
@@ -61,23 +57,6 @@ def summarize(result: Any) -> str:
     return text if len(text) <= MAX_SUMMARY else text[:MAX_SUMMARY] + "…"
 
 
-def _remember(sender=None, result: Any = None, **_kwargs) -> None:
-    _last.summary = summarize(result)
-
-
-class SuccessSummary(logging.Filter):
-    """Rewrites Celery's success line: the return value becomes its summary."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == trace.LOG_SUCCESS and isinstance(record.args, dict):
-            summary = getattr(_last, "summary", None) or NO_SUMMARY
-            _last.summary = None
-            context = {**record.args, "return_value": summary}
-            record.args = context
-            record.data = context  # what Celery passes custom handlers as extra
-        return True
-
-
 _installed = False
 
 
@@ -87,5 +66,4 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    task_success.connect(_remember, weak=False)
-    logging.getLogger(TRACE_LOGGER).addFilter(SuccessSummary())
+    celery_compat.install_success_summary(summarize, NO_SUMMARY)

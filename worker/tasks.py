@@ -8,20 +8,26 @@ and distributed mode alike.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import resource
 import time
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
-from worker import observability, tasklog, trace
+from worker import config, keys, observability, tasklog, trace
 from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
-from worker.lifecycle import worker_name
+from worker.lifecycle import run_lifecycle, worker_name
 from worker.progress import CandidateProgress
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
+from worker.rundir import write_run_dir
+from worker.sandbox import get_backend
+from worker.states import stored_results
+from worker.store.hooks import record_finished
 from worker.validation import InvalidInput, check_run_id, check_run_spec, check_task
 
 logger = logging.getLogger("dream_foundry")
@@ -34,7 +40,7 @@ tasklog.install()  # Celery's success line without the return value (see worker/
 def _warm_up(**_kwargs) -> None:
     """Probe bubblewrap once per pool process at start, not in a candidate's time."""
     try:
-        from worker.sandbox import get_backend
+        # start-up: the local sandbox package loads in workers, not in a dispatcher
         from worker.sandbox.local import bwrap, prepare_process
 
         get_backend("local")
@@ -42,15 +48,13 @@ def _warm_up(**_kwargs) -> None:
             prepare_process()
     except Exception as exc:  # noqa: BLE001 - the first candidate will report it properly
         logger.warning("sandbox warm-up failed: %s", exc)
-    import gc
-
     gc.freeze()  # the modules loaded so far are never garbage: keep them out of every GC
 
 
 @worker_process_shutdown.connect
 def _release(**_kwargs) -> None:
     """A pool process leaves through os._exit (no atexit): remove its sandbox helpers."""
-    from worker.sandbox.local.cleanup import release_process
+    from worker.sandbox.local.cleanup import release_process  # start-up: workers only
 
     release_process()
 
@@ -111,8 +115,6 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
     """The sandbox lifecycle on the task's backend; a backend that cannot even be made
     (the SDK missing on this worker, say) is a failed result. ``backend_of_results``:
     the Celery result backend, where a project's bundle is fetched from."""
-    from worker.sandbox import get_backend
-
     try:
         backend = get_backend(task.execution_mode)
     except Exception as exc:  # noqa: BLE001 - e.g. the SDK missing on this worker
@@ -121,7 +123,6 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
         return CandidateResult(candidate_id=task.candidate_id,
                                execution_mode=task.execution_mode,
                                worker=progress.worker, error_message=f"{exc}")
-    from worker.lifecycle import run_lifecycle
 
     def bundle(sha256: str) -> bytes:  # a project's files, by hash, cached per process
         return fetch_bundle(backend_of_results, sha256)
@@ -166,8 +167,6 @@ def _sandboxes_alive(forge: ForgeResult) -> int | None:
                      "finished deleting, within their deadline): "
                      + ", ".join(f"{sid} ({cid})" for cid, sid in stuck))
     try:
-        from worker.sandbox import get_backend
-
         alive = get_backend("daytona").left_behind(run_id)  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - any SDK/transport failure
         notes.append(f"Could not count the run's live Daytona sandboxes ({type(exc).__name__});"
@@ -195,22 +194,19 @@ def collect_results(self, results: list[dict[str, Any]],
     The RunSpec is checked (worker/validation.py) before anything touches the disk: a
     message breaking the rules fails with InvalidInput and writes nothing.
     """
-    from worker.rundir import write_run_dir
-
     entered, t0 = time.time(), time.monotonic()
     trace.mark("body.entered")
     run = _run_spec(_load_run_data(self.backend, run_data))
     if kept_task_ids:
-        from worker.states import stored_results
-
         results = stored_results(self.backend, kept_task_ids) + list(results)
-    # start-up: the judge loads only in the chord body (importing the tasks, as every
-    # publisher does, stays light; tests/test_daytona_e2e.py checks it)
+    # start-up: the judge (and worker.discord, which uses its event blocks) load only in
+    # the chord body: importing the tasks, as every publisher does, stays light
+    # (tests/test_daytona_e2e.py checks it)
+    from worker.discord import post_winner
     from worker.judge.scoring import build_forge_result
-
-    forge = build_forge_result(results, run)
     from worker.standings import for_run
 
+    forge = build_forge_result(results, run)
     forge.standings = for_run(forge, run.artifacts_dir)  # a competition's season, if any
     t_scored = time.monotonic()
     trace.mark("body.scored")
@@ -221,13 +217,8 @@ def collect_results(self, results: list[dict[str, Any]],
     trace.mark("body.written")
     logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)
     if run.post_to_discord:
-        from worker import config
-        from worker.discord import post_winner
-
         # Claimed once per run directory: a redelivered callback does not post again.
         forge.discord = post_winner(forge, run_path, config.discord_webhook_url())
-    from worker.store.hooks import record_finished
-
     t_store = time.monotonic()
     record_finished(forge)  # one transaction; if it fails, owed and retried (never raises)
     t_stored = time.monotonic()
@@ -247,6 +238,7 @@ def warm_body(judge: str) -> None:
     of the run, its critical path, no longer waits for imports (~50 ms of CPU).
     Never raises: the body reports any problem itself."""
     try:
+        # start-up: loading these early, off the critical path, is the point of this function
         from worker import report, rundir  # noqa: F401
         from worker.judge import get_judge, scoring  # noqa: F401
 
@@ -265,9 +257,7 @@ def _run_spec(data: Any) -> RunSpec:
     return check_run_spec(spec)
 
 
-def spec_key(run_id: str) -> str:
-    """Result-backend key of a large run's RunSpec (see dispatch._body_run_data)."""
-    return f"forge-runspec:{run_id}"
+spec_key = keys.run_spec_key  # worker/keys.py
 
 
 def _load_run_data(backend, run_data: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +276,4 @@ def _load_run_data(backend, run_data: dict[str, Any]) -> dict[str, Any]:
 
 def _maxrss_mb() -> float:
     """Peak resident memory of this (pool) process so far, in MiB."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-from worker import config
+from worker.settings import settings
 
-_PATH = config.env("FORGE_TRACE")  # read once: a process traces from start or not at all
+_PATH = settings.trace  # read once: a process traces from start or not at all
 
 
 def enabled() -> bool:

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker import config
+from worker.discord import RECORD, post_winner
+from worker.rundir import SUMMARY
+from worker.states import task_metas
+from worker.store.hooks import record_run_dir
+from worker.validation import contained
 
 logger = logging.getLogger("dream_foundry.web")
 
@@ -41,9 +46,9 @@ def start_now(name: str) -> Outcome:
         return Outcome(False, "Starting a competition needs a broker: set CELERY_BROKER_URL "
                               "(and run workers: `celery -A worker worker`), then restart "
                               "`forge web`. Without one, run it here with `forge run`.")
+    # start-up: the Celery app loads only when an action publishes
     from dispatcher.dispatch import check_broker
     from worker.app import app
-    from worker.states import task_metas
 
     try:
         check_broker(timeout=5.0)
@@ -74,10 +79,6 @@ def start_now(name: str) -> Outcome:
 
 def repost(store, artifacts_dir: str, run_id: str) -> Outcome:
     """Post the finished run's winner to Discord again (``forge post``'s force)."""
-    from worker.discord import RECORD, post_winner
-    from worker.rundir import SUMMARY
-    from worker.store.hooks import record_run_dir
-    from worker.validation import contained
 
     result = store.load_result(run_id)
     if result is None:

@@ -31,7 +31,7 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -50,13 +50,17 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from dispatcher.competitions import NAME_RE
 from dispatcher.web import security
+from dispatcher.web.actions import repost, start_now
 from dispatcher.web.charts import score_chart
 from dispatcher.web.data import Data, StoreUnavailable, scheduled
 from dispatcher.web.live import TERMINAL, LiveCandidate, LiveHub, Renderers
 from dispatcher.web.render import environment
 from dispatcher.web.settings import WebSettings
 from worker import config, observability
+from worker.discord import announcement
+from worker.standings import as_dict, compute
 from worker.validation import InvalidInput, check_candidate_id, check_run_id
 
 logger = logging.getLogger("dream_foundry.web")
@@ -80,7 +84,7 @@ class Dashboard:
         self.env = environment(HERE / "templates")
         backend = redis_url = None
         if config.is_distributed():
-            from worker.app import app as celery_app
+            from worker.app import app as celery_app  # start-up: only with a broker
 
             backend = celery_app.backend
             redis_url = config.result_backend_url() if \
@@ -95,8 +99,6 @@ class Dashboard:
     def flower(self, task_id: str) -> str | None:
         if self.settings.flower_url is None:
             return None
-        from urllib.parse import quote
-
         return f"{self.settings.flower_url}/task/{quote(task_id, safe=':')}"
 
     def render(self, template: str, request: Request | None = None, /,
@@ -137,8 +139,6 @@ class Dashboard:
 
     @staticmethod
     def _competition_param(request: Request) -> str | None:
-        from dispatcher.competitions import NAME_RE
-
         name = request.query_params.get("competition") or None
         if name is not None and not NAME_RE.fullmatch(name):
             raise HTTPException(404, "No such competition.")
@@ -237,9 +237,6 @@ class Dashboard:
                            competitions=competitions, name=history[0].name)
 
     def standings_page(self, request: Request) -> HTMLResponse:
-        from dispatcher.competitions import NAME_RE
-        from worker.standings import as_dict, compute
-
         name = request.path_params["name"]
         if not NAME_RE.fullmatch(name):
             raise HTTPException(404, "No such competition.")
@@ -310,8 +307,6 @@ class Dashboard:
     # ------------------------------------------------------------------ actions
 
     async def start_competition(self, request: Request) -> Response:
-        from dispatcher.web.actions import start_now
-
         await security.checked_form(request, self.settings)
         name = request.path_params["name"]
         comps, _problem = await run_in_threadpool(self.data.competitions)
@@ -324,8 +319,6 @@ class Dashboard:
                            title=f"Start {name}", outcome=outcome)
 
     async def repost(self, request: Request) -> Response:
-        from dispatcher.web.actions import repost
-
         await security.checked_form(request, self.settings)
         run_id = self._run_id(request)
         store = await run_in_threadpool(self.data.store)
@@ -409,8 +402,6 @@ class _Reader:
 def finished_view(detail) -> dict[str, Any]:
     """The finished run page's context: the leaderboard, the winner and its post as
     Discord shows it, every candidate with its artifact and output."""
-    from worker.discord import announcement
-
     ranked = sorted(detail.candidates, key=lambda c: (
         c.score.rank if c.score is not None and c.score.rank else 10**9, c.position))
     winner = next((c for c in detail.candidates

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from dispatcher.web.settings import DEFAULT_HOST, DEFAULT_PORT
+from dispatcher.web.settings import DEFAULT_HOST, DEFAULT_PORT, check_bind, from_environment
+from worker.observability import logs
 
 
 def register(subparsers) -> None:
@@ -27,19 +29,15 @@ def register(subparsers) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from dispatcher.web.settings import check_bind, from_environment
-
     if not 0 < args.port < 65536:
         print(f"forge: error: --port {args.port} is not a TCP port (1-65535)", file=sys.stderr)
         return 2
     settings = from_environment(args.artifacts_dir)  # ConfigError: exit 2 (dispatcher.cli)
     check_bind(args.host, settings.token)
-    import logging
-
+    # start-up: uvicorn and the web app load only for `forge web`
     import uvicorn
 
     from dispatcher.web.app import create_app
-    from worker.observability import logs
 
     if not logs.enabled():  # FORGE_LOG_FORMAT=json: the root's JSON handler takes it all
         handler = logging.StreamHandler()  # the dashboard's own lines, beside uvicorn's

@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from dispatcher.competitions import CompetitionsError, competitions_path, load_competitions
 from dispatcher.web.settings import WebSettings
 from worker import config
+from worker.store.importer import run_dirs
 
 logger = logging.getLogger("dream_foundry.web")
 
@@ -50,8 +52,7 @@ class Data:
         """The open store, or None while a SQLite store does not exist yet."""
         if self._store is not None:
             return self._store
-        from worker.store import StoreError, open_store
-        from worker.store.importer import run_dirs
+        from worker.store import StoreError, open_store  # start-up: SQLAlchemy
 
         with self._lock:
             if self._store is not None:
@@ -71,7 +72,7 @@ class Data:
 
     def read(self, method: str, *args, **kwargs):
         """``store.<method>(...)``; None (nothing recorded yet) when there is no store."""
-        from worker.store import StoreError
+        from worker.store import StoreError  # start-up: SQLAlchemy
 
         store = self.store()
         if store is None:
@@ -98,8 +99,6 @@ class Data:
     def competitions(self) -> tuple[dict, str | None]:
         """(forge.toml's competitions by name, the problem reading it or None); re-read
         when the file changes."""
-        from dispatcher.competitions import CompetitionsError, competitions_path, load_competitions
-
         path = competitions_path(self.settings.competitions)
         try:
             stat = os.stat(path)

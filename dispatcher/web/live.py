@@ -31,7 +31,9 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher.web.data import Data
+from worker import celery_compat
 from worker.records import task_id_for
+from worker.states import task_metas
 
 logger = logging.getLogger("dream_foundry.web")
 
@@ -160,8 +162,6 @@ class LiveHub:
             wanted = {s.candidate_id for s in states
                       if s.state != "done" or (run_id, s.candidate_id) not in self._done_log}
             try:
-                from worker.states import task_metas
-
                 # A run of repeated trials shows each candidate by its first trial (the
                 # store's trial 0): its task is <run>:<candidate>:1.
                 metas = task_metas(self.backend, [t for c in wanted for t in (
@@ -333,14 +333,14 @@ class _Watch:
         if self.hub.redis_url is None or self.hub.backend is None:
             return None
         try:
-            import redis.asyncio as aioredis
+            import redis.asyncio as aioredis  # start-up: redis-py, only with a broker
 
             client = aioredis.Redis.from_url(self.hub.redis_url, socket_connect_timeout=3)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
-            key = self.hub.backend.get_key_for_task(f"{self.run_id}:x")
-            key = key.decode() if isinstance(key, bytes) else key
             self._client = client
-            await pubsub.psubscribe(key[:-1] + "*")  # celery-task-meta-<run>:*
+            # celery-task-meta-<run>:*
+            await pubsub.psubscribe(celery_compat.task_meta_pattern(self.hub.backend,
+                                                                    f"{self.run_id}:"))
             return pubsub
         except Exception as exc:  # noqa: BLE001
             logger.warning("dashboard: no task events for run %s (%s); polling instead",

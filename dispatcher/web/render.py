@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from dispatcher.web.live import LiveCandidate
+from worker.report import markdown_to_html, output_tail
 from worker.validation import shorten
 
 
@@ -55,14 +56,10 @@ def _elapsed(c: LiveCandidate) -> str:
 def _discord_html(text: str) -> Markup:
     """A post as Discord shows it: worker/report/post.py's renderer escapes every character
     before it adds markup, and links only http(s) URLs."""
-    from worker.report import markdown_to_html
-
     return Markup(markdown_to_html(text))
 
 
 def _tail(output: str | None) -> str:
-    from worker.report import output_tail
-
     return output_tail(output)
 
 

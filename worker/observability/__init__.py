@@ -19,6 +19,7 @@ from typing import Any
 
 from worker import config
 from worker.observability import context, logs, metrics, sentry
+from worker.observability.scrub import process_scrubber
 
 __all__ = ["candidate_state", "install", "report", "sandbox_alive", "setup_process"]
 
@@ -36,8 +37,9 @@ def install() -> None:
     config.metrics_port()
     config.sentry_dsn()
     _installed = True
-    from celery import signals  # here: the lifecycle imports this package, also where
-    # there is no Celery (a sandbox test's bare interpreter)
+    # start-up: Celery loads only where its signals are connected; the lifecycle imports
+    # this package also where there is no Celery (a sandbox test's bare interpreter)
+    from celery import signals
 
     for signal, receiver in (
         (signals.celeryd_init, _worker_init),
@@ -144,8 +146,6 @@ def _learn_sandbox_values(args: Any) -> None:
     data = args[0] if args else None
     names = data.get("env_allow") if isinstance(data, dict) else None
     if isinstance(names, list | tuple):
-        from worker.observability.scrub import process_scrubber
-
         process_scrubber().add_sandbox_values([n for n in names if isinstance(n, str)],
                                               os.environ)
 

@@ -115,6 +115,7 @@ def celery_logger_ready(logger: logging.Logger | None) -> None:
         return
     _json_handlers(logger)
     if logger is logging.getLogger():
+        # start-up: Celery only where the root logger is configured (not in the lifecycle)
         from celery.utils.log import get_multiprocessing_logger
 
         _json_handlers(get_multiprocessing_logger())

@@ -35,7 +35,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from worker import config
+from worker import celery_compat, config, keys
 from worker.observability import context
 from worker.sandbox.base import CapacityState
 
@@ -50,16 +50,9 @@ WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 NOT_PHASES = frozenset({"entered_at", "refused", "slot_wait"})
 
 # Redis keys (result backend): one run counted once across the cluster.
-KEY_PREFIX = "forge:metrics"
-LAST_SUCCESS_KEY = f"{KEY_PREFIX}:last-success"  # HASH competition -> unix time
-
-
-def run_started_key(run_id: str) -> str:
-    return f"{KEY_PREFIX}:run-started:{run_id}"
-
-
-def run_finished_key(run_id: str) -> str:
-    return f"{KEY_PREFIX}:run-finished:{run_id}"
+LAST_SUCCESS_KEY = keys.METRICS_LAST_SUCCESS_KEY
+run_started_key = keys.metrics_run_started_key
+run_finished_key = keys.metrics_run_finished_key
 
 
 _m: SimpleNamespace | None = None  # the metric objects, once enabled in this worker
@@ -101,6 +94,7 @@ def init_worker() -> bool:
     # prometheus_client's own switch to multiprocess mode, inherited by the pool (the
     # setting users set is FORGE_METRICS_DIR).
     os.environ.update(PROMETHEUS_MULTIPROC_DIR=directory)
+    # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
     from prometheus_client import values
 
     values.ValueClass = values.get_value_class()  # in case it was imported before
@@ -112,6 +106,7 @@ def init_worker() -> bool:
 
 
 def _define() -> SimpleNamespace:
+    # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
     from prometheus_client import Counter, Gauge, Histogram
 
     return SimpleNamespace(
@@ -153,6 +148,7 @@ def serve(app: Any) -> None:
     """``worker_ready`` (main process, after the pool forked): serve /metrics."""
     if _m is None or _dir is None:
         return
+    # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
@@ -170,6 +166,7 @@ def serve(app: Any) -> None:
 def process_exit() -> None:
     """``worker_process_shutdown``: this pool process's live gauges leave the sum."""
     if _m is not None and _dir is not None:
+        # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid(), _dir)
@@ -185,10 +182,7 @@ def shutdown() -> None:
 
 
 def _redis(task: Any):
-    from celery.backends.redis import RedisBackend
-
-    backend = getattr(task, "backend", None)
-    return backend.client if isinstance(backend, RedisBackend) else None
+    return celery_compat.redis_client(getattr(task, "backend", None))
 
 
 def _first(task: Any, key: str) -> bool:
@@ -317,6 +311,7 @@ class _Collector:
         self.path = path
 
     def collect(self):
+        # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
         from prometheus_client import multiprocess
 
         for name in os.listdir(self.path):  # SIGKILLed pool processes said nothing
@@ -328,6 +323,7 @@ class _Collector:
         yield from self._last_success()
 
     def _broker(self):
+        # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
         from kombu.exceptions import ChannelError
         from prometheus_client.core import GaugeMetricFamily
 
@@ -353,16 +349,16 @@ class _Collector:
         yield up
 
     def _last_success(self):
-        from celery.backends.redis import RedisBackend
+        # start-up: prometheus_client, only when FORGE_METRICS_PORT is set
         from prometheus_client.core import GaugeMetricFamily
 
         family = GaugeMetricFamily(
             "forge_competition_last_success_timestamp_seconds", "Unix time the last run of "
             "a scheduled competition finished with a winner", labels=["competition"])
         try:
-            backend = self.app.backend
-            if isinstance(backend, RedisBackend):
-                for name, when in backend.client.hgetall(LAST_SUCCESS_KEY).items():
+            client = celery_compat.redis_client(self.app.backend)
+            if client is not None:
+                for name, when in client.hgetall(LAST_SUCCESS_KEY).items():
                     family.add_metric([name.decode()], float(when))
         except Exception as exc:  # noqa: BLE001
             logger.debug("metrics: last successes not read: %s", exc)

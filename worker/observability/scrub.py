@@ -27,9 +27,13 @@ import base64
 import os
 import re
 import threading
+import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from worker.config import is_placeholder
+from worker.settings import settings
 
 FILTERED = "[Filtered]"  # Sentry's own substitute, so events read the same everywhere
 MIN_KNOWN = 4
@@ -59,10 +63,7 @@ def secret_by_name(name: str) -> bool:
     return any(part in SECRET_NAME_PARTS for part in name.upper().split("_"))
 
 
-def _is_placeholder(value: str) -> bool:
-    from worker.config import is_placeholder
-
-    return is_placeholder(value)
+_is_placeholder = is_placeholder
 
 
 class Scrubber:
@@ -196,9 +197,7 @@ class Scrubber:
 def competition_sandbox_names(path: str | None = None) -> list[str]:
     """The variable names forge.toml's competitions pass into sandboxes (best effort:
     a missing or broken file gives none; beat and ``forge doctor`` report it)."""
-    import tomllib
-
-    source = path or os.environ.get("FORGE_COMPETITIONS", "").strip()
+    source = path or settings.competitions
     if not source:  # as the dispatcher finds it: ./forge.toml, else the repository's
         here = os.path.join(os.getcwd(), "forge.toml")
         source = here if os.path.isfile(here) else os.path.join(

@@ -47,6 +47,7 @@ def init(service: str) -> bool:
     dsn = config.sentry_dsn()
     if dsn is None:
         return False
+    # start-up: sentry_sdk, only when SENTRY_DSN is set
     import sentry_sdk
     from sentry_sdk.integrations.celery import CeleryIntegration
     from sentry_sdk.integrations.logging import LoggingIntegration
@@ -59,7 +60,7 @@ def init(service: str) -> bool:
     def before_breadcrumb(crumb: dict, _hint: dict) -> dict:
         return scrubber.scrub_data(crumb)
 
-    from importlib import metadata  # here: ~10 ms of every CLI start without Sentry
+    from importlib import metadata  # start-up: ~10 ms of every CLI start without Sentry
 
     try:
         version = metadata.version("dream-foundry")
@@ -81,6 +82,7 @@ def init(service: str) -> bool:
     if service == "web":
         # The dashboard logs each failed request it answers with its error page; the
         # SDK's Starlette integration already reports the exception itself: once is enough.
+        # start-up: sentry_sdk, only when SENTRY_DSN is set
         from sentry_sdk.integrations.logging import ignore_logger
 
         ignore_logger("dream_foundry.web")
@@ -94,6 +96,7 @@ def tag_task(ctx: context.TaskContext) -> None:
     task, before this signal) carries its run, candidate, competition and mode."""
     if _service is None:
         return
+    # start-up: sentry_sdk, only when SENTRY_DSN is set
     import sentry_sdk
 
     tags = ctx.fields()
@@ -110,6 +113,7 @@ def report(error: BaseException | str, failure: str, **tags: Any) -> None:
     if _service is None:
         return
     try:
+        # start-up: sentry_sdk, only when SENTRY_DSN is set
         import sentry_sdk
 
         with sentry_sdk.new_scope() as scope:
@@ -130,6 +134,7 @@ def report(error: BaseException | str, failure: str, **tags: Any) -> None:
 
 def flush(timeout: float = 2.0) -> None:
     if _service is not None:
+        # start-up: sentry_sdk, only when SENTRY_DSN is set
         import sentry_sdk
 
         sentry_sdk.flush(timeout)

@@ -30,11 +30,12 @@ def get_backend(mode: str) -> SandboxBackend:
     """One backend object per process and mode (the Daytona client is reused)."""
     if mode not in _backends:
         if mode == "local":
-            from worker.sandbox.local import LocalBackend
+            from worker.sandbox.local import LocalBackend  # start-up: loads on first use
 
             _backends[mode] = LocalBackend()
         elif mode == "daytona":
-            from worker.sandbox.daytona import DaytonaBackend  # imports the SDK lazily
+            # start-up: loads on first use (and the SDK on a sandbox's first use)
+            from worker.sandbox.daytona import DaytonaBackend
 
             _backends[mode] = DaytonaBackend()
         else:

@@ -33,6 +33,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from worker import config
+from worker.budget import Quota, SlotRequest, SlotWaitExpired, get_budget
+from worker.config import get_daytona_config
 from worker.sandbox.base import (
     WAITING_LINE,
     Boundary,
@@ -79,7 +82,7 @@ NO_KEY = f"{NO_KEY_MESSAGE} ({NO_KEY_HINT})"
 def _sdk() -> Any:
     """The ``daytona`` module, imported on first use so ``import worker`` stays fast."""
     try:
-        import daytona
+        import daytona  # start-up: the SDK loads on a sandbox's first use
     except ImportError as exc:
         raise SandboxError(Phase.CREATE, NO_SDK) from exc
     return daytona
@@ -255,8 +258,6 @@ class DaytonaBackend:
 
     def budget(self) -> Any:
         """The process's sandbox budget (Redis when distributed, in-process when embedded)."""
-        from worker.budget import get_budget
-
         return get_budget()
 
     # -- the client -------------------------------------------------------------------
@@ -271,8 +272,6 @@ class DaytonaBackend:
             return self._client
         with self._lock:
             if self._client is None:
-                from worker.config import get_daytona_config
-
                 api_key, api_url = get_daytona_config()
                 if not api_key:
                     raise SandboxError(Phase.CREATE, NO_KEY)
@@ -332,9 +331,6 @@ class DaytonaBackend:
     def create(self, request: SandboxRequest, log: LogFn,
                status: CreateStatus | None = None) -> DaytonaSandbox:
         """A started sandbox holding a budget lease; waits (visibly) for capacity."""
-        from worker import config
-        from worker.budget import Quota, SlotRequest
-
         status = status if status is not None else CreateStatus()
         client = self.client(log)
         sdk = _sdk()
@@ -428,8 +424,6 @@ class DaytonaBackend:
     def _take_slot(self, budget: Any, slot: Any, log: LogFn, status: CreateStatus,
                    refusals: list[str]) -> tuple[str, float]:
         """(lease id, monotonic deadline of the run's wait): blocks while the budget is full."""
-        from worker.budget import SlotWaitExpired
-
         def waiting(usage: Any) -> None:
             log(f"{WAITING_LINE} ({usage.held} of "
                 f"{slot.quota.sandboxes} in use, {usage.waiting_runs} run(s) waiting)")

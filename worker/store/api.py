@@ -15,10 +15,19 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from worker import config
+from worker import config, report
 from worker.records import CandidateResult, ForgeResult, RunSpec
 from worker.store import read, write
-from worker.store.db import StoreError, describe_error, engine_for, parse_url, sqlite_path
+from worker.store.db import (
+    WRITE,
+    StoreError,
+    describe_error,
+    engine_for,
+    parse_url,
+    sqlite_path,
+)
+from worker.store.importer import drain, import_runs, run_dirs
+from worker.store.marks import Marks
 
 T = TypeVar("T")
 
@@ -37,8 +46,6 @@ class Store:
             raise
         except (SQLAlchemyError, OSError) as exc:
             raise self._error("open", exc) from None
-        from worker.store.db import WRITE
-
         self._writer = self.engine.execution_options(**WRITE)
         self._marker = None  # the in-flight marks' engine, made on first use
 
@@ -81,8 +88,6 @@ class Store:
         and on PostgreSQL without waiting for its WAL flush. A server crash may forget the
         newest marks (the finished write supersedes them), never a finished run."""
         if self._marker is None:
-            from worker.store.marks import Marks
-
             self._marker = Marks(engine_for(self.url, async_commit=True))
         errors = (self.engine.dialect.loaded_dbapi.Error, SQLAlchemyError)
         for attempt in (1, 2):
@@ -155,8 +160,6 @@ class Store:
     def report(self, run_id: str, fmt: str = "html") -> str | None:
         """The run's report.md/report.html, rendered from the store: the report is a pure
         function of the ForgeResult, so it is the run directory's file, byte for byte."""
-        from worker import report
-
         result = self.load_result(run_id)
         if result is None:
             return None
@@ -170,15 +173,11 @@ class Store:
     # ------------------------------------------------------------------ import
 
     def import_runs(self, path: str | os.PathLike):
-        from worker.store.importer import import_runs
-
         return import_runs(self, path)
 
     def import_if_empty(self, artifacts_dir: str | os.PathLike):
         """First start: an empty store takes in the run directories already there (once
         per process and URL; cheap afterwards). Returns the ImportReport, or None."""
-        from worker.store.importer import run_dirs
-
         key = f"{self.url}|{os.path.abspath(artifacts_dir)}"
         if key in _IMPORT_CHECKED:
             return None
@@ -189,8 +188,6 @@ class Store:
 
     def drain(self, artifacts_dir: str | os.PathLike):
         """Load the runs whose store write is owed (see ``worker.store.importer``)."""
-        from worker.store.importer import drain
-
         return drain(self, artifacts_dir)
 
 

@@ -15,14 +15,17 @@ connection its parent opened (they are forgotten, not closed, after a fork).
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from worker.config import ConfigError, redact_url
+from worker.store.migrations import HEAD, alembic_config
 
 # pg_advisory_xact_lock key of the migration: any constant no other code uses.
 MIGRATION_LOCK = 0x666F726765  # "forge"
@@ -73,9 +76,6 @@ def sqlite_path(url: str) -> Path | None:
 def _wal(cur) -> None:
     """WAL mode (kept in the file once set). Switching takes an exclusive lock without
     waiting on the busy timeout, so processes opening a new store together retry."""
-    import sqlite3
-    import time
-
     deadline = time.monotonic() + 30
     while cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         try:
@@ -87,8 +87,6 @@ def _wal(cur) -> None:
 
 
 def _sqlite_engine(url: URL) -> Engine:
-    from sqlalchemy import create_engine
-
     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -110,8 +108,6 @@ def _sqlite_engine(url: URL) -> Engine:
 
 
 def _postgres_engine(url: URL, async_commit: bool = False) -> Engine:
-    from sqlalchemy import create_engine
-
     # Small pools: a pool process writes one candidate at a time. No pre-ping (a round
     # trip per write): a dropped connection invalidates the pool and the write retries.
     marks = ({"isolation_level": "AUTOCOMMIT"}, {"options": "-c synchronous_commit=off"}) \
@@ -154,8 +150,6 @@ def engine_for(url: str, *, migrate: bool = True, async_commit: bool = False) ->
 
 def current_revision(conn) -> str | None:
     """The store's Alembic revision; None for an empty database."""
-    from sqlalchemy import inspect, text
-
     if not inspect(conn).has_table("alembic_version"):
         return None
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -167,16 +161,12 @@ def ensure_schema(engine: Engine) -> bool:
     The check is one query without importing Alembic; the upgrade runs in one
     transaction that holds the migration lock, so concurrent first uses migrate once.
     """
-    from worker.store.migrations import HEAD
-
     with engine.connect() as conn:
         if current_revision(conn) == HEAD:
             return False
+    # start-up: Alembic loads only when a schema is behind
     from alembic import command
     from alembic.script import ScriptDirectory
-    from sqlalchemy import text
-
-    from worker.store.migrations import alembic_config
 
     with engine.execution_options(**WRITE).begin() as conn:
         if conn.dialect.name == "postgresql":

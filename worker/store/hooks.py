@@ -37,6 +37,8 @@ from celery.signals import (
 from worker import config, observability
 from worker.records import CandidateResult, ForgeResult, RunSpec
 from worker.sandbox.base import CapacityState
+from worker.settings import settings
+from worker.store import importer
 
 if TYPE_CHECKING:
     from worker.store.api import Store
@@ -63,7 +65,7 @@ _lock = threading.Lock()
 def _store(url: str, create: bool = True) -> Store | None:
     store = _STORES.get(url)
     if store is None:
-        from worker.store.api import open_store
+        from worker.store.api import open_store  # start-up: SQLAlchemy, on first write
 
         store = open_store(url, create=create)
         if store is not None:
@@ -240,8 +242,6 @@ def record_finished(result: ForgeResult, artifacts_dir: str | os.PathLike | None
     On failure the write is owed: parked in the outbox, said in one line, retried."""
     if not config.store_enabled():
         return
-    from worker.store import importer
-
     artifacts = os.fspath(artifacts_dir or os.path.dirname(os.path.abspath(
         result.artifacts_dir)))
     url = _RUN_URLS.pop(result.run_id, None) or config.database_url(artifacts)
@@ -265,8 +265,6 @@ def record_run_dir(run_dir: str | os.PathLike) -> None:
     record) written again to its store; on failure owed, like the chord body's write."""
     if not config.store_enabled():
         return
-    from worker.store import importer
-
     try:
         result = importer.load_run_dir(run_dir)
     except (OSError, ValueError, TypeError) as exc:
@@ -313,8 +311,6 @@ def drain_here(artifacts_dir: str | None = None) -> dict[str, Any]:
     artifacts = artifacts_dir or config.artifacts_dir()
     if not config.store_enabled():
         return {"skipped": "FORGE_STORE=off"}
-    from worker.store import importer
-
     url = config.database_url(artifacts)
     owed = importer.pending(artifacts)
     try:
@@ -342,7 +338,7 @@ def drain_outbox() -> dict[str, Any]:
 
 def beat_entries() -> dict[str, dict]:
     """The store's beat entry: retry owed writes every FORGE_STORE_RETRY_INTERVAL s."""
-    every = config.env_int("FORGE_STORE_RETRY_INTERVAL", 300)
+    every = settings.store_retry_interval
     return {"store:drain-outbox": {"task": DRAIN_TASK, "schedule": float(max(every, 10)),
                                    "options": {"expires": max(every, 10)}}}
 
@@ -352,6 +348,7 @@ def _preload(**_kw) -> None:
     """A distributed worker imports the store before it forks its pool processes, which
     then start with it loaded (an embedded run imports it in the background)."""
     if config.is_distributed() and config.store_enabled():
+        # start-up: loaded here, before the pool forks, only in a distributed worker
         import worker.store.api  # noqa: F401
 
 

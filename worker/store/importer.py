@@ -39,6 +39,8 @@ def load_run_dir(path: str | os.PathLike) -> ForgeResult:
     result.json (output and artifact included) and the Discord record.
 
     Raises OSError/ValueError for a directory that is not a readable run."""
+    # start-up: worker.discord loads the judge's event blocks; the tasks import this
+    # module and stay without the judge (tests/test_daytona_e2e.py)
     from worker.discord import read_record
 
     root = Path(path)
@@ -78,7 +80,7 @@ def run_dirs(path: str | os.PathLike) -> list[Path]:
 
 def import_runs(store, path: str | os.PathLike) -> ImportReport:
     """Load every run directory at ``path`` into ``store`` (one transaction per run)."""
-    from worker.store.db import StoreError
+    from worker.store.db import StoreError  # start-up: SQLAlchemy (the CLI imports this module)
 
     report = ImportReport()
     for d in run_dirs(path):

@@ -12,13 +12,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from worker.records import CandidateResult, ForgeResult, RunSpec, Score
+from worker.records import CandidateResult, ForgeResult, RunSpec, Score, _plain
 from worker.store.models import Candidate, Result, Run
 
 RUNS, CANDIDATES, RESULTS = Run.__table__, Candidate.__table__, Result.__table__
@@ -42,11 +45,7 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 def _insert(conn: Connection, table):
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
 
 
 def _upsert(conn: Connection, table, key: list[str], rows: list[dict[str, Any]],
@@ -73,8 +72,6 @@ def record_queued(conn: Connection, run: RunSpec, at: datetime | None = None,
                   trials: int | None = None) -> None:
     """The run and every candidate as queued. Rows that exist are left alone: a resumed
     run keeps its progress, a finished one stays finished."""
-    import os
-
     at = at or now()
     trials = trials or run.trials
     _insert_new(conn, RUNS, RUN_KEY, [{
@@ -101,8 +98,6 @@ def record_queued(conn: Connection, run: RunSpec, at: datetime | None = None,
 def extra(record: Any, mapped: frozenset[str]) -> dict[str, Any] | None:
     """A record's fields that have no column (``mapped``), as plain JSON values, for the
     table's ``extra`` column: a field added to a record round-trips without a migration."""
-    from worker.records import _plain
-
     out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
            if f.name not in mapped}
     return {k: _plain(v) for k, v in out.items()} or None

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from worker.sandbox.local.launch import plan_launch, sandbox_host_uid
 from worker.sandbox.local.pyenv import candidate_python
 from worker.sandbox.visible import SANDBOX_UID, system_binds
+from worker.settings import settings
 
 INSTALL_HINT = "apt-get install bubblewrap slirp4netns (or dnf install bubblewrap slirp4netns)"
 
 
 def require_isolation() -> bool:
     """``FORGE_REQUIRE_ISOLATION``: refuse to run a candidate without full isolation."""
-    value = os.environ.get("FORGE_REQUIRE_ISOLATION", "")
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    return settings.require_isolation
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Probe:
 @functools.lru_cache(maxsize=1)
 def probe() -> Probe:
     """Can bwrap create our namespaces and run the candidate interpreter? Cached."""
-    if os.environ.get("FORGE_SANDBOX", "").strip().lower() == "plain":
+    if (settings.sandbox or "").lower() == "plain":
         return Probe(False, None, "FORGE_SANDBOX=plain forces the fallback")
     if not sys.platform.startswith("linux"):
         return Probe(False, None, f"not Linux ({sys.platform})")

@@ -13,8 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from worker.settings import settings
+
 MiB = 1024 * 1024
-_TRUE = {"1", "true", "yes", "on"}
 
 CPU_PERIOD_US = 100_000  # the CFS period a CPU cap is expressed in (the kernel default)
 # Each sandbox gets the same CPU and I/O weight: the kernel shares the machine between
@@ -49,7 +50,7 @@ class Cgroups:
         self.cpus = cpus
         self.wanted = controllers
         self._usage_fd: int | None = None  # cpuacct.usage (v1) or cpu.stat (v2)
-        if os.environ.get("FORGE_NO_CGROUPS", "").strip().lower() in _TRUE:
+        if settings.no_cgroups:
             return
         made: dict[str, bool] = {}  # real path -> made by us
         for controller in controllers:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from worker.sandbox.local import prefix_view
 from worker.sandbox.local.prefix_view import CLONE_NEWNS, MS_BIND, MS_REC
 from worker.sandbox.local.pyenv import python_prefixes
+from worker.settings import settings
 
 UID_BASE = 1_800_000_000
 UID_SPAN = 1 << 24
@@ -46,7 +47,7 @@ _PRLIMIT_OPTS = {
 
 def sandbox_host_uid() -> int | None:
     """A fresh unprivileged host uid for one sandbox when we are root, else None."""
-    if os.geteuid() != 0 or os.environ.get("FORGE_SANDBOX_UID", "").strip() == "keep":
+    if os.geteuid() != 0 or settings.sandbox_uid == "keep":
         return None
     return UID_BASE + secrets.randbelow(UID_SPAN)
 

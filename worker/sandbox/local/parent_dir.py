@@ -6,6 +6,8 @@ import functools
 import os
 import tempfile
 
+from worker.settings import settings
+
 
 @functools.lru_cache(maxsize=1)
 def sandbox_parent() -> str:
@@ -17,7 +19,7 @@ def sandbox_parent() -> str:
     files a candidate writes are memory charged to its own memory cgroup, so its limit
     covers them too.
     """
-    chosen = os.environ.get("FORGE_SANDBOX_DIR", "").strip()
+    chosen = settings.sandbox_dir
     if chosen:
         return chosen
     if is_tmpfs("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):

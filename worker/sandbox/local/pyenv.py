@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import sysconfig
 from dataclasses import dataclass
 
 from worker.sandbox.visible import PIP_SHIM
@@ -42,8 +43,6 @@ def python_env_files() -> PythonEnvFiles:
 @functools.lru_cache(maxsize=1)
 def base_pip_dir() -> str | None:
     """The host interpreter's site-packages directory holding pip (for installs only)."""
-    import sysconfig
-
     for key in ("purelib", "platlib"):
         path = sysconfig.get_path(key, vars={"base": sys.base_prefix,
                                              "platbase": sys.base_exec_prefix})

@@ -20,7 +20,7 @@ LOCATION = Path(__file__).resolve().parent
 
 def alembic_config(connection=None):
     """An Alembic Config built in code: the script location, and the connection to use."""
-    from alembic.config import Config
+    from alembic.config import Config  # start-up: Alembic loads only to migrate
 
     cfg = Config()
     cfg.set_main_option("script_location", str(LOCATION))

@@ -10,6 +10,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from alembic import command
+from sqlalchemy import create_engine
+
+from worker.store.migrations import alembic_config
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m worker.store.migrations")
@@ -17,11 +22,6 @@ def main() -> int:
     rev = sub.add_parser("revision", help="autogenerate a revision from the models")
     rev.add_argument("-m", "--message", required=True)
     args = ap.parse_args()
-    from alembic import command
-    from sqlalchemy import create_engine
-
-    from worker.store.migrations import alembic_config
-
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite:///{Path(tmp) / 'scratch.db'}")
         with engine.begin() as conn:

@@ -1,0 +1,277 @@
+"""worker/celery_compat.py: one test per reliance on Celery's or kombu's internals, each
+failing if an upgrade changes what it relies on; and two scheduled competitions
+published at the same moment from one threads worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+
+import pytest
+from celery import Celery, chord, group
+from celery.app import trace
+from celery.backends import cache
+from kombu import Producer
+
+from tests.manifests import write_manifest
+from tests.procs import CeleryWorker, call_task, forge_env
+from worker import celery_compat as compat
+
+
+def redis_app(redis_server, name: str = "compat") -> Celery:
+    app = Celery(name, broker=redis_server.url, backend=redis_server.url,
+                 set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"],
+                    result_serializer="json", result_accept_content=["json"])
+    return app
+
+
+# -- 1. re-entrant thread-scoped override ---------------------------------------------------
+
+
+class Shared:
+    def who(self) -> str:
+        return "original"
+
+
+def test_overrides_of_one_method_by_two_threads_never_undo_each_other():
+    """Both threads inside their override at once (a barrier), then ``a`` leaves first:
+    ``b`` still gets its own, ``a`` and a bystander get the original."""
+    shared = Shared()
+    both_in, a_left = threading.Barrier(2, timeout=10), threading.Event()
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    def contender(name: str) -> None:
+        with compat.for_this_thread(shared, "who", lambda original: name):
+            both_in.wait()
+            seen[name].append(shared.who())
+            if name == "a":
+                a_left.set()
+                return
+            a_left.wait(10)
+            time.sleep(0.05)
+            seen[name].append(shared.who())  # after ``a`` left its block
+            with compat.for_this_thread(shared, "who", lambda original: original() + "+"):
+                seen[name].append(shared.who())  # nested: the newest override
+            seen[name].append(shared.who())
+        seen[name].append(shared.who())
+
+    threads = [threading.Thread(target=contender, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"a": ["a"], "b": ["b", "b", "original+", "b", "original"]}
+    assert shared.who() == "original"
+
+
+# -- 2. never_joined -----------------------------------------------------------------------
+
+
+@pytest.mark.processes
+def test_never_joined_registers_no_header_result_and_refuses_a_join(redis_server):
+    """A group's results register with the backend's result consumer (``then`` calls
+    ``add_pending_result``: a SUBSCRIBE each); inside ``never_joined`` they do not."""
+    app = redis_app(redis_server)
+    try:
+        sig = app.signature("compat.nothing", args=(1,))
+
+        def registered() -> int:
+            pending = app.backend._pending_results
+            return len(pending.concrete) + len(pending.weak)
+
+        with compat.never_joined(app):
+            kept = group([sig, sig.clone()]).apply_async()
+            with pytest.raises(RuntimeError):
+                app.AsyncResult("never-finishes").get(timeout=1)
+        assert len(kept.results) == 2 and registered() == 0
+        control = group([sig, sig.clone()]).apply_async()  # without it, they register
+        assert len(control.results) == 2 and registered() == 2
+    finally:
+        app.close()
+
+
+# -- 3. batched producer -----------------------------------------------------------------
+
+
+@pytest.mark.processes
+def test_a_batched_producer_carries_every_message_of_this_thread(redis_server):
+    assert hasattr(Producer, "batch")  # kombu >= 5.7
+    app = redis_app(redis_server)
+    client = redis_server.client()
+    try:
+        with compat.batched_producer(app, max_size=2) as producer:
+            ctx = app.producer_or_acquire()
+            assert isinstance(ctx, nullcontext) and ctx.enter_result is producer
+            other = ThreadPoolExecutor(1).submit(app.producer_or_acquire).result()
+            assert not isinstance(other, nullcontext)  # another thread: the pool's
+            for i in range(5):
+                app.send_task("compat.nothing", args=(i,), task_id=f"b{i}")
+        assert client.llen("celery") == 5
+        assert not isinstance(app.producer_or_acquire(), nullcontext)
+    finally:
+        app.close()
+
+
+# -- 4. the embedded mode's memory backend ------------------------------------------------
+
+
+def test_the_memory_backend_is_widened_past_its_5000_keys():
+    assert isinstance(cache._DUMMY_CLIENT_CACHE.limit, int)
+    compat.widen_memory_backend(200_000)
+    app = Celery("compat-memory", backend="cache+memory://", set_as_current=False)
+    for i in range(6000):
+        app.backend.store_result(f"wide-{i}", {"i": i}, "SUCCESS")
+    assert app.backend.get_task_meta("wide-0")["result"] == {"i": 0}
+    assert cache._DUMMY_CLIENT_CACHE.limit >= 200_000
+
+
+# -- 5. a chord body's added kwargs ----------------------------------------------------------
+
+
+def test_kwargs_added_to_a_built_chord_reach_its_body():
+    app = Celery("compat-chord", broker="memory://", backend="cache+memory://",
+                 set_as_current=False)
+    app.conf.task_always_eager = True
+
+    @app.task(name="compat.one")
+    def one(x):
+        return x
+
+    @app.task(name="compat.body")
+    def body(results, kept_task_ids=None):
+        return {"results": results, "kept": kept_task_ids}
+
+    canvas = chord(group(one.s(1), one.s(2)), body.s())
+    compat.add_body_kwargs(canvas, kept_task_ids=["r:a"])
+    assert canvas.apply_async().get() == {"results": [1, 2], "kept": ["r:a"]}
+    message = json.loads(json.dumps(dict(canvas)))  # what a broker message carries
+    assert message["kwargs"]["body"]["kwargs"] == {"kept_task_ids": ["r:a"]}
+
+
+# -- 6. kombu's Redis layout ------------------------------------------------------------------
+
+
+@pytest.mark.processes
+def test_a_task_is_found_in_the_queue_then_in_the_unacked_hash(redis_server):
+    app = redis_app(redis_server)
+    client = redis_server.client()
+    try:
+        app.send_task("compat.nothing", task_id="q1")
+        wanted = {"q1", "q2"}
+        assert compat.broker_task_ids(client, "celery", wanted) == ({"q1"}, set())
+        with app.connection_for_read() as conn:
+            queue = conn.SimpleQueue("celery")
+            message = queue.get(timeout=5)  # delivered, not acknowledged
+            assert compat.broker_task_ids(client, "celery", wanted) == (set(), {"q1"})
+            message.ack()
+            queue.close()
+        assert compat.broker_task_ids(client, "celery", wanted) == (set(), set())
+    finally:
+        app.close()
+
+
+# -- 7. the result backend's keys ----------------------------------------------------------
+
+
+@pytest.mark.processes
+def test_task_states_are_read_where_the_backend_keeps_them(redis_server):
+    app = redis_app(redis_server)
+    client = redis_server.client()
+    backend = app.backend
+    try:
+        assert compat.redis_client(backend) is backend.client
+        assert compat.redis_client(Celery("m", backend="cache+memory://").backend) is None
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe(compat.task_meta_pattern(backend, "run1:"))
+        time.sleep(0.1)
+        backend.store_result("run1:a", {"ok": 1}, "SUCCESS")
+        backend.store_result("run2:a", {"ok": 2}, "SUCCESS")
+        assert client.exists(compat.task_meta_key(backend, "run1:a"))
+        channels = set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not channels:
+            message = pubsub.get_message(timeout=0.5)
+            if message:
+                channels.add(message["channel"].decode())
+        assert channels == {compat.task_meta_key(backend, "run1:a")}
+        metas = compat.task_metas(backend, ["run1:a", "run2:a", "run3:a"])
+        assert {k: m["result"] for k, m in metas.items()} == {"run1:a": {"ok": 1},
+                                                              "run2:a": {"ok": 2}}
+        assert compat.read_meta_once(backend, "run1:a")["status"] == "SUCCESS"
+        assert compat.read_meta_once(backend, "run3:a") is None
+        pubsub.close()
+    finally:
+        app.close()
+
+
+# -- 8. the success line --------------------------------------------------------------------
+
+
+def test_the_success_line_shows_the_summary_not_the_value(caplog):
+    assert "%(return_value)s" in trace.LOG_SUCCESS
+    app = Celery("compat-log", broker="memory://", backend="cache+memory://",
+                 set_as_current=False)
+
+    @app.task(name="compat.secret")
+    def secret():
+        return {"candidate_id": "c", "success": True, "output": "TOP-SECRET-OUTPUT"}
+
+    from worker import tasklog
+
+    tasklog.install()
+    with caplog.at_level(logging.INFO, logger=compat.TRACE_LOGGER):
+        secret.apply()
+    lines = [r.getMessage() for r in caplog.records if r.name == compat.TRACE_LOGGER]
+    assert any("succeeded in" in line and "candidate c: succeeded" in line for line in lines)
+    assert all("TOP-SECRET-OUTPUT" not in line for line in lines), lines
+
+
+# -- two competitions published at the same moment, one threads worker -------------------------
+
+ECHO = """import sys
+with open(sys.argv[2], "w", encoding="utf-8") as fh:
+    fh.write("# {who}\\n\\n" + sys.argv[1] + "\\n")
+"""
+
+
+def test_two_competitions_published_at_once_from_one_threads_worker_both_complete(
+        redis_server, tmp_path):
+    conf, artifacts, report = tmp_path / "conf", tmp_path / "artifacts", tmp_path / "report"
+    toml = []
+    for name, ids in (("first", ("f1", "f2")), ("second", ("s1", "s2"))):
+        write_manifest(conf / name, {cid: ECHO.format(who=cid) for cid in ids})
+        toml.append(f'[[competition]]\nname = "{name}"\nobjective = "Objective {name}"\n'
+                    f'candidates = "{name}/candidates.toml"\ntimeout = 30\nevery = 3600\n')
+    (conf / "forge.toml").write_text("\n".join(toml))
+    env = forge_env(redis_server.url, artifacts, FORGE_COMPETITIONS=str(conf / "forge.toml"),
+                    FORGE_TEST_BARRIER_REPORT=str(report))
+    worker = CeleryWorker(env, "barrier", tmp_path, concurrency=6, pool="threads",
+                          app="tests.barrier_worker").start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            started = list(pool.map(
+                lambda name: call_task(redis_server, "dispatcher.scheduling.start_competition",
+                                       name, "now", timeout=90), ("first", "second")))
+        assert [s["status"] for s in started] == ["dispatched", "dispatched"], started
+        summaries = {}
+        deadline = time.monotonic() + 90
+        for s in started:
+            path = artifacts / s["run_id"] / "summary.json"
+            while not path.is_file():
+                assert time.monotonic() < deadline, worker.logtext()[-3000:]
+                time.sleep(0.2)
+            summaries[s["competition"]] = json.loads(path.read_text())
+    finally:
+        worker.stop()
+    for name, ids in (("first", ["f1", "f2"]), ("second", ["s1", "s2"])):
+        summary = summaries[name]
+        assert summary["competition"] == name and summary["objective"] == f"Objective {name}"
+        assert sorted(r["candidate_id"] for r in summary["results"]) == ids
+        assert all(r["success"] for r in summary["results"]), summary["results"]
+    # "second" published after "first" had left its overrides: its own were still there.
+    assert json.loads(report.read_text()) == {"producer": True, "not_registered": True}
