@@ -236,10 +236,11 @@ def test_killed_worker_node_tasks_are_redelivered_to_the_survivor(redis_server, 
 
 def test_warm_shutdown_lets_running_candidates_finish(redis_server, workers, artifacts,
                                                       tmp_path):
-    env = forge_env(redis_server.url, artifacts, **FAST)
-    (w1,) = workers(env, n=1, concurrency=2)
     # 6 s each: both are seen running at once even when a loaded machine starts the
-    # second sandbox seconds after the first.
+    # second sandbox seconds after the first; a 20 s visibility timeout is over 3x that.
+    env = forge_env(redis_server.url, artifacts, **{**FAST, "FORGE_VISIBILITY_TIMEOUT": "20",
+                                                    "FORGE_MAX_DEADLINE": "6"})
+    (w1,) = workers(env, n=1, concurrency=2)
     manifest = sleepers_with(tmp_path / "c", 2, 6.0)
     client = redis_server.client()
     dispatch_detached("warm", manifest, env)
