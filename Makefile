@@ -11,7 +11,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test web setup system-deps-demo system-deps-test lint bench clean
+.PHONY: demo test web setup system-deps-demo system-deps-test lint bench clean mutation
 
 demo: setup system-deps-demo
 	$(VENV)/bin/forge run
@@ -21,9 +21,15 @@ demo: setup system-deps-demo
 web: setup
 	$(VENV)/bin/forge web
 
+# The suite mostly waits (workers, deadlines, redelivery): it runs on $(TEST_WORKERS)
+# pytest-xdist workers, a test file per worker at a time (its module-scoped fixtures,
+# a cluster, a browser, an emulator, are built once). Not --dist loadgroup: pytest 9.2
+# derives node ids, so xdist 3.8 cannot tag them with their group.
+TEST_WORKERS ?= 4
+
 test: setup system-deps-test
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 setup: $(STAMP)
 
@@ -41,6 +47,10 @@ system-deps-demo:
 # chromium, and iproute2 to build the egress tests' own network: fail loudly.
 system-deps-test:
 	@.ci/system-deps redis-server postgresql bubblewrap slirp4netns chromium iproute2
+
+# Mutation checks on the core guards (docs/testing.md): minutes, on purpose not in CI.
+mutation: setup
+	tools/mutation.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

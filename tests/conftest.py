@@ -12,7 +12,9 @@ from tests.procs import CeleryWorker, PostgresServer, RedisServer, forge_env, st
 
 pytest_plugins = ("celery.contrib.pytest", "tests.markers")
 
-# The suite never uses a broker from the developer's environment or .env.
+# The suite never uses a broker from the developer's environment or .env. (The hostile
+# suite puts a worker's credentials back, its own, while its candidates run: they must be
+# there for "they never reach a sandbox" to mean anything; tests/test_hostile.py.)
 for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DISCORD_WEBHOOK_URL",
               "DAYTONA_API_KEY", "DAYTONA_API_URL", "DAYTONA_BASE_URL", "FORGE_DATABASE_URL",
               "FORGE_STORE"):

@@ -62,6 +62,8 @@ class Faults:
     fail_deletes: int = 0  # the next K deletes answer 500 (-1: every delete)
     exec_delay: float = 0.0  # seconds before each exec starts (slow daemon)
     exec_timeout_cap: int | None = None  # kill every exec after at most this many seconds
+    exec_misses_deadline: bool = False  # the daemon neither kills nor answers at the deadline
+    fail_execs: int = 0  # the next K execs answer 500 (the daemon failed, not the command)
     fail_lists: int = 0  # the next K list calls answer 500 (-1: every list)
     # The organisation's quotas (None: unlimited): a create that would take the live
     # sandboxes past one answers 403 "Total CPU quota exceeded. Maximum allowed: N".
@@ -443,6 +445,8 @@ class DaytonaEmulator:
         deadline = timeout if timeout else None
         if cap is not None:
             deadline = min(deadline or cap, cap)
+        if self.faults.exec_misses_deadline:
+            deadline = None  # runs on until it ends, or its sandbox is deleted
         proc = subprocess.Popen(
             ["bash", "-c", command], cwd=self.resolve(sandbox, cwd or sandbox.root), env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -828,6 +832,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _execute(self, sandbox: EmuSandbox, req: dict[str, Any]) -> None:
         timeout = req.get("timeout")
+        with self.emu.lock:
+            failing = self.emu.faults.fail_execs > 0
+            if failing:
+                self.emu.faults.fail_execs -= 1
+        if failing:
+            self.emu.record("POST", "execute", 500, sandbox=sandbox.id, timeout=timeout)
+            return self._send(500, _error(500, "Runner exploded mid-command", "INTERNAL",
+                                          "DAYTONA_DAEMON"))
         code, output = self.emu.run(sandbox, req.get("command", ""), req.get("cwd"),
                                     dict(req.get("envs") or {}), timeout)
         self.emu.record("POST", "execute", 408 if code is None else 200, sandbox=sandbox.id,

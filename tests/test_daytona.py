@@ -258,21 +258,84 @@ def test_transient_delete_failure_is_retried(emu, backend):
     assert result.sandbox_id in emu.deleted
 
 
-def test_exec_timeout_kills_the_whole_process_group(emu, backend, tmp_path):
-    marker = tmp_path / "survivor"
-    script = (
-        "import subprocess, sys, time\n"
-        f"subprocess.Popen(['sh', '-c', 'sleep 1.5; touch {marker}'])\n"
-        "time.sleep(30)\n"
-    )
-    t0 = time.monotonic()
-    result, lines = run(backend, make_task(script, timeout=1))
-    assert time.monotonic() - t0 < 8
+def _alive_with(marker: str) -> list[int]:
+    import glob
+
+    found = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            if marker.encode() in open(path, "rb").read():
+                found.append(int(path.split("/")[2]))
+        except OSError:
+            pass
+    return found
+
+
+def test_exec_timeout_is_a_timed_out_result_and_the_sandbox_is_deleted(emu, backend):
+    """The daemon ends the command at the deadline (408): the product's part is the
+    result it makes of that and deleting the sandbox, whatever the daemon left running."""
+    result, lines = run(backend, make_task("import time\ntime.sleep(30)\n", timeout=1))
     assert result.timed_out and result.exit_code is None and not result.success
     assert result.error_message == "Execution timed out after 1s (sandbox killed)"
+    assert result.output == ""  # nothing came back from a killed command
     assert "[Daytona] Cleaning up..." in lines
-    time.sleep(1.5)
-    assert not marker.exists()
+    assert result.sandbox_id in emu.deleted
+    execs = [c for c in emu.calls if c["path"] == "execute" and c["sandbox"] == result.sandbox_id]
+    assert [c["timeout"] for c in execs] == [1]  # the candidate's deadline, to the daemon
+
+
+def test_a_failing_daemon_is_an_execution_failure_and_the_sandbox_is_deleted(emu, backend):
+    emu.set_faults(fail_execs=1)
+    result, lines = run(backend, make_task(WRITE_OBJECTIVE))
+    assert not result.success and not result.timed_out
+    assert result.error_message.startswith("Execution failed: "), result.error_message
+    assert "Runner exploded mid-command" in result.error_message
+    assert result.sandbox_id and result.sandbox_id in emu.deleted
+    assert any(x.startswith("[Error] Execution failed") for x in lines)
+
+
+def test_a_daemon_that_misses_the_deadline_is_ended_by_deleting_the_sandbox(emu, backend,
+                                                                            tmp_path):
+    """The daemon neither kills the command at its deadline nor answers (the emulator is
+    told to miss it): the worker gives up on its own (the SDK's request timeout is the
+    deadline + 5 s), calls it a timeout, and deletes the sandbox, which is what ends the
+    candidate and the child it left behind. Without that delete they would run on."""
+    marker = f"forge-daytona-straggler-{secrets.token_hex(6)}"
+    started = tmp_path / "started"
+    script = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen(['sh', '-c', 'touch {started}; sleep 300', '{marker}'])\n"
+        "time.sleep(300)\n"
+    )
+    import threading
+
+    seen: list[int] = []  # the straggler, seen alive while the candidate ran
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and not seen:
+            seen.extend(_alive_with(marker))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    emu.set_faults(exec_misses_deadline=True)
+    t0 = time.monotonic()
+    try:
+        result, _ = run(backend, make_task(script, timeout=1))
+    finally:
+        done.set()
+        watcher.join()
+    waited = time.monotonic() - t0
+    assert started.exists() and seen, "the straggler never ran: nothing was tested"
+    assert result.timed_out and not result.success, result.error_message
+    assert result.error_message == "Execution timed out after 1s (sandbox killed)"
+    assert result.sandbox_id in emu.deleted
+    assert waited < 3 * (1 + 5), waited  # the SDK's request timeout, with headroom
+    deadline = time.monotonic() + 5
+    while _alive_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive_with(marker) == [], "the candidate's child outlived its deleted sandbox"
 
 
 def test_daemon_side_timeout_cap(emu, backend):

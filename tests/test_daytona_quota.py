@@ -265,13 +265,31 @@ def test_a_killed_worker_gives_its_slots_back_within_the_lease_time(emu, tmp_pat
         redis.stop()
 
 
+GATED = """import os, sys, time
+deadline = time.time() + 120  # the test opens the gate long before
+while not os.path.exists({gate!r}) and time.time() < deadline:
+    time.sleep(0.02)
+time.sleep({seconds})
+open(sys.argv[2], "w").write("# slept\\n\\n" + sys.argv[1])
+"""
+
+
 def test_two_runs_at_once_share_the_budget_and_neither_starves(emu, tmp_path):
-    """Run A holds all 4 slots with 12 candidates to go when run B (12 more) arrives: B
-    gets slots while A runs, A keeps getting slots while B runs, both finish."""
+    """Run A holds all 4 slots with 10 candidates to go when run B (14 more) arrives: B
+    gets slots while A runs, A keeps getting slots while B runs, both finish.
+
+    A's first candidates wait at a gate (a file: the emulator's sandboxes are host
+    processes) until every candidate of B has started and waits for a slot, so B has
+    arrived however long its CLI took to start on a busy machine."""
+    from tests.test_faults import meta
+
     emu.set_faults(quota_cpu=4)
+    gate = tmp_path / "gate"
     with cluster(tmp_path, emu, concurrency=32, FORGE_DAYTONA_MAX_SANDBOXES="4") as c:
-        a = sleepers(tmp_path / "a", 14, 1.0)
+        a = write_manifest(tmp_path / "a", {f"s{i:02d}": GATED.format(gate=str(gate), seconds=1.0)
+                                            for i in range(14)}, "timeout = 60")
         b = sleepers(tmp_path / "b", 14, 1.0)
+        client = c.redis.client()
         for manifest, run_id in ((a, "q-run-a"), (b, "q-run-b")):
             done = run_forge_cli(["run", "--daytona", "--candidates", str(manifest),
                                   "--run-id", run_id, "--detach"], c.env)
@@ -280,6 +298,13 @@ def test_two_runs_at_once_share_the_budget_and_neither_starves(emu, tmp_path):
             while run_id == "q-run-a" and len(alive_for(emu, "q-run-a")) < 4:
                 assert time.monotonic() < deadline, c.logs()[-3000:]
                 time.sleep(0.05)
+        deadline = time.monotonic() + 60
+        while not all((meta(client, f"q-run-b:s{i:02d}") or {}).get("status") == "PROGRESS"
+                      for i in range(14)):
+            assert time.monotonic() < deadline, c.logs()[-3000:]
+            time.sleep(0.05)
+        assert len(alive_for(emu, "q-run-a")) == 4 and alive_for(emu, "q-run-b") == []
+        gate.touch()
         ra, rb = wait_summary(c.artifacts, "q-run-a"), wait_summary(c.artifacts, "q-run-b")
     all_ok(ra)
     all_ok(rb)

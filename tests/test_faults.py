@@ -20,9 +20,12 @@ from pathlib import Path
 from tests.manifests import SLEEPER, write_manifest
 from tests.procs import ROOT, CeleryWorker, forge_env, run_forge_cli
 
-# Short everything: candidates sleep 1-3 s, so a 5 s visibility timeout never
-# redelivers a healthy task, yet a dead node's tasks come back within seconds.
-FAST = {"FORGE_VISIBILITY_TIMEOUT": "5", "FORGE_MAX_DEADLINE": "3"}
+# Short everything, with headroom: candidates sleep at most 3 s, and a 10 s visibility
+# timeout (over 3x that) never redelivers a healthy task on a busy machine.
+FAST = {"FORGE_VISIBILITY_TIMEOUT": "10", "FORGE_MAX_DEADLINE": "3"}
+# Where a dead node's tasks must come back (only the visibility timeout returns them):
+# 5 s, with candidates of at most 1.5 s (3.3x).
+REDELIVER = {"FORGE_VISIBILITY_TIMEOUT": "5", "FORGE_MAX_DEADLINE": "1"}
 
 
 def wait_for(pred: Callable[[], object], timeout: float, what: str, every: float = 0.05):
@@ -196,9 +199,9 @@ def test_candidate_that_kills_its_worker_every_time_fails_after_the_retry_limit(
 
 def test_killed_worker_node_tasks_are_redelivered_to_the_survivor(redis_server, workers,
                                                                   artifacts, tmp_path):
-    env = forge_env(redis_server.url, artifacts, **FAST)
+    env = forge_env(redis_server.url, artifacts, **REDELIVER)
     w1, w2 = workers(env, n=2, concurrency=1)
-    manifest = sleepers_with(tmp_path / "c", 4, 2.0)
+    manifest = sleepers_with(tmp_path / "c", 4, 1.5)
     client = redis_server.client()
     dispatch_detached("kill-node", manifest, env)
 
@@ -233,15 +236,21 @@ def test_killed_worker_node_tasks_are_redelivered_to_the_survivor(redis_server, 
 
 def test_warm_shutdown_lets_running_candidates_finish(redis_server, workers, artifacts,
                                                       tmp_path):
-    env = forge_env(redis_server.url, artifacts, **FAST)
-    (w1,) = workers(env, n=1, concurrency=2)
     # 6 s each: both are seen running at once even when a loaded machine starts the
-    # second sandbox seconds after the first.
+    # second sandbox seconds after the first; a 20 s visibility timeout is over 3x that.
+    env = forge_env(redis_server.url, artifacts, **{**FAST, "FORGE_VISIBILITY_TIMEOUT": "20",
+                                                    "FORGE_MAX_DEADLINE": "6"})
+    (w1,) = workers(env, n=1, concurrency=2)
     manifest = sleepers_with(tmp_path / "c", 2, 6.0)
     client = redis_server.client()
     dispatch_detached("warm", manifest, env)
-    wait_for(lambda: all((meta(client, f"warm:{c}") or {}).get("status") == "PROGRESS"
-                         for c in ("s00", "s01")), 60, "both candidates to run")
+
+    def both_started_one_running() -> bool:
+        # (On a busy machine the first may be done before the second is seen running.)
+        got = [(meta(client, f"warm:{c}") or {}).get("status") for c in ("s00", "s01")]
+        return all(g in ("PROGRESS", "SUCCESS") for g in got) and "PROGRESS" in got
+
+    wait_for(both_started_one_running, 60, "both candidates to start, one still running")
     os.kill(w1.proc.pid, signal.SIGTERM)  # warm shutdown: finish what runs, take no more
     assert w1.proc.wait(60) == 0
     for cid in ("s00", "s01"):
@@ -258,10 +267,13 @@ def test_sigterm_remapped_to_soft_shutdown_requeues_unfinished_candidates(
         redis_server, workers, artifacts, tmp_path):
     # Container setting: REMAP_SIGTERM=SIGQUIT makes SIGTERM a soft shutdown of
     # FORGE_SOFT_SHUTDOWN_TIMEOUT seconds, then a cold one that requeues the rest.
+    # 8 s candidates (both surely running at once, and cut off by the 1 s soft
+    # shutdown), under a 30 s visibility timeout (over 3x).
     env = forge_env(redis_server.url, artifacts, REMAP_SIGTERM="SIGQUIT",
-                    FORGE_SOFT_SHUTDOWN_TIMEOUT="1", **FAST)
+                    FORGE_SOFT_SHUTDOWN_TIMEOUT="1", FORGE_VISIBILITY_TIMEOUT="30",
+                    FORGE_MAX_DEADLINE="10")
     (w1,) = workers(env, n=1, concurrency=2)
-    manifest = sleepers_with(tmp_path / "c", 2, 3.0)
+    manifest = sleepers_with(tmp_path / "c", 2, 8.0)
     client = redis_server.client()
     dispatch_detached("soft", manifest, env)
     wait_for(lambda: all((meta(client, f"soft:{c}") or {}).get("status") == "PROGRESS"

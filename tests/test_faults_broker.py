@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from tests.procs import RedisServer, forge_env
@@ -57,17 +58,58 @@ def test_broker_gone_for_good_is_a_clear_error_in_bounded_time(redis_server, art
     assert waited < 45, waited
 
 
-def test_run_waiting_in_a_backlog_completes_when_a_worker_arrives(redis_server, workers,
-                                                                  artifacts, tmp_path):
-    # Chord state (result_chord_expires) and results (result_expires) outlive the wait.
-    env = forge_env(redis_server.url, artifacts, **FAST)
+EXPIRES = 5 * 24 * 3600  # neither Celery's default (1 day) nor the forge's (7 days)
+def _broker_key(key: str) -> bool:
+    """The broker's own keys (the queue, kombu's bindings, the unacked set)."""
+    return key == "celery" or key.startswith(("_kombu", "unacked"))
+
+
+def _ttls(client) -> dict[str, int]:
+    """Every result-backend key and its TTL (-1: none), the broker's keys left out."""
+    return {key.decode(): client.ttl(key) for key in client.keys("*")
+            if not _broker_key(key.decode())}
+
+
+def _short_lived(ttls: dict[str, int]) -> dict[str, int]:
+    """Keys that would expire before FORGE_RESULT_EXPIRES (less a minute of test). Not
+    the first-finished guard's (worker/delivery.py): it lives while a duplicate delivery
+    of a running candidate could still finish, two visibility timeouts."""
+    return {k: t for k, t in ttls.items()
+            if t != -1 and t < EXPIRES - 60 and not re.match(r"forge[-:]first:", k)}
+
+
+def test_run_waiting_in_a_backlog_completes_and_its_state_lives_result_expires(
+        redis_server, workers, artifacts, tmp_path):
+    """A run published while no worker consumes completes when one arrives; and its
+    state in Redis (results, chord state, the run record) lives FORGE_RESULT_EXPIRES,
+    read off the keys' TTLs: how long a backlog it outlives, without waiting that long.
+    (A 2 s backlog is the functional part; the TTLs are the claim about days.)"""
+    env = forge_env(redis_server.url, artifacts, FORGE_RESULT_EXPIRES=str(EXPIRES), **FAST)
+    client = redis_server.client()
     manifest = sleepers_with(tmp_path / "c", 3, 1.0)
     dispatch_detached("backlog", manifest, env)
     time.sleep(2.0)  # nobody is consuming
     assert summary_missing(artifacts, "backlog")
+    waiting = _ttls(client)
+    assert any(re.match(r"forge[-:]run:", k) for k in waiting), waiting
+    assert _short_lived(waiting) == {}, waiting
     workers(env, n=1, concurrency=2)
+    # Two candidates done, the third still running: the chord is half joined.
+    def part_way() -> dict[str, int] | None:
+        done = sum((meta(client, f"backlog:s{i:02d}") or {}).get("status") == "SUCCESS"
+                   for i in range(3))
+        return _ttls(client) if done in (1, 2) else None
+
+    mid = wait_for(part_way, 60, "the chord to be part way", every=0.02)
+    assert _short_lived(mid) == {}, mid
+    chord_state = {k: t for k, t in mid.items()
+                   if not k.startswith(("celery-task-meta-backlog:s", "forge"))}
+    assert chord_state, f"no chord state seen part way: {sorted(mid)}"
     results = assert_once(wait_summary(artifacts, "backlog"), ["s00", "s01", "s02"])
     assert all(r["success"] for r in results.values())
+    done = _ttls(client)
+    for i in range(3):
+        assert EXPIRES - 120 <= done[f"celery-task-meta-backlog:s{i:02d}"] <= EXPIRES, done
 
 
 def summary_missing(artifacts, run_id: str) -> bool:

@@ -95,10 +95,9 @@ def test_duplicate_delivery_changes_nothing_and_posts_once(redis_server, workers
 def test_dispatcher_killed_after_publishing_run_completes_and_status_shows_it(
         redis_server, workers, artifacts, tmp_path):
     env = forge_env(redis_server.url, artifacts, **FAST)
-    workers(env, n=1, concurrency=2)
-    # 4 × 4 s on 2 slots: the run outlives the kill and one `forge status` (about 1 s,
-    # several under a loaded machine) with room to spare.
-    manifest = sleepers_with(tmp_path / "c", 4, 4.0)
+    # No worker until `forge status` has spoken (below): the run cannot be over by then,
+    # however slow the machine.
+    manifest = sleepers_with(tmp_path / "c", 4, 2.0)
     dispatcher = popen_forge(["run", "--candidates", str(manifest), "--run-id", "orphan",
                               "--no-post"], env, tmp_path / "dispatcher.log")
     client = redis_server.client()
@@ -113,13 +112,16 @@ def test_dispatcher_killed_after_publishing_run_completes_and_status_shows_it(
     status = run_forge_cli(["status", "orphan"], env)
     assert status.returncode == 0, status.stderr
     assert "run orphan: running (" in status.stdout and "/ 4 total" in status.stdout
+    # The workers come after the dispatcher died (before, a fast run could be over by the
+    # time `forge status` started on a busy machine).
+    workers(env, n=1, concurrency=2)
     results = assert_once(wait_summary(artifacts, "orphan"), ["s00", "s01", "s02", "s03"])
     assert all(r["success"] for r in results.values())
     status = run_forge_cli(["status", "orphan"], env)
     assert status.returncode == 0 and "s03" in status.stdout
 
 
-PADDED = SLEEPER.format(seconds=0) + "# " + "x" * 300_000 + "\n"  # slow to publish
+PADDED = SLEEPER.format(seconds=0) + "# " + "x" * 300_000 + "\n"  # big messages
 
 
 def test_fanout_cut_short_is_reported_and_resume_reruns_only_the_missing(
@@ -128,15 +130,25 @@ def test_fanout_cut_short_is_reported_and_resume_reruns_only_the_missing(
     ids = [f"p{i:02d}" for i in range(30)]
     manifest = write_manifest(tmp_path / "c", {cid: PADDED for cid in ids})
     client = redis_server.client()
-    dispatcher = popen_forge(["run", "--candidates", str(manifest), "--run-id", "cut",
-                              "--detach"], env, tmp_path / "dispatcher.log")
-    wait_for(lambda: client.llen("celery") >= 3 or dispatcher.poll() is not None, 60,
-             "publishing to start", every=0.0005)
-    os.killpg(dispatcher.pid, signal.SIGSTOP)  # freeze mid-publish, then kill
+    # The dispatcher stops itself right after its 7th message (tests/stop_after.py), and
+    # is killed there: cut short at a known point, not at a timed one.
+    log = open(tmp_path / "dispatcher.log", "wb")  # noqa: SIM115 - closed below
+    dispatcher = subprocess.Popen(
+        [sys.executable, "-m", "tests.stop_after", "7", "run", "--candidates", str(manifest),
+         "--run-id", "cut", "--detach"], cwd=ROOT, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+
+    def stopped() -> bool:
+        assert dispatcher.poll() is None, (tmp_path / "dispatcher.log").read_text()[-3000:]
+        with open(f"/proc/{dispatcher.pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+    wait_for(stopped, 60, "the dispatcher to stop mid-publish")
     os.killpg(dispatcher.pid, signal.SIGKILL)
     dispatcher.wait(10)
     sent = client.llen("celery")
-    assert 3 <= sent < len(ids), sent
+    assert sent == 7, sent
     time.sleep(1.2)  # past FORGE_FANOUT_GRACE
     status = run_forge_cli(["status", "cut"], env)
     assert status.returncode == 1, status.stdout + status.stderr

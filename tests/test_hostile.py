@@ -9,9 +9,19 @@ Two drivers share the cases and the checks:
 
 * ``test_hostile_lifecycle``: every case through ``worker.lifecycle.run_lifecycle`` with
   the ``LocalBackend``, concurrently on a thread pool (the sandbox layer, no Celery).
-* ``test_hostile_through_forge``: the same scripts as one manifest through
-  ``dispatcher.run_forge`` (embedded Celery worker), network on; plus a second small
-  competition with the network off. Switch off with ``FORGE_LEVEL = False``.
+* ``test_hostile_through_forge``: the same scripts as one manifest through ``forge run``
+  and a real ``celery -A worker worker`` on a password-protected redis-server, network
+  on; plus a second small competition with the network off.
+* ``test_isolation_cases_fail_without_isolation``: the control. The same cases with
+  bubblewrap off (the no-isolation fallback: rlimits, cgroups and deadline still on):
+  exactly the ``ISOLATION_CASES`` must fail their checks, so each of those checks can
+  tell an isolated sandbox from one that is not. The other cases test limits, the
+  capture and the artifact reader, and pass either way.
+
+The worker's credentials (broker URL and Redis password, Daytona key, Discord webhook,
+Flower login) are in the worker's environment while the candidates run, checked there
+as a positive control, and asked for by the competition's allow-list: none of them may
+reach anything a candidate can read (its environment, /proc, files) or its result.
 
 These tests need bubblewrap and FAIL (never skip) without it: the point is isolation.
 """
@@ -19,7 +29,9 @@ These tests need bubblewrap and FAIL (never skip) without it: the point is isola
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 import socket
 import threading
 import time
@@ -38,12 +50,20 @@ from worker.sandbox.local import LocalBackend, bwrap
 # Every test starts processes (hostile candidates in local sandboxes); tests/markers.py.
 pytestmark = pytest.mark.processes
 
-FORGE_LEVEL = True  # run the suite through dispatcher.run_forge as well
-
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_LINE = "CONFIG = {}  # forge-hostile-config"
-TIMEOUT = 5
+TIMEOUT = 5  # the deadline of the cases that test it: the infinite loop, the fork bomb
+# Every other case must end on its own (its checks need it to finish): a deadline that
+# only bounds a broken run. The flood moves 1 GiB through the capture (0.6 s alone), a
+# plain case starts an interpreter (0.1 s alone): among 16 others and a fork bomb on 2
+# cores shared with other work that took over 5 s.
+FINISHES_BY = 40
+DEADLINE_CASES = frozenset({"infinite_loop", "fork_bomb"})
+
+
+def case_timeout(case: str) -> int:
+    return TIMEOUT if case in DEADLINE_CASES else FINISHES_BY
 OBJECTIVE = "Generate weekly 'AI Events in San Francisco' post for Discord"
 LIMITS = Limits(memory_mb=512, max_processes=64, max_file_mb=128, output_bytes=64 * 1024,
                 artifact_bytes=256 * 1024)
@@ -98,27 +118,43 @@ class World:
     tag: str
     secret: str
     marker: str
-    server: LoopbackServer
+    server: LoopbackServer  # what ``loopback`` (network on) tries to reach
+    server_off: LoopbackServer  # what ``loopback_off`` (network off) tries to reach
     artifacts: Path
     victim: Path
     victim_file: Path
     heartbeat: Path
     secret_file: Path
     targets: list[Path] = field(default_factory=list)
+    credentials: dict[str, str] = field(default_factory=dict)  # the worker's, by variable
+    secret_files: list[Path] = field(default_factory=list)  # readable outside, not inside
 
-    def config(self, case: str) -> dict:
+    def leaks(self) -> list[str]:
+        """Every credential value, and the parts that are secrets on their own."""
+        password = self.credentials["REDIS_PASSWORD"]
+        token = self.credentials["DISCORD_WEBHOOK_URL"].rsplit("/", 1)[-1]
+        return [*self.credentials.values(), password, token, self.secret]
+
+    def config(self, case: str, unisolated: bool = False) -> dict:
+        """A case's CONFIG. ``unisolated``: for the control run without bubblewrap, where
+        a write succeeds on the host: only paths this test owns are attacked."""
+        if unisolated and case == "write_escape":
+            return {**self.config(case), "system_targets": [], "scan_tmp": False}
+        if unisolated and case == "read_secrets":  # not other processes' environments
+            return {**self.config(case), "scan_proc": False}
+        if unisolated and case == "daemon":
+            return {**self.config(case), "tmp_heartbeat": str(self.tmp / "tmp-heartbeat")}
         return {
             "write_escape": {
                 "targets": [str(p) for p in self.targets],
                 "victim_dirs": [str(self.victim)],
                 "delete": [str(self.victim_file)],
             },
-            "read_secrets": {"secret_files": [str(self.secret_file), str(REPO / "pyproject.toml"),
-                                              str(REPO / ".env"), str(self.artifacts)]},
+            "read_secrets": {"secret_files": [str(p) for p in self.secret_files]},
             "symlink_artifact": {"target": str(self.secret_file)},
             "daemon": {"heartbeat": str(self.heartbeat), "marker": self.marker},
             "loopback": {"port": self.server.port},
-            "loopback_off": {"port": self.server.port},
+            "loopback_off": {"port": self.server_off.port},
         }.get(case, {})
 
 
@@ -142,16 +178,53 @@ def world(tmp_path, monkeypatch):
     name = f"forge-hostile-pwned-{tag}"
     targets = [REPO / name, Path.home() / name, artifacts / name, REPO / "worker" / name,
                tmp_path / name]
-    server = LoopbackServer()
+    credentials = worker_credentials(tag)
+    # Where a worker keeps secrets: a private key and shell history in its home, its
+    # .env. Made here (the host's own /root may have none): each exists and is readable
+    # outside the sandbox, which is what makes "blocked" inside mean something.
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    key = home / ".ssh" / "id_rsa"
+    key.write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{secret}\n")
+    key.chmod(0o600)
+    (home / ".bash_history").write_text(f"redis-cli -a {credentials['REDIS_PASSWORD']}\n")
+    dotenv = tmp_path / "worker.env"
+    dotenv.write_text("".join(f"{k}={v}\n" for k, v in credentials.items()))
+    secret_files = [secret_file, key, home / ".bash_history", dotenv, Path("/etc/shadow"),
+                    Path("/etc/gshadow"), REPO / "pyproject.toml", REPO / "worker" / "config.py",
+                    artifacts]
+    server, server_off = LoopbackServer(), LoopbackServer()
     w = World(tmp=tmp_path, tag=tag, secret=secret, marker=f"forge-daemon-marker-{tag}",
-              server=server, artifacts=artifacts, victim=victim, victim_file=victim_file,
-              heartbeat=tmp_path / "heartbeat.txt", secret_file=secret_file, targets=targets)
+              server=server, server_off=server_off, artifacts=artifacts, victim=victim,
+              victim_file=victim_file,
+              heartbeat=tmp_path / "heartbeat.txt", secret_file=secret_file, targets=targets,
+              credentials=credentials, secret_files=secret_files)
+    for path in secret_files:  # the positive control of every "blocked" below
+        assert os.access(path, os.R_OK), f"{path} must exist and be readable outside"
+        if path.is_file():
+            assert path.read_bytes(), path
     yield w
     server.close()
+    server_off.close()
     for target in targets:  # if an escape did happen, do not leave litter behind
         if target.exists():
             target.unlink()
     _kill_marked(w.marker)
+
+
+def worker_credentials(tag: str) -> dict[str, str]:
+    """A distributed worker's secrets, as its environment holds them (docker-compose)."""
+    password = f"hostile-redis-pw-{uuid.uuid4().hex}"
+    broker = f"redis://:{password}@127.0.0.1:6399/0"
+    return {
+        "CELERY_BROKER_URL": broker,
+        "CELERY_RESULT_BACKEND": broker,
+        "REDIS_PASSWORD": password,
+        "DAYTONA_API_KEY": f"dtn_hostile_{uuid.uuid4().hex}",
+        "DISCORD_WEBHOOK_URL": ("http://127.0.0.1:9/api/webhooks/987654321/"
+                                f"hostile-webhook-token-{uuid.uuid4().hex}"),
+        "FLOWER_BASIC_AUTH": f"admin:hostile-flower-{tag}",
+    }
 
 
 def render(script: str, config: dict) -> str:
@@ -230,37 +303,56 @@ def check_well_behaved(r, w, lim):
     assert r.isolation and r.isolation.startswith("bubblewrap"), r.isolation
 
 
+# Deadline checks: the sandbox is killed at TIMEOUT (5 s); the kill and the cleanup add
+# about 0.1 s (median 5.1 s among 17 at once): 16 s is over 3x that.
+KILLED_BY = 3 * TIMEOUT + 1
+
+
 def check_infinite_loop(r, w, lim):
     _failed(r)
-    assert r.timed_out and "timed out" in r.error_message
-    assert r.runtime_seconds < TIMEOUT + 5
+    assert r.timed_out and r.error_message == f"Execution timed out after {TIMEOUT}s " \
+        "(sandbox killed)", brief(r)
+    assert "looping" in r.output
+    assert r.runtime_seconds < KILLED_BY
 
 
 def check_fork_bomb(r, w, lim):
+    # The process cap refused forks (the bomb says so), and the deadline ended it: a
+    # bomb that never hit the cap would print nothing, one that got out would not die.
     _failed(r)
-    assert r.runtime_seconds < TIMEOUT + 5
+    assert "fork refused" in r.output, brief(r)
+    assert r.timed_out and "timed out" in r.error_message, brief(r)
+    assert r.runtime_seconds < KILLED_BY
 
 
 def check_alloc(r, w, lim):
+    # The address-space limit refuses the 20 GiB at once, and stops the piecemeal
+    # allocation at or below the sandbox's memory cap.
     _failed(r)
     assert "limit missing" not in r.output, r.output
-    assert "refused" in r.output or "stopped" in r.output or r.exit_code, r.output
+    assert "single 20 GiB allocation refused" in r.output, brief(r)
+    got = re.search(r"piecemeal allocation stopped at (\d+) MiB", r.output)
+    assert got and int(got.group(1)) <= lim.memory_mb, brief(r)
+    assert r.exit_code == 1 and not r.timed_out, brief(r)
 
 
 def check_big_file(r, w, lim):
+    # The file-size limit (RLIMIT_FSIZE) stops the write: EFBIG, exit 1, long before
+    # 10 GiB or the deadline.
     _failed(r)
     assert "limit missing" not in r.output, r.output
+    assert "OSError: [Errno 27] File too large" in r.output, brief(r)
+    assert r.exit_code == 1 and not r.timed_out, brief(r)
 
 
 def check_flood(r, w, lim):
     # 1 GiB went to stdout: only the tail is kept, and the result says how much went.
-    assert r.output_dropped_bytes > 0, brief(r)
+    assert not r.timed_out, f"the flood must finish within {FINISHES_BY}s"
+    assert r.success, brief(r)
+    assert r.output_dropped_bytes >= (1 << 30) - lim.output_bytes, brief(r)
     assert len(r.output.encode("utf-8")) <= lim.output_bytes + 200
     assert str(r.output_dropped_bytes) in r.output
-    if not r.timed_out:
-        assert r.output_dropped_bytes >= (1 << 30) - lim.output_bytes
-        assert "END-OF-FLOOD" in r.output
-        assert r.success, brief(r)
+    assert r.output.rstrip().endswith("END-OF-FLOOD")
 
 
 def check_daemon(r, w, lim):
@@ -283,15 +375,22 @@ def check_write_escape(r, w, lim):
 
 def check_read_secrets(r, w, lim):
     assert r.success, brief(r)
-    everything = (r.output or "") + (r.artifact_content or "")
-    assert w.secret not in everything, "the worker's secret reached the candidate"
-    assert "read /etc/shadow" not in everything
-    assert "read /etc/gshadow" not in everything
-    assert "LISTED /etc/ssl/private" not in everything
-    assert f"read {REPO}" not in everything, "the repository is visible"
-    assert f"LISTED {w.artifacts}" not in everything, "the artifacts directory is visible"
-    # The allow-listed variable does get through (the allow-list works, not just "nothing").
-    assert f"allowed-{w.tag}" in everything
+    report = r.artifact_content or ""
+    everything = (r.output or "") + report + json.dumps(r.to_dict())
+    # Every secret file the worker can read (the world fixture checked) is blocked here.
+    for path in w.secret_files:
+        assert f"\nblocked {path}: " in report, f"{path} visible in the sandbox: {report[:3000]}"
+    for path in ("/root/.ssh/id_rsa", "/root/.bash_history", "/etc/ssl/private"):
+        assert f"\nblocked {path}: " in report, report[:3000]
+    # The probe works: it reads what the sandbox does have, its own environment in
+    # /proc (pid 1 is the sandbox's init) and os.environ, allow-listed variable included.
+    assert "\nread /proc/self/environ: " in report and "\nread /proc/1/environ: " in report
+    assert f"'FORGE_TEST_ALLOWED': 'allowed-{w.tag}'" in report
+    # None of the worker's credentials, though the allow-list asked for every one.
+    found = [value for value in w.leaks() if value in everything]
+    assert found == [], f"worker secrets reached the candidate: {found}"
+    for name in w.credentials:
+        assert f"'{name}'" not in report.split("\nenviron: ", 1)[1], name
 
 
 def check_symlink_artifact(r, w, lim):
@@ -313,11 +412,20 @@ def check_binary_artifact(r, w, lim):
     assert "\ufffd" in r.artifact_content and "\ufffd" in r.output
 
 
-def check_loopback(r, w, lim):
-    assert w.server.hits == [], f"a candidate reached the worker's loopback: {w.server.hits}"
+def _check_loopback(r, server: LoopbackServer) -> None:
+    assert server.hits == [], f"the candidate reached the worker's loopback: {server.hits}"
     report = r.artifact_content or ""
-    assert "CONNECTED 127.0.0.1" not in report and "CONNECTED localhost" not in report, report
     assert r.success, brief(r)
+    for host in ("127.0.0.1", "10.0.2.2", "localhost"):  # tried, and refused, every one
+        assert f"blocked {host}: " in report, report
+
+
+def check_loopback(r, w, lim):
+    _check_loopback(r, w.server)
+
+
+def check_loopback_off(r, w, lim):
+    _check_loopback(r, w.server_off)
 
 
 def check_kill_pgroup(r, w, lim):
@@ -352,27 +460,42 @@ CASES: dict[str, tuple[str, bool, Check]] = {
     "big_artifact": ("big_artifact.py", True, check_big_artifact),
     "binary_artifact": ("binary_artifact.py", True, check_binary_artifact),
     "loopback": ("loopback.py", True, check_loopback),  # network ON: loopback still shut
-    "loopback_off": ("loopback.py", False, check_loopback),  # network OFF
+    "loopback_off": ("loopback.py", False, check_loopback_off),  # network OFF
     "kill_pgroup": ("kill_pgroup.py", True, check_kill_pgroup),
     "close_stdout": ("close_stdout.py", True, check_close_stdout),
     "os_exit": ("os_exit.py", True, check_os_exit),
 }
-ENV_ALLOW = ("FORGE_TEST_ALLOWED", "CELERY_BROKER_URL", "LANG")
+# The cases whose checks tell isolation (namespaces, mounts, the network policy) from
+# none: with bubblewrap off they fail, and must (test_isolation_cases_fail_without_isolation).
+# The rest test limits, the capture and the artifact reader, with or without isolation.
+# (well_behaved: its result must say it ran under bubblewrap.)
+ISOLATION_CASES = frozenset({"well_behaved", "daemon", "write_escape", "read_secrets",
+                             "loopback", "loopback_off"})
+# The allow-list asks for every credential: the sandbox environment must refuse them.
+ENV_ALLOW = ("FORGE_TEST_ALLOWED", "LANG", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+             "REDIS_PASSWORD", "DAYTONA_API_KEY", "DISCORD_WEBHOOK_URL", "FLOWER_BASIC_AUTH")
 
 
-def check_all(results: dict[str, CandidateResult], w: World, lim: Limits,
-              cases: list[str]) -> None:
-    failures = []
+def failing_checks(results: dict[str, CandidateResult], w: World, lim: Limits,
+                   cases: list[str]) -> dict[str, str]:
+    """case -> why its check failed, for every case whose check failed."""
+    failures = {}
     for case in cases:
         r = results.get(case)
         if r is None:
-            failures.append(f"{case}: no result")
+            failures[case] = "no result"
             continue
         try:
             CASES[case][2](r, w, lim)
         except AssertionError as exc:
-            failures.append(f"{case}: {exc}")
-    assert not failures, "\n".join(failures)
+            failures[case] = str(exc)[:2000]
+    return failures
+
+
+def check_all(results: dict[str, CandidateResult], w: World, lim: Limits,
+              cases: list[str]) -> None:
+    failures = failing_checks(results, w, lim, cases)
+    assert not failures, "\n".join(f"{c}: {why}" for c, why in failures.items())
 
 
 def leftover_sandboxes(tag: str) -> list[str]:
@@ -384,36 +507,82 @@ def leftover_sandboxes(tag: str) -> list[str]:
 # --------------------------------------------------------------------------- drivers
 
 
-def test_hostile_lifecycle(world):
-    """Every case through run_lifecycle, concurrently, on the local backend."""
+def _run_cases(world: World, cases: list[str],
+               unisolated: bool = False) -> dict[str, CandidateResult]:
+    """Every case through run_lifecycle at once, on the local backend, with the worker's
+    credentials in this (the worker's) environment."""
     backend = LocalBackend()
     run_id = f"hostile-{world.tag}"
-    cases = list(CASES)
 
     def one(case: str) -> CandidateResult:
         script, network, _ = CASES[case]
-        text = render(script, world.config(case))
+        text = render(script, world.config(case, unisolated))
         task = CandidateTask(
             run_id=run_id, candidate_id=f"h{world.tag}-{case}", name=case,
             script_name=script, script=text, script_sha256=sha256_text(text),
-            objective=OBJECTIVE, timeout=TIMEOUT, network=network, env_allow=ENV_ALLOW,
-            limits=LIMITS,
+            objective=OBJECTIVE, timeout=case_timeout(case), network=network,
+            env_allow=ENV_ALLOW, limits=LIMITS,
         )
         lines: list[str] = []
         return run_lifecycle(backend, task, lines.append)
 
-    watch = ProcWatch()
-    t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
-        results = dict(zip(cases, pool.map(one, cases), strict=True))
-    elapsed = time.monotonic() - t0
+        return dict(zip(cases, pool.map(one, cases), strict=True))
+
+
+@pytest.fixture()
+def credentials_in_env(world, monkeypatch):
+    """The worker's credentials in this process's environment: what ``run_lifecycle``
+    builds the sandbox environment from (conftest.py keeps the developer's own out)."""
+    for name, value in world.credentials.items():
+        monkeypatch.setenv(name, value)
+    return world.credentials
+
+
+def _assert_in_env(credentials: dict[str, str], environ: dict[str, str], where: str) -> None:
+    """The positive control: the credentials really are where the candidates run from."""
+    missing = [k for k, v in credentials.items() if environ.get(k) != v]
+    assert missing == [], f"{where} lacks {missing}: the leak checks would prove nothing"
+
+
+def test_hostile_lifecycle(world, credentials_in_env):
+    """Every case through run_lifecycle, concurrently, on the local backend."""
+    cases = list(CASES)
+    _assert_in_env(credentials_in_env, dict(os.environ), "the worker's environment")
+    watch = ProcWatch()
+    results = _run_cases(world, cases)
     grew = watch.stop()
+    _assert_in_env(credentials_in_env, dict(os.environ), "the worker's environment")
     check_all(results, world, LIMITS, cases)
     assert grew < len(cases) * 8 + LIMITS.max_processes * 2, f"process count grew by {grew}"
-    assert elapsed < TIMEOUT + 25, f"the competition took {elapsed:.1f}s"
     assert leftover_sandboxes(world.tag) == []
     time.sleep(0.3)
     assert not _marked_pids(world.marker)
+
+
+def test_isolation_cases_fail_without_isolation(world, credentials_in_env, monkeypatch):
+    """The control of the isolation checks: with bubblewrap off (the fallback keeps
+    rlimits, cgroups, the deadline and the environment filter), exactly the isolation
+    cases fail their checks. A check that passed here could not tell isolation from
+    none; a limit case failing here would be testing isolation by accident. Without
+    isolation the attacks do reach the host, so here they aim only at what this test
+    owns (``World.config(unisolated=True)``)."""
+    # Not the fork bomb: a limits case, and without a PID namespace it forks on the host.
+    cases = [c for c in CASES if c != "fork_bomb"]
+    monkeypatch.setenv("FORGE_SANDBOX", "plain")
+    monkeypatch.delenv("FORGE_REQUIRE_ISOLATION")
+    bwrap.probe.cache_clear()
+    try:
+        results = _run_cases(world, cases, unisolated=True)
+    finally:
+        monkeypatch.delenv("FORGE_SANDBOX")
+        bwrap.probe.cache_clear()
+        _kill_marked(world.marker)  # the daemon does get out without a PID namespace
+    assert all(r.isolation.startswith("NONE:") for r in results.values())
+    failed = failing_checks(results, world, LIMITS, cases)
+    assert set(failed) == ISOLATION_CASES, (
+        f"failing without isolation: {sorted(failed)}, expected {sorted(ISOLATION_CASES)}; "
+        + "\n".join(f"{c}: {why[:300]}" for c, why in failed.items()))
 
 
 def _write_manifest(directory: Path, w: World, cases: list[str], network: bool) -> Path:
@@ -424,34 +593,59 @@ def _write_manifest(directory: Path, w: World, cases: list[str], network: bool) 
         script = CASES[case][0]
         (directory / f"{case}.py").write_text(render(script, w.config(case)), "utf-8")
         lines += ["[[candidate]]", f'id = "{case.replace("_", "-")}"', f'name = "{case}"',
-                  f'script = "{case}.py"', ""]
+                  f'script = "{case}.py"']
+        lines.append(f"timeout = {case_timeout(case)}")
+        lines.append("")
     path = directory / "candidates.toml"
     path.write_text("\n".join(lines), "utf-8")
     return path
 
 
-def test_hostile_through_forge(world):
-    """The suite as real competitions through the forge entry point (embedded Celery)."""
-    if not FORGE_LEVEL:
-        pytest.skip("forge-level hostile run switched off (FORGE_LEVEL = False)")
-    from dispatcher import run_forge
+def _assert_worker_holds(redis, credentials: dict[str, str]) -> None:
+    """The positive control, asked of a pool process of the worker (tests/env_probe.py)."""
+    from tests.env_probe import digest
+    from tests.procs import call_task
 
-    on_cases = [c for c, (_, net, _) in CASES.items() if net]
-    off_cases = ["well_behaved", "loopback_off"]
-    watch = ProcWatch()
-    for cases, network in ((on_cases, True), (off_cases, False)):
-        manifest = _write_manifest(world.tmp / f"manifest-{network}", world, cases, network)
-        forge = run_forge(
-            OBJECTIVE,
-            candidates=str(manifest),
-            artifacts_dir=str(world.artifacts),
-            timeout=TIMEOUT,
-            network=network,
-        )
-        limits = Limits()  # the forge's defaults
-        results = {c: forge.result_for(c.replace("_", "-")) for c in cases}
-        check_all(results, world, limits, cases)  # type: ignore[arg-type]
-    grew = watch.stop()
+    got = call_task(redis, "tests.env_probe.environ", sorted(credentials))
+    missing = [k for k, v in credentials.items() if got.get(k) != digest(v)]
+    assert missing == [], f"the worker lacks {missing}: the leak checks would prove nothing"
+
+
+def test_hostile_through_forge(world, workers, tmp_path):
+    """The suite as real competitions: ``forge run`` and a real Celery worker whose
+    environment holds real credentials (its broker is a redis-server with a password)."""
+    from tests.procs import RedisServer, forge_env, run_forge_cli
+
+    password = world.credentials["REDIS_PASSWORD"]
+    redis = RedisServer(tmp_path / "redis", password=password).start()
+    try:
+        credentials = {**world.credentials, "CELERY_BROKER_URL": redis.url,
+                       "CELERY_RESULT_BACKEND": redis.url}
+        world.credentials.update(credentials)
+        env = forge_env(redis.url, world.artifacts, **credentials,
+                        FORGE_REQUIRE_ISOLATION="1", FORGE_HOSTILE_SECRET=world.secret,
+                        FORGE_TEST_ALLOWED=f"allowed-{world.tag}")
+        on_cases = [c for c, (_, net, _) in CASES.items() if net]
+        workers(env, n=1, concurrency=len(on_cases), extra_args=("-I", "tests.env_probe"))
+        _assert_worker_holds(redis, credentials)
+        watch = ProcWatch()
+        for cases, network in ((on_cases, True), (["well_behaved", "loopback_off"], False)):
+            manifest = _write_manifest(world.tmp / f"manifest-{network}", world, cases, network)
+            run_id = f"hostile-{world.tag}-{'on' if network else 'off'}"
+            done = run_forge_cli(["run", "--candidates", str(manifest), "--run-id", run_id,
+                                  "--no-post"], env, timeout=300)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            run_dir = world.artifacts / run_id
+            results = {c: CandidateResult.from_dict(json.loads(
+                (run_dir / c.replace("_", "-") / "result.json").read_text())) for c in cases}
+            check_all(results, world, Limits(), cases)  # the forge's default limits
+            files = "".join(p.read_text(errors="replace") for p in run_dir.rglob("*")
+                            if p.is_file())
+            assert [v for v in world.leaks() if v in files] == [], "a secret in the run dir"
+        grew = watch.stop()
+        _assert_worker_holds(redis, credentials)
+    finally:
+        redis.stop()
     assert grew < len(CASES) * 8 + Limits().max_processes * 2, f"process count grew by {grew}"
     time.sleep(0.3)
     assert not _marked_pids(world.marker)

@@ -78,7 +78,6 @@ def test_a_distributed_run_goes_from_running_to_finished_without_a_reload(
     earlier_runs(store, ids)
     env = forge_env(redis_server.url, artifacts, FORGE_DATABASE_URL=pg_url,
                     FORGE_FLOWER_URL="http://127.0.0.1:5555")
-    workers(env, n=1, concurrency=4)
     server = WebServer(env, artifacts, tmp_path).start()
     SCREENSHOTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -93,6 +92,9 @@ def test_a_distributed_run_goes_from_running_to_finished_without_a_reload(
         assert done.returncode == 0, done.stderr
         page.goto(f"{server.url}/runs/web-live")
         page.evaluate("window.__testMarker = 'same page'")
+        # The worker comes once the page is open: the run is seen queued, running and
+        # finished however slowly this machine started the CLI and the page.
+        workers(env, n=1, concurrency=4)
         timeline = []
         shot_live = False
         deadline = time.monotonic() + 120

@@ -16,7 +16,7 @@ if os.fork() == 0:
         code = (
             "import sys, time\n"
             "while True:\n"
-            "    for path in (sys.argv[1], '/tmp/heartbeat', sys.argv[2]):\n"
+            "    for path in (sys.argv[1], sys.argv[3], sys.argv[2]):\n"
             "        try:\n"
             "            open(path, 'a').write('beat\\n')\n"
             "        except OSError:\n"
@@ -24,7 +24,9 @@ if os.fork() == 0:
             "    time.sleep(0.1)\n"
         )
         os.execv(sys.executable, [sys.executable, "-c", code, CONFIG["heartbeat"],
-                                  "daemon-heartbeat.txt", CONFIG["marker"]])
+                                  "daemon-heartbeat.txt",
+                                  CONFIG.get("tmp_heartbeat", "/tmp/heartbeat"),
+                                  CONFIG["marker"]])
     os._exit(0)
 time.sleep(0.5)
 with open(sys.argv[2], "w") as fh:

@@ -9,7 +9,9 @@ CONFIG = {}  # forge-hostile-config
 found = []
 paths = ["/etc/shadow", "/etc/gshadow", "/etc/ssl/private", "/root/.ssh/id_rsa",
          "/root/.bash_history", "/proc/1/environ", "/proc/self/environ"]
-paths += glob.glob("/proc/[0-9]*/environ") + list(CONFIG["secret_files"])
+if CONFIG.get("scan_proc", True):  # every process it can see (not in the test's control)
+    paths += glob.glob("/proc/[0-9]*/environ")
+paths += list(CONFIG["secret_files"])
 for path in paths:
     try:
         if os.path.isdir(path):

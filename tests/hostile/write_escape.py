@@ -10,9 +10,12 @@ import sys
 CONFIG = {}  # forge-hostile-config
 
 report = []
-targets = list(CONFIG["targets"]) + ["/root/pwned", "/etc/pwned", "/usr/pwned",
-                                     os.path.expanduser("~/../pwned")]
-for directory in CONFIG["victim_dirs"] + glob.glob("/tmp/forge-*/work"):
+# System paths and other sandboxes' directories, unless the test says not to (its
+# control runs this without isolation: there the writes would land on the host).
+SYSTEM = ["/root/pwned", "/etc/pwned", "/usr/pwned", os.path.expanduser("~/../pwned")]
+targets = list(CONFIG["targets"]) + list(CONFIG.get("system_targets", SYSTEM))
+others = glob.glob("/tmp/forge-*/work") if CONFIG.get("scan_tmp", True) else []
+for directory in CONFIG["victim_dirs"] + others:
     targets.append(os.path.join(directory, "pwned"))
 for path in targets:
     try:
