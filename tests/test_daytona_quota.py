@@ -37,7 +37,7 @@ from tests.procs import (
     run_forge_cli,
     stop_process,
 )
-from worker.budget import RedisBudget, leases_key
+from worker.budget import RedisBudget, leases_key, waiter_run_key
 from worker.records import ForgeResult
 from worker.sandbox.daytona import RUN_LABEL, DaytonaBackend
 
@@ -266,20 +266,38 @@ def test_a_killed_worker_gives_its_slots_back_within_the_lease_time(emu, tmp_pat
 
 
 def test_two_runs_at_once_share_the_budget_and_neither_starves(emu, tmp_path):
-    """Run A holds all 4 slots with 12 candidates to go when run B (12 more) arrives: B
-    gets slots while A runs, A keeps getting slots while B runs, both finish."""
+    """Run A holds all 4 slots with 10 candidates to go when run B (14) arrives: B gets
+    slots while A runs, A keeps getting slots while B runs, both finish.
+
+    A barrier, not timing, makes "B arrives while A holds everything": A's first four
+    sandboxes wait before they start (the emulator holds their execs) until all of B's
+    candidates are waiting in the budget (a slow start of B's CLI on a loaded machine
+    once let A finish nearly alone)."""
     emu.set_faults(quota_cpu=4)
     with cluster(tmp_path, emu, concurrency=32, FORGE_DAYTONA_MAX_SANDBOXES="4") as c:
         a = sleepers(tmp_path / "a", 14, 1.0)
         b = sleepers(tmp_path / "b", 14, 1.0)
-        for manifest, run_id in ((a, "q-run-a"), (b, "q-run-b")):
-            done = run_forge_cli(["run", "--daytona", "--candidates", str(manifest),
-                                  "--run-id", run_id, "--detach"], c.env)
-            assert done.returncode == 0, done.stderr
-            deadline = time.monotonic() + 60
-            while run_id == "q-run-a" and len(alive_for(emu, "q-run-a")) < 4:
-                assert time.monotonic() < deadline, c.logs()[-3000:]
-                time.sleep(0.05)
+        waiting_runs = c.redis.client()
+        emu.hold_execs()
+        try:
+            for manifest, run_id in ((a, "q-run-a"), (b, "q-run-b")):
+                done = run_forge_cli(["run", "--daytona", "--candidates", str(manifest),
+                                      "--run-id", run_id, "--detach"], c.env)
+                assert done.returncode == 0, done.stderr
+                deadline = time.monotonic() + 90
+                while True:
+                    if run_id == "q-run-a":
+                        arrived = len(alive_for(emu, run_id)) == 4
+                    else:
+                        runs = waiting_runs.hvals(waiter_run_key())
+                        arrived = runs.count(run_id.encode()) == 14
+                    if arrived:
+                        break
+                    assert time.monotonic() < deadline, c.logs()[-3000:]
+                    time.sleep(0.05)
+            assert alive_for(emu, "q-run-b") == []  # B waits: A holds every slot
+        finally:
+            emu.release_execs()
         ra, rb = wait_summary(c.artifacts, "q-run-a"), wait_summary(c.artifacts, "q-run-b")
     all_ok(ra)
     all_ok(rb)
