@@ -62,13 +62,15 @@ def one_run(manifest: Path, cold: bool) -> dict[str, float]:
     from dispatcher.dispatch import app, store_bundles
     from dispatcher.manifest import load_manifest
     from dispatcher.plan import plan_run
-    from worker.bundles import BundleCache, bundle_key
+    from dispatcher.request import RunRequest
+    from worker.bundles import BundleCache
+    from worker.keys import bundle_key
     from worker.lifecycle import SCRIPT_NAME, _unpack
     from worker.sandbox.base import SandboxRequest
     from worker.sandbox.local import LocalBackend
 
     c0, t0 = time.process_time(), time.perf_counter()
-    plan = plan_run("bench", load_manifest(manifest), artifacts_dir=str(SCRATCH))
+    plan = plan_run(RunRequest("bench", artifacts_dir=str(SCRATCH)), load_manifest(manifest))
     planned, cpu = time.perf_counter() - t0, time.process_time() - c0
     if cold:
         for sha in plan.bundles:
@@ -100,9 +102,10 @@ def one_run(manifest: Path, cold: bool) -> dict[str, float]:
 def plan_only(manifest: Path) -> float:
     from dispatcher.manifest import load_manifest
     from dispatcher.plan import plan_run
+    from dispatcher.request import RunRequest
 
     t0 = time.perf_counter()
-    plan_run("bench", load_manifest(manifest), artifacts_dir=str(SCRATCH))
+    plan_run(RunRequest("bench", artifacts_dir=str(SCRATCH)), load_manifest(manifest))
     return time.perf_counter() - t0
 
 

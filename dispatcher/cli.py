@@ -24,6 +24,7 @@ EXTRA_COMMANDS.append("dispatcher.reap")
 EXTRA_COMMANDS.append("dispatcher.resume")
 EXTRA_COMMANDS.append("dispatcher.competitions_cli")
 EXTRA_COMMANDS.append("dispatcher.store_cli")
+EXTRA_COMMANDS.append("dispatcher.standings_cli")
 EXTRA_COMMANDS.append("dispatcher.doctor")
 EXTRA_COMMANDS.append("dispatcher.web.cli")
 
@@ -50,6 +51,20 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _trials(text: str) -> int:
+    from worker.validation import TRIALS_MAX, InvalidInput, check_trials
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of trials (1-{TRIALS_MAX})") from None
+    try:
+        return check_trials(value, "--trials")
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-sandboxes", type=_count, metavar="N",
                      help="Daytona sandboxes alive at once, for this run (default: the "
                           "manifest's, else FORGE_DAYTONA_MAX_SANDBOXES, 10)")
+    run.add_argument("--trials", type=_trials, metavar="K",
+                     help="run each candidate K times, each in a fresh sandbox; rank by "
+                          "mean with 95%% intervals (default: the manifest's, else 1)")
     run.add_argument("--detach", action="store_true",
                      help="print the run id and return; workers finish the run (needs a broker)")
     run.add_argument("--json", action="store_true", help="print the ForgeResult as JSON")
@@ -141,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             network=False if args.no_network else None,
             post=False if args.no_post else None,
             max_sandboxes=args.max_sandboxes,
+            trials=args.trials,
         ))
         distributed = config.is_distributed()
         if args.detach and not distributed:

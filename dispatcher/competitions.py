@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab, crontab_parser
 
-from dispatcher.manifest import cpus_problem, egress_problem, speed_problem
+from dispatcher.manifest import cpus_problem, egress_problem, speed_problem, trials_problem
 from dispatcher.request import RunRequest
 from worker.validation import TIMEOUT_MAX, TIMEOUT_MIN, InvalidInput, check_objective
 
@@ -57,7 +57,7 @@ CRON_FIELDS = (("minute", 60, 0), ("hour", 24, 0), ("day-of-month", 31, 1),
                ("month", 12, 1), ("day-of-week", 7, 0))
 KNOWN_FIELDS = ("name", "objective", "candidates", "execution", "timeout", "network", "env",
                 "judge", "post", "schedule", "every", "timezone", "enabled", "egress_allow",
-                "egress_deny", "cpus", "speed", "exclusive", "max_sandboxes")
+                "egress_deny", "cpus", "speed", "exclusive", "max_sandboxes", "trials")
 MAX_LOOKBACK_DAYS = 366 * 29  # Feb 29 on a given weekday recurs within 28 years
 
 
@@ -123,6 +123,7 @@ class Competition:
     speed: str | None = None
     exclusive: bool | None = None
     max_sandboxes: int | None = None
+    trials: int | None = None  # None: the manifest's (default 1)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -189,7 +190,7 @@ class Competition:
             network=self.network, env_allow=self.env, judge=self.judge, post=self.post,
             competition=self.name, egress_allow=self.egress_allow,
             egress_deny=self.egress_deny, cpus=self.cpus, speed=self.speed,
-            exclusive=self.exclusive, max_sandboxes=self.max_sandboxes)
+            exclusive=self.exclusive, max_sandboxes=self.max_sandboxes, trials=self.trials)
 
     def lock_key(self, slot: datetime) -> str:
         return f"forge:competition:{self.name}:slot:{_aware(slot).astimezone(UTC):%Y%m%dT%H%M%SZ}"
@@ -331,7 +332,8 @@ def _competition(source: Path, index: int, entry: object) -> Competition:
     checked = {}
     for key, problem in (("egress_allow", lambda v: egress_problem("egress_allow", v)),
                          ("egress_deny", lambda v: egress_problem("egress_deny", v)),
-                         ("cpus", cpus_problem), ("speed", speed_problem)):
+                         ("cpus", cpus_problem), ("speed", speed_problem),
+                         ("trials", trials_problem)):
         if key in entry:
             why = problem(entry[key])
             if why:

@@ -27,7 +27,11 @@ def header(console: Console, plan: RunPlan, mode_line: str) -> None:
     console.print("DREAM FOUNDRY - Forge Loop", markup=False, highlight=False)
     console.print(RULE, markup=False, highlight=False)
     console.print(f"Objective: {shorten(run.objective)}", markup=False, highlight=False)
-    console.print(f"Candidates: {len(plan.tasks)}", markup=False, highlight=False)
+    if run.trials > 1:
+        console.print(f"Candidates: {len(run.candidates)} x {run.trials} trials "
+                      f"({len(plan.tasks)} sandboxes)", markup=False, highlight=False)
+    else:
+        console.print(f"Candidates: {len(plan.tasks)}", markup=False, highlight=False)
     console.print(f"Execution: {run.execution_mode.upper()}", markup=False, highlight=False)
     for note in run.notes:
         console.print(note, markup=False, highlight=False)
@@ -124,6 +128,53 @@ def results_table(result: ForgeResult) -> Table:
     return table
 
 
+def trials_table(result: ForgeResult) -> Table:
+    """The leaderboard of a run of repeated trials: rank by mean, with its 95% interval,
+    pass rate, pass^K and flaky (worker/judge/trials.py)."""
+    names = {c.id: c.name for c in result.candidates}
+    k = result.trials
+    title = f"PHASE: Scoring ({k} trials per candidate, ranked by mean, 95% intervals)"
+    table = Table(title=title, title_justify="left")
+    for col, just in (("#", "right"), ("Candidate", "left"), ("Mean", "right"),
+                      ("95% CI", "center"), ("Trials", "left"), ("Pass", "right"),
+                      (f"pass^{k}", "center"), ("Flaky", "center"), ("Note", "left")):
+        table.add_column(col, justify=just)
+    contenders = set((result.verdict or {}).get("contenders") or ())
+    for s in result.trial_summaries:
+        cid = s["candidate_id"]
+        note = ""
+        if result.tied and cid in contenders:
+            note = "tied" + (" (post)" if cid == result.winner_id else "")
+        elif cid == result.winner_id:
+            note = "winner"
+        table.add_row(
+            str(s["rank"]), f"{names.get(cid, cid)} ({cid})", f"{s['mean']:.1f}",
+            f"{s['ci_low']:.1f} - {s['ci_high']:.1f}",
+            " ".join(f"{x:.1f}" for x in s["scores"]),
+            f"{s['passes']}/{s['trials']}",
+            Text("yes", style="green") if s["pass_all"] else Text("no", style="red"),
+            Text("FLAKY", style="yellow") if s["flaky"] else "", note)
+    return table
+
+
+def verdict_lines(result: ForgeResult) -> list[str]:
+    """What the console says of the winner of a run of repeated trials."""
+    verdict = result.verdict or {}
+    names = {c.id: c.name for c in result.candidates}
+    if not result.winner_id:
+        return ["No winner: no candidate passed the gates in any trial."]
+    win = result.summary_for(result.winner_id) or {}
+    who = f"{names.get(result.winner_id, result.winner_id)} ({result.winner_id})"
+    mean = f"mean {win.get('mean', 0):.1f}/100, 95% CI {win.get('ci_low', 0):.1f}-" \
+        f"{win.get('ci_high', 0):.1f} over {win.get('trials', result.trials)} trials"
+    if result.tied:
+        tied = ", ".join(names.get(c, c) for c in verdict.get("contenders") or ())
+        return [f"STATISTICALLY TIED: {tied} (the 95% interval of the difference of their "
+                "means includes zero); no outright winner.",
+                f"Post goes to {who}, {mean}: {verdict.get('reason', '')}"]
+    return [f"WINNER: {who} with {mean}", f"Verdict: {verdict.get('reason', '')}"]
+
+
 def _time(r, speed: str) -> str:
     if r is None:
         return "-"
@@ -157,9 +208,16 @@ def run_time(result: ForgeResult) -> float | None:
 def summary(console: Console, result: ForgeResult, wall: float | None,
             wall_label: str = "Wall time") -> None:
     console.print()
-    console.print(results_table(result))
+    if result.trials > 1:
+        console.print(trials_table(result))
+        for line in verdict_lines(result):
+            console.print(line, markup=False, highlight=False)
+    else:
+        console.print(results_table(result))
     names = {c.id: c for c in result.candidates}
-    if result.winner_id:
+    if result.trials > 1:
+        pass
+    elif result.winner_id:
         c = names.get(result.winner_id)
         label = f"{c.name} ({c.description})" if c and c.description else result.winner_id
         console.print(f"WINNER: {label} with {result.winner_score:.1f}/100",

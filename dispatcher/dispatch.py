@@ -1,7 +1,9 @@
 """Publishing a run as a chord and waiting for it.
 
 ``chord(group(run_candidate × N), collect_results)``: every task has a deterministic id
-(worker/keys.py). What Flower
+(worker/keys.py). With K repeated trials the header is K x N tasks,
+``<run_id>:<candidate_id>:<k>`` (k = 1..K), each its own sandbox lifecycle on whichever
+worker slot takes it. What Flower
 shows as a task's arguments is a short ``argsrepr`` (run and candidate ids), never the
 script or the environment.
 """
@@ -20,7 +22,8 @@ from celery.result import denied_join_result
 from dispatcher import runs
 from dispatcher.plan import RunPlan
 from dispatcher.tracker import LogCallback, RunTracker
-from worker.app import app
+from worker.app import RESULT_EXPIRES, app
+from worker.bundles import store_bundle
 from worker.config import ConfigError, broker_url, env_int, redact_url, result_backend_url
 from worker.keys import body_task_id
 from worker.records import ForgeResult
@@ -85,9 +88,6 @@ def store_bundles(plan: RunPlan) -> int:
     """Store each directory candidate's bundle once in the result backend (by sha256, the
     results' TTL), before any task that names it is published. Returns how many were
     written (an unchanged project shipped by an earlier run may still be there)."""
-    from worker.app import RESULT_EXPIRES
-    from worker.bundles import store_bundle
-
     return sum(store_bundle(app.backend, sha, data, RESULT_EXPIRES)
                for sha, data in plan.bundles.items())
 
@@ -98,7 +98,9 @@ def build_chord(plan: RunPlan):
         run_candidate.signature(
             (t.to_dict(),),
             task_id=t.task_id,
-            argsrepr=f"(run={run.run_id}, candidate={t.candidate_id}, mode={t.execution_mode})",
+            argsrepr=(f"(run={run.run_id}, candidate={t.candidate_id}, "
+                      + (f"trial={t.trial + 1}/{t.trials}, " if t.trials > 1 else "")
+                      + f"mode={t.execution_mode})"),
             time_limit=(t.timeout + t.install_timeout + BACKSTOP_MARGIN
                         + (t.budget.slot_wait if t.execution_mode == "daytona" else 0)),
         )
@@ -214,7 +216,7 @@ def wait(
     """
     if broker_grace is None:
         broker_grace = float(env_int("FORGE_BROKER_GRACE", 60))
-    tracker = RunTracker(app, {t.candidate_id: t.task_id for t in plan.tasks}, on_log)
+    tracker = RunTracker(app, {t.unit: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
     interval = poll_interval or 0.1
     lost_since: float | None = None

@@ -44,6 +44,8 @@ egress_deny = ["203.0.113.0/24"]                #   may reach / public ones it m
 cpus = 1                     # CPU cap per candidate, in cores (default: none, equal share)
 speed = "cpu"                # score speed on CPU time instead of wall time ("wall")
 exclusive = true             # at most one candidate per core of a worker machine at once
+trials = 5                   # run each candidate 5 times, each in a fresh sandbox (default 1;
+                             #   docs/trials.md: mean, 95% interval, "statistically tied")
 ```
 """
 
@@ -66,6 +68,7 @@ from worker.validation import (
     MODULE_RE,
     TIMEOUT_MAX,
     TIMEOUT_MIN,
+    TRIALS_MAX,
 )
 
 ID_RE = CANDIDATE_ID_RE  # the rule lives in worker/validation.py (the worker checks it too)
@@ -132,6 +135,7 @@ class Manifest:
     exclusive: bool = False
     daytona: DaytonaSpec = field(default_factory=DaytonaSpec)
     max_sandboxes: int | None = None
+    trials: int = 1
 
 
 def resolve_manifest_path(path: str | Path | None) -> Path:
@@ -213,6 +217,14 @@ def speed_problem(value: object) -> str | None:
     if value not in SPEED_BASES:
         return (f"field 'speed' = {value!r}: must be one of " + ", ".join(map(repr, SPEED_BASES))
                 + " (score speed on wall time, or on the candidate's CPU time)")
+    return None
+
+
+def trials_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid ``trials`` (runs per candidate), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= TRIALS_MAX:
+        return (f"field 'trials' = {value!r}: must be a whole number from 1 to {TRIALS_MAX} "
+                "(how many times each candidate runs, each in a fresh sandbox)")
     return None
 
 
@@ -474,4 +486,5 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
                     cpus=_checked(top, data, "cpus", cpus_problem, 0),
                     speed=_checked(top, data, "speed", speed_problem, "wall"),
                     exclusive=_field(top, data, "exclusive", bool, default=False),
-                    daytona=daytona, max_sandboxes=max_sandboxes)
+                    daytona=daytona, max_sandboxes=max_sandboxes,
+                    trials=_checked(top, data, "trials", trials_problem, 1))

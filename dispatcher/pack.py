@@ -19,6 +19,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pathspec
+
 from worker.bundles import ARCHIVE_NAME, BUNDLE_MTIME, sha256_bytes
 from worker.lifecycle import OUTPUT_NAME
 
@@ -59,9 +61,7 @@ class _Entry:
     target: str = ""
 
 
-def _ignore_spec(root: Path):
-    import pathspec
-
+def _ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
     lines = list(DEFAULT_IGNORES)
     ignore_file = root / IGNORE_FILE
     if ignore_file.is_file():
@@ -87,7 +87,10 @@ def _walk(root: Path, real_root: str, spec) -> list[_Entry]:
         for name in names:
             rel = prefix + name
             path = os.path.join(directory, name)
-            st = os.lstat(path)
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise PackError(f"cannot read {rel}: {exc.strerror}") from None
             if stat.S_ISDIR(st.st_mode):
                 if spec.match_file(rel + "/") or os.path.isfile(os.path.join(path, "pyvenv.cfg")):
                     continue
@@ -153,8 +156,12 @@ def pack_directory(root: str | os.PathLike, max_bytes: int) -> Bundle:
         elif e.kind == "link":
             info.type, info.linkname = tarfile.SYMTYPE, e.target
         else:
-            with open(os.path.join(root, e.rel), "rb") as fh:
-                content = fh.read()
+            try:
+                with open(os.path.join(root, e.rel), "rb") as fh:
+                    content = fh.read()
+            except OSError as exc:
+                raise PackError(f"cannot read {e.rel}: {exc.strerror}; make it readable or "
+                                f"list it in {IGNORE_FILE}") from None
             info.size = len(content)  # as read: a file changing under us stays consistent
         chunks.append(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         if content:

@@ -23,6 +23,7 @@ from worker.records import (
     RunSpec,
     SandboxBudget,
 )
+from worker.validation import check_trials
 
 DEFAULT_TIMEOUT = 60
 
@@ -47,7 +48,7 @@ def new_run_id(now: datetime | None = None) -> str:
 # Task fields added after runs were already being fingerprinted: left out at their
 # defaults, so a run planned by an older dispatcher keeps its fingerprint (and resumes).
 _LATER_DEFAULTS = {"egress": Egress().to_dict(), "exclusive": False,
-                   "daytona": DaytonaSpec().to_dict(), "project": None}
+                   "daytona": DaytonaSpec().to_dict(), "project": None, "trials": 1}
 
 
 def _fingerprinted(task: CandidateTask) -> dict:
@@ -56,7 +57,7 @@ def _fingerprinted(task: CandidateTask) -> dict:
     result) nor the competition's name (a label), and later fields only when they differ
     from their defaults."""
     doc = {k: v for k, v in task.to_dict().items()
-           if k not in ("run_id", "script", "budget", "competition")}
+           if k not in ("run_id", "script", "budget", "competition", "trial")}
     for key, default in _LATER_DEFAULTS.items():
         if doc.get(key) == default:
             del doc[key]
@@ -71,7 +72,7 @@ def definition_sha256(objective: str, tasks: list[CandidateTask], judge: str,
     doc = {
         "objective": objective,
         "judge": judge,
-        "candidates": [_fingerprinted(t) for t in tasks],
+        "candidates": [_fingerprinted(t) for t in tasks if t.trial == 0],
     }
     if speed != "wall":
         doc["speed"] = speed
@@ -84,12 +85,18 @@ def plan_run(request: RunRequest, manifest: Manifest, *, execution_mode: str = "
 
     Every option the request leaves None takes the manifest's value (a competition
     overrides it). The plan keeps the request resolved: run id, absolute paths, and
-    whether the winner is posted are decided here, once, for the run record."""
+    whether the winner is posted are decided here, once, for the run record.
+
+    With K > 1 trials (``request.trials``, else the manifest's) each candidate gets K
+    tasks (trial 0..K-1, task ids ``<run>:<candidate>:<k>``), trial-major: every
+    candidate's first trial is published before any second one, so the K x N tasks
+    spread over the workers and a candidate's trials run side by side."""
     r = request
     run_id = r.run_id or new_run_id()
     artifacts_dir = os.path.abspath(r.artifacts_dir or config.artifacts_dir())
     post = config.discord_webhook_url() is not None if r.post is None else r.post
     timeout = r.timeout
+    k_trials = check_trials(manifest.trials if r.trials is None else r.trials)
     default_timeout = timeout or manifest.timeout or DEFAULT_TIMEOUT
     net = manifest.network if r.network is None else r.network
     env = manifest.env if r.env_allow is None else r.env_allow
@@ -132,8 +139,11 @@ def plan_run(request: RunRequest, manifest: Manifest, *, execution_mode: str = "
             budget=budget,
             competition=r.competition,
             project=_project_ref(c),
+            trial=k,
+            trials=k_trials,
             **{**manifest.phase_timeouts, **c.phase_timeouts},
         )
+        for k in range(k_trials)
         for c in manifest.candidates
     ]
     run = RunSpec(
@@ -152,9 +162,10 @@ def plan_run(request: RunRequest, manifest: Manifest, *, execution_mode: str = "
         definition_sha256=definition_sha256(r.objective, tasks, judge_name, speed_basis),
         notes=list(notes or []),
         speed=speed_basis,
+        trials=k_trials,
     )
     resolved = r.replace(run_id=run_id, artifacts_dir=artifacts_dir, post=post,
-                         candidates=os.path.abspath(manifest.path))
+                         candidates=os.path.abspath(manifest.path), trials=k_trials)
     bundles = {c.project.bundle.sha256: c.project.bundle.data
                for c in manifest.candidates if c.project}
     return RunPlan(run=run, tasks=tuple(tasks), request=resolved, bundles=bundles)

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.records import DEFAULT_OBJECTIVE, Limits
-from worker.validation import check_artifacts_dir, check_objective, check_run_id, check_timeout
+from worker.validation import (
+    check_artifacts_dir,
+    check_objective,
+    check_run_id,
+    check_timeout,
+    check_trials,
+)
 
 # Fields stored as lists in JSON, tuples here.
 _TUPLES = ("env_allow", "egress_allow", "egress_deny")
@@ -43,6 +49,7 @@ class RunRequest:
     speed: str | None = None
     exclusive: bool | None = None
     max_sandboxes: int | None = None
+    trials: int | None = None  # runs per candidate (docs/trials.md); None: the manifest's
 
     def validate(self) -> RunRequest:
         """Raise InvalidInput (worker/validation.py) for a value no run may have."""
@@ -53,6 +60,8 @@ class RunRequest:
             check_timeout(self.timeout)
         if self.artifacts_dir is not None:
             check_artifacts_dir(self.artifacts_dir)
+        if self.trials is not None:
+            check_trials(self.trials)
         return self
 
     def replace(self, **changes: Any) -> RunRequest:
@@ -88,4 +97,4 @@ class RunRequest:
             daytona=run.get("execution_mode") == "daytona",
             candidates=source.get("manifest"), artifacts_dir=run.get("artifacts_dir"),
             run_id=run.get("run_id"), post=bool(run.get("post_to_discord")),
-            competition=run.get("competition"))
+            competition=run.get("competition"), trials=run.get("trials") or 1)

@@ -64,7 +64,7 @@ def plan_resume(app, record: runs.RunRecord, force: bool = False) -> ResumePlan:
     kept = [t for t in tasks if (metas.get(t.task_id) or {}).get("status") == "SUCCESS"]
     missing = [t for t in tasks if t not in kept]
     if not force and record.status == "published" and missing:
-        where = runs.locate(app, {t.candidate_id: t.task_id for t in missing})
+        where = runs.locate(app, {t.unit: t.task_id for t in missing})
         if where.queued or where.delivered:
             raise ResumeRefused(_refusal(spec.run_id, where, len(missing)))
     request = record.run_request
@@ -148,8 +148,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except (ResumeRefused, ManifestError, config.ConfigError, InvalidInput) as exc:
         return refuse(str(exc))
     out = Console(stderr=args.json, highlight=False)
+    what = "candidates" if spec.trials <= 1 else f"trials ({spec.trials} per candidate)"
     out.print(f"Resuming run {spec.run_id}: re-running {len(rp.missing.tasks)} of "
-              f"{len(rp.full.tasks)} candidates, keeping {len(rp.kept_task_ids)} results",
+              f"{len(rp.full.tasks)} {what}, keeping {len(rp.kept_task_ids)} results",
               markup=False)
     if args.detach:
         print(spec.run_id)

@@ -18,7 +18,7 @@ from typing import Any
 
 from dispatcher.request import RunRequest
 from worker import config, keys, states
-from worker.records import CandidateResult, RunSpec
+from worker.records import CandidateResult, RunSpec, unit_name
 
 PREFIX = "forge-run:"
 # How long a record may stay "publishing" before its fan-out counts as cut short.
@@ -51,9 +51,14 @@ class RunRecord:
 
     @property
     def task_ids(self) -> dict[str, str]:
-        """candidate id -> task id, in manifest order."""
-        return {t["candidate_id"]: keys.candidate_task_id(t["run_id"], t["candidate_id"])
-                for t in self.tasks}
+        """unit (candidate id, ``id#k`` for trial k of several) -> task id, in publish
+        order."""
+        out = {}
+        for t in self.tasks:
+            trial, trials = int(t.get("trial") or 0), int(t.get("trials") or 1)
+            out[unit_name(t["candidate_id"], trial, trials)] = keys.candidate_task_id(
+                t["run_id"], t["candidate_id"], trial, trials)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, ensure_ascii=False)

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from worker.records import CandidateInfo, CandidateResult, ForgeResult, RunSpec, Score
+from worker.records import (
+    CandidateInfo,
+    CandidateResult,
+    ForgeResult,
+    RunSpec,
+    Score,
+    sha256_text,
+)
 
 
 def spec(run_id: str = "r1", n: int = 3, competition: str | None = None,
@@ -17,7 +24,8 @@ def spec(run_id: str = "r1", n: int = 3, competition: str | None = None,
     return RunSpec(run_id=run_id, objective="Write the post", timestamp=timestamp,
                    execution_mode="local", artifacts_dir=artifacts_dir,
                    candidates=[CandidateInfo(id=f"c{i}", name=f"Cand {i}",
-                                             description=f"the {i}th", script=f"c{i}.py")
+                                             description=f"the {i}th", script=f"c{i}.py",
+                                             content_sha256=sha256_text(f"c{i}.py"))
                                for i in range(n)],
                    competition=competition, definition_sha256="ab" * 32, notes=["a note"])
 

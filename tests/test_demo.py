@@ -39,6 +39,13 @@ def test_demo_ranks_and_posts_in_embedded_mode(tmp_path, monkeypatch):
     assert alpha.qualified and ranked.index("alpha") in (2, 3)
     assert "ZeroDivisionError" in result.result_for("delta").output
     assert "Traceback" in (tmp_path / "demo-emb" / "delta" / "output.log").read_text()
+    # Beta ran as a project: unpacked, its requirement installed outside its clock, and
+    # the summary names the code by its bundle's hash.
+    beta = result.result_for("beta")
+    assert beta.success and beta.timings["install"] > 0
+    assert any("Project uploaded" in line for line in beta.log)
+    info = next(c for c in result.candidates if c.id == "beta")
+    assert info.script == "agent_beta -m beta" and len(info.content_sha256) == 64
     # Discord got the announcement naming the winner, in messages under the limit.
     assert posted and all(len(m) <= 2000 for m in posted)
     winner = next(c for c in result.candidates if c.id == result.winner_id)

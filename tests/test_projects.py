@@ -26,7 +26,8 @@ from dispatcher.manifest import ManifestError, load_manifest
 from dispatcher.pack import pack_directory
 from tests.daytona_emulator import DaytonaEmulator
 from tests.procs import CeleryWorker, forge_env, run_forge_cli
-from worker.bundles import ARCHIVE_NAME, UNPACK, bundle_key
+from worker.bundles import ARCHIVE_NAME, UNPACK
+from worker.keys import bundle_key
 
 MB = 1_000_000
 BLOB = bytes(range(256)) * 16 + b"\x00\r\n\xff"  # every byte value, CR/LF, NUL
@@ -210,7 +211,7 @@ def test_a_project_packs_deterministically_and_candidates_share_one_bundle(tmp_p
     from dispatcher.plan import plan_run
     from dispatcher.request import RunRequest
 
-    plan = plan_run(RunRequest(objective="obj", artifacts_dir="."),
+    plan = plan_run(RunRequest("obj", artifacts_dir=str(tmp_path)),
                     load_manifest(tmp_path / "candidates.toml"))
     assert len(plan.bundles) == 2  # two projects, three candidates
     for task in plan.tasks:  # the message names the bundle, never carries it
@@ -574,7 +575,7 @@ def test_the_competitions_network_policy_applies_to_the_install(tmp_path):
         (root / "requirements.txt").write_text(f"--index-url {url}\ntinydep==1.0\n")
         (tmp_path / "c.toml").write_text('network = false\n[[candidate]]\nid = "p"\n'
                                          'path = "p"\nentry = "main.py"\n')
-        plan = plan_run(RunRequest(objective="obj", artifacts_dir="."),
+        plan = plan_run(RunRequest("obj", artifacts_dir=str(tmp_path)),
                         load_manifest(tmp_path / "c.toml"))
         assert plan.tasks[0].network is False
         result = run_lifecycle(LocalBackend(), plan.tasks[0], lambda _m: None,

@@ -22,6 +22,7 @@ from tests.manifests import write_manifest
 from tests.procs import forge_env, free_port, run_forge_cli
 from tests.store_helpers import candidate_result, finished, spec
 from tests.web_helpers import TOKEN, WebServer, write_forge_toml
+from worker.records import sha256_text
 
 BASE = "http://127.0.0.1:8000"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -168,6 +169,7 @@ def test_finished_run_page_shows_leaderboard_gates_breakdown_post_and_every_outp
         section = re.search(rf'<details class="card cand-d" id="c-{cid}"(.*?)</details>', page,
                             re.S).group(1)
         assert f"# Post by {cid}" in section and f"[{cid}] line one" in section
+        assert f"c{cid[1]}.py · sha256 {sha256_text(f'{cid}.py')}" in section  # its code
         assert f'/runs/wk-0/candidates/{cid}/artifact.md' in section
     assert "Script exited with code 1" in page
     art = site.client.get("/runs/wk-0/candidates/c1/artifact.md")

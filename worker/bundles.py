@@ -18,6 +18,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from worker.keys import bundle_key
+
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Where the archive lands in the work directory before it is unpacked (and removed).
 # The packer refuses a project holding a file of that name at its top level.
@@ -45,11 +47,6 @@ class BundleError(Exception):
     """A bundle missing from the store or not matching its hash."""
 
 
-def bundle_key(sha256: str) -> str:
-    """The result-backend key of a bundle: one per content, whichever run ships it."""
-    return f"forge-bundle:{sha256}"
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -61,6 +58,7 @@ def store_bundle(backend: Any, sha256: str, data: bytes, expires: int) -> bool:
     its expiry is pushed out so a later run keeps it alive); on any other backend (the
     embedded worker's memory backend) a get, then a set when missing.
     """
+    # start-up: the lifecycle imports this module where Celery may not even be installed
     from celery.backends.redis import RedisBackend
 
     key = bundle_key(sha256)

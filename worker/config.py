@@ -164,6 +164,17 @@ def project_max_bytes() -> int:
     return env_count("FORGE_PROJECT_MAX_MB", PROJECT_MAX_MB, 1) * 1_000_000
 
 
+# -- season standings (worker/standings.py; reference in docs/trials.md) -------------------
+
+# How many of a candidate's previous runs its latest score is checked against.
+REGRESSION_WINDOW = 8
+
+
+def regression_window() -> int:
+    """FORGE_REGRESSION_WINDOW: previous runs a regression is judged against (>= 2)."""
+    return env_count("FORGE_REGRESSION_WINDOW", REGRESSION_WINDOW, minimum=2)
+
+
 # -- the Daytona sandbox budget (worker/budget.py; reference in docs/daytona.md) -----------
 
 # The first Daytona tier allows 10 vCPU and a default sandbox takes 1.

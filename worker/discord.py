@@ -145,8 +145,34 @@ def _all_messages(result: ForgeResult, limit: int) -> list[str]:
         score = s.total_score if s else None
     wins = f" wins with {score:.1f}/100" if isinstance(score, int | float) else " wins"
     objective = shorten(result.objective)
-    header = f"🏆 **{label}**{wins}" + (f"\n*{objective}*" if objective else "")
+    header = f"🏆 **{label}**{wins}"
+    if result.trials > 1:
+        header = _trials_header(result, label)
+    line = (result.standings or {}).get("season_line")
+    if line:
+        header += f"\n{line}"
+    header += f"\n*{objective}*" if objective else ""
     return pack([header, *event_blocks(_winner_post(result))], limit)
+
+
+def _trials_header(result: ForgeResult, label: str) -> str:
+    """The announcement of a run of repeated trials: the mean and its 95% interval, and
+    in a tie no crown: who is tied, and why this post was chosen (the documented rule,
+    worker/judge/trials.py)."""
+    me = result.summary_for(result.winner_id or "") or {}
+    k = me.get("trials", result.trials)
+    mean = (f"mean {me.get('mean', 0):.1f}/100 over {k} trials (95% CI "
+            f"{me.get('ci_low', 0):.1f}-{me.get('ci_high', 0):.1f})")
+    if not result.tied:
+        return f"🏆 **{label}** wins with a {mean}"
+    names = {c.id: c.name or c.id for c in result.candidates}
+    verdict = result.verdict or {}
+    tied = ", ".join(names.get(c, c) for c in verdict.get("contenders") or ())
+    reason = str(verdict.get("reason") or "")
+    why = reason.partition("; post goes to ")[2].partition(" by ")[2] or "the tie-break rule"
+    return (f"🤝 **Statistically tied:** {tied}: no outright winner over {k} trials (the "
+            f"95% interval of the difference includes zero).\n"
+            f"Post by **{label}**, {mean}, chosen by {why}")
 
 
 # --------------------------------------------------------------------------- posting

@@ -118,8 +118,9 @@ class CandidateProgress:
     """
 
     def __init__(self, task, run_id: str, candidate_id: str, worker: str, attempt: int,
-                 entered: float):
+                 entered: float, trial: int = 0):
         self.task = task
+        self.trial = trial  # which trial of the candidate (repeated trials; 0-based)
         self.request = task.request
         self.run_id, self.candidate_id = run_id, candidate_id
         self.worker, self.attempt, self.entered = worker, attempt, entered
@@ -145,7 +146,7 @@ class CandidateProgress:
         store shows it too."""
         from worker.store.hooks import mark_state
 
-        mark_state(self.run_id, self.candidate_id, state, self.worker)
+        mark_state(self.run_id, self.candidate_id, state, self.worker, trial=self.trial)
         if self.delivered:
             try:
                 self.task.send_event(f"task-{state}")

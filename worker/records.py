@@ -260,6 +260,10 @@ class CandidateTask:
     budget: SandboxBudget = field(default_factory=SandboxBudget)
     competition: str | None = None  # the scheduled competition, for logs and error events
     project: ProjectRef | None = None  # a directory candidate (then ``script`` is empty)
+    # Repeated trials: this task is trial ``trial`` (0-based) of ``trials`` runs of the
+    # candidate, each in its own fresh sandbox (one trial: exactly the run of old).
+    trial: int = 0
+    trials: int = 1
 
     @property
     def content_sha256(self) -> str:
@@ -268,7 +272,13 @@ class CandidateTask:
 
     @property
     def task_id(self) -> str:
-        return task_id_for(self.run_id, self.candidate_id)
+        return task_id_for(self.run_id, self.candidate_id, self.trial, self.trials)
+
+    @property
+    def unit(self) -> str:
+        """What the console and progress call this task: the candidate id, with its
+        trial number (1-based) when the run has several."""
+        return unit_name(self.candidate_id, self.trial, self.trials)
 
     def to_dict(self) -> dict[str, Any]:
         data = _to_dict(self)
@@ -294,6 +304,11 @@ class CandidateTask:
 task_id_for = keys.candidate_task_id  # the name callers know
 
 
+def unit_name(candidate_id: str, trial: int = 0, trials: int = 1) -> str:
+    """``alpha``, or ``alpha#2`` for the second of several trials."""
+    return f"{candidate_id}#{trial + 1}" if trials > 1 else candidate_id
+
+
 @dataclass
 class CandidateResult:
     """The outcome of one candidate: the seed's ``DaytonaResult``, extended.
@@ -308,7 +323,9 @@ class CandidateResult:
     success: bool = False
     output: str = ""
     artifact_content: str | None = None
-    runtime_seconds: float = 0.0  # wall time of the whole lifecycle
+    # Wall time of the lifecycle, less capacity waits and installing requirements (the
+    # candidate's clock: what the speed score reads).
+    runtime_seconds: float = 0.0
     error_message: str | None = None
     execution_mode: str = "local"
     exit_code: int | None = None
@@ -322,8 +339,8 @@ class CandidateResult:
     warnings: list[str] = field(default_factory=list)
     isolation: str | None = None
     log: list[str] = field(default_factory=list)  # the lifecycle's lines, in order
-    # Seconds per phase (create, upload, exec, collect, delete, ...) and the epoch the
-    # task started: where a candidate's overhead goes (bench/overhead.py reads it).
+    # Seconds per phase (fetch, create, upload, install, exec, collect, delete, ...) and
+    # the epoch the task started: where a candidate's overhead goes (bench/overhead.py).
     timings: dict[str, float] = field(default_factory=dict)
     # CPU time (user + system) of the candidate's command, every process of it: from its
     # cgroup, else the rusage of the sandbox's reaped processes. None: the backend
@@ -332,6 +349,7 @@ class CandidateResult:
     # Sandboxes that never started or never finished deleting within their deadline:
     # deleted as far as the API let us, left for `forge reap` (the run's notes count them).
     stuck_sandboxes: list[str] = field(default_factory=list)
+    trial: int = 0  # which trial of the candidate this is (0-based; see CandidateTask)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -357,6 +375,7 @@ class Score:
     disqualified_reason: str | None = None
     quality_details: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
+    trial: int = 0  # in ForgeResult.trial_scores: the trial scored (0-based)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -405,6 +424,7 @@ class RunSpec:
     definition_sha256: str = ""
     notes: list[str] = field(default_factory=list)
     speed: str = "wall"  # what the speed score measures: "wall" or "cpu" time (SPEED_BASES)
+    trials: int = 1  # how many times each candidate runs (worker.judge.trials)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -438,6 +458,20 @@ class ForgeResult:
     discord: dict[str, Any] | None = None
     sandboxes_alive: int | None = None
     speed: str = "wall"  # the speed score measured "wall" or "cpu" time
+    # Repeated trials (trials > 1). ``scores`` and ``results`` then describe each
+    # candidate as a whole: its score is the mean over its trials, its result the best
+    # qualified trial's (its post). Every trial's own result and score are kept here, in
+    # trial order per candidate; ``trial_summaries`` are worker.judge.trials
+    # TrialSummary dicts (mean, interval, pass rate, pass^K, flaky) in rank order, and
+    # ``verdict`` the Verdict dict without its ranking (clear, tied, ...).
+    trials: int = 1
+    trial_results: list[CandidateResult] = field(default_factory=list)
+    trial_scores: list[Score] = field(default_factory=list)
+    trial_summaries: list[dict[str, Any]] = field(default_factory=list)
+    verdict: dict[str, Any] | None = None
+    # The competition's season standings after this run (worker.judge.season
+    # Standings.to_dict()); None for a run outside a competition or without a store.
+    standings: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -448,7 +482,22 @@ class ForgeResult:
         data["candidates"] = [CandidateInfo.from_dict(c) for c in data.get("candidates", [])]
         data["scores"] = [Score.from_dict(s) for s in data.get("scores", [])]
         data["results"] = [CandidateResult.from_dict(r) for r in data.get("results", [])]
+        data["trial_results"] = [CandidateResult.from_dict(r)
+                                 for r in data.get("trial_results") or []]
+        data["trial_scores"] = [Score.from_dict(s) for s in data.get("trial_scores") or []]
         return _from_dict(cls, data)
+
+    @property
+    def tied(self) -> bool:
+        """The top of the ranking is statistically tied (no outright winner)."""
+        return bool(self.verdict and self.verdict.get("status") == "tied")
+
+    def summary_for(self, candidate_id: str) -> dict[str, Any] | None:
+        return next((s for s in self.trial_summaries
+                     if s.get("candidate_id") == candidate_id), None)
+
+    def trials_of(self, candidate_id: str) -> list[CandidateResult]:
+        return [r for r in self.trial_results if r.candidate_id == candidate_id]
 
     def result_for(self, candidate_id: str) -> CandidateResult | None:
         return next((r for r in self.results if r.candidate_id == candidate_id), None)

@@ -92,8 +92,34 @@ def iter_files(result: ForgeResult) -> Iterator[tuple[str, bytes | Iterator[str]
         yield f"{cid}/output.log", r.output.encode("utf-8", errors="replace")
         if r.artifact_content is not None:
             yield f"{cid}/discord_post.md", r.artifact_content.encode("utf-8", errors="replace")
+    if result.trials > 1:
+        yield from _trial_files(result)
     yield "report.md", report.markdown_parts(result)
     yield "report.html", report.html_parts(result)
+
+
+def trial_dir(candidate_id: str, trial: int) -> str:
+    """``<candidate>/trial-<k>`` (k = 1..K) for 0-based ``trial``."""
+    return f"{candidate_id}/trial-{trial + 1}"
+
+
+def _trial_files(result: ForgeResult) -> Iterator[tuple[str, bytes]]:
+    """Repeated trials: every trial's own files under ``<candidate>/trial-<k>/``, and
+    ``<candidate>/trials.json``: the candidate over its trials (mean, interval, pass
+    rate, pass^K, flaky) with each trial's score. The candidate's top-level files stay
+    those of its representative trial (worker/judge/aggregate.py)."""
+    scores: dict[tuple[str, int], dict] = {(s.candidate_id, s.trial): s.to_dict()
+                                           for s in result.trial_scores}
+    for r in result.trial_results:
+        where = trial_dir(r.candidate_id, r.trial)
+        yield f"{where}/result.json", _json(r.to_dict())
+        yield f"{where}/output.log", r.output.encode("utf-8", errors="replace")
+        if r.artifact_content is not None:
+            yield f"{where}/discord_post.md", r.artifact_content.encode("utf-8", "replace")
+    for c in result.candidates:
+        summary = result.summary_for(c.id) or {}
+        trial_scores = [scores[(c.id, k)] for k in range(result.trials) if (c.id, k) in scores]
+        yield f"{c.id}/trials.json", _json({**summary, "trial_scores": trial_scores})
 
 
 def _bytes(content: bytes | Iterator[str]) -> bytes:

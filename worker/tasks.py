@@ -17,8 +17,8 @@ from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from worker import observability, tasklog
+from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
-from worker.judge.scoring import build_forge_result
 from worker.lifecycle import worker_name
 from worker.progress import CandidateProgress
 from worker.records import CandidateResult, CandidateTask, ForgeResult, RunSpec
@@ -76,7 +76,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
         return arrival.earlier
     me = self.request.hostname or worker_name()  # the Celery node name, e.g. w1@host
     progress = CandidateProgress(self, task.run_id, task.candidate_id, me, arrival.attempt,
-                                 entered)
+                                 entered, trial=task.trial)
     if arrival.exhausted:
         return _gave_up(task, progress)
     progress.log("[Run] Starting...")
@@ -86,6 +86,7 @@ def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     result.timings["progress"] = round(progress.seconds, 6)
     result.timings["task"] = round(time.monotonic() - t_enter, 6)
     result.worker, result.attempt, result.log = me, arrival.attempt, progress.lines
+    result.trial = task.trial
     logger.info("[%s] %s %s in %.2fs%s", task.run_id, task.candidate_id,
                 "succeeded" if result.success else "failed", result.runtime_seconds,
                 "" if result.success else f": {result.error_message}")
@@ -96,7 +97,7 @@ def _gave_up(task: CandidateTask, progress: CandidateProgress) -> dict[str, Any]
     """The result of a candidate delivered too often (it keeps killing its worker)."""
     result = CandidateResult(candidate_id=task.candidate_id,
                              execution_mode=task.execution_mode, worker=progress.worker,
-                             attempt=progress.attempt,
+                             attempt=progress.attempt, trial=task.trial,
                              error_message=exhausted_message(progress.attempt))
     progress.log(f"[Error] {result.error_message}")
     progress.close()
@@ -119,7 +120,6 @@ def _run_in_sandbox(task: CandidateTask, progress: CandidateProgress,
         return CandidateResult(candidate_id=task.candidate_id,
                                execution_mode=task.execution_mode,
                                worker=progress.worker, error_message=f"{exc}")
-    from worker.bundles import fetch_bundle
     from worker.lifecycle import run_lifecycle
 
     def bundle(sha256: str) -> bytes:  # a project's files, by hash, cached per process
@@ -145,9 +145,11 @@ def _task_from(task_data: Any) -> CandidateTask:
 def _refused(task, task_data: Any, reason: str) -> dict[str, Any]:
     """The failed result of a task refused before it ran."""
     cid = task_data.get("candidate_id") if isinstance(task_data, dict) else None
+    trial = task_data.get("trial") if isinstance(task_data, dict) else 0
     logger.warning("%s: candidate task refused: %s", task.request.id, reason)
     return CandidateResult(
         candidate_id=cid if isinstance(cid, str) else "", worker=task.request.hostname,
+        trial=trial if isinstance(trial, int) and not isinstance(trial, bool) else 0,
         error_message=f"Refused: {reason}", log=[f"[Error] Refused: {reason}"],
     ).to_dict()
 
@@ -200,7 +202,14 @@ def collect_results(self, results: list[dict[str, Any]],
         from worker.states import stored_results
 
         results = stored_results(self.backend, kept_task_ids) + list(results)
+    # start-up: the judge loads only in the chord body (importing the tasks, as every
+    # publisher does, stays light; tests/test_daytona_e2e.py checks it)
+    from worker.judge.scoring import build_forge_result
+
     forge = build_forge_result(results, run)
+    from worker.standings import for_run
+
+    forge.standings = for_run(forge, run.artifacts_dir)  # a competition's season, if any
     t_scored = time.monotonic()
     if run.execution_mode == "daytona":
         forge.sandboxes_alive = _sandboxes_alive(forge)

@@ -18,6 +18,8 @@ The rules (docs/security.md lists them for users):
   ``OBJECTIVE_SHOWN_CHARS``; ``summary.json`` keeps it whole.
 * **timeouts and deadlines**: whole seconds (``int``, not ``bool``), from ``TIMEOUT_MIN``
   to ``TIMEOUT_MAX``, as the manifest and forge.toml already required.
+* **trials**: how many times each candidate runs (``int``, not ``bool``), from 1 to
+  ``TRIALS_MAX``; a task's trial index is 0 to trials - 1.
 * **paths** built from any of these stay inside their root, symlinks resolved:
   :func:`contained`.
 * **a project** (directory candidate) in a task: a sha256 hex digest, an ``entry`` that
@@ -48,6 +50,10 @@ OBJECTIVE_SHOWN_CHARS = 300
 
 TIMEOUT_MIN = 1
 TIMEOUT_MAX = 86_400  # one day
+
+# Trials per candidate: K x N sandboxes per run, so K is kept to what a verdict needs
+# (the t interval's width barely moves past a few dozen trials).
+TRIALS_MAX = 100
 
 
 class InvalidInput(ValueError):
@@ -101,6 +107,14 @@ def check_timeout(value: Any, name: str = "timeout") -> int:
     return value
 
 
+def check_trials(value: Any, name: str = "trials") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= TRIALS_MAX:
+        raise InvalidInput(f"{name} must be a whole number from 1 to {TRIALS_MAX} (how many "
+                           f"times each candidate runs), got {_shown(value)}; pass e.g. "
+                           f"{name}=5")
+    return value
+
+
 def check_artifacts_dir(value: Any, absolute: bool = False) -> str:
     """A directory path given as text: not empty, no NUL, absolute when ``absolute``."""
     if isinstance(value, os.PathLike):
@@ -123,6 +137,11 @@ def check_task(task: CandidateTask) -> CandidateTask:
         check_timeout(getattr(task, name), name)
     if task.project is not None:
         check_project(task)
+    check_trials(task.trials)
+    if isinstance(task.trial, bool) or not isinstance(task.trial, int) or \
+            not 0 <= task.trial < task.trials:
+        raise InvalidInput(f"trial index {_shown(task.trial)} is outside 0..{task.trials - 1} "
+                           "(the task's trials)")
     return task
 
 
@@ -158,6 +177,7 @@ def check_run_spec(spec: RunSpec) -> RunSpec:
     check_artifacts_dir(spec.artifacts_dir, absolute=True)
     check_objective(spec.objective)
     check_timeout(spec.timeout)
+    check_trials(spec.trials)
     seen: set[str] = set()
     for c in spec.candidates:
         check_candidate_id(c.id)

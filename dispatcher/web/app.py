@@ -11,6 +11,7 @@ Routes (all pages server-rendered, readable without JavaScript)::
     GET  /runs/{run}/report.html|report.md|summary.json
     GET  /runs/{run}/candidates/{cand}/artifact.md|output.log
     GET  /candidates/{cand}?competition=     a candidate's history, score over time
+    GET  /competitions/{name}/standings?since=  the season: ratings, streaks, regressions
     POST /competitions/{name}/start          start a competition now   (token, CSRF)
     POST /runs/{run}/repost                  re-post the winner        (token, CSRF)
     GET|POST /login, POST /logout            sign-in with FORGE_WEB_TOKEN
@@ -235,6 +236,32 @@ class Dashboard:
                            chart=score_chart(history), stats=stats, competition=competition,
                            competitions=competitions, name=history[0].name)
 
+    def standings_page(self, request: Request) -> HTMLResponse:
+        from dispatcher.competitions import NAME_RE
+        from worker.standings import as_dict, compute
+
+        name = request.path_params["name"]
+        if not NAME_RE.fullmatch(name):
+            raise HTTPException(404, "No such competition.")
+        since_text = request.query_params.get("since") or None
+        since = None
+        if since_text is not None:
+            try:
+                since = datetime.fromisoformat(since_text)
+            except ValueError:
+                raise HTTPException(404, "No such date: use YYYY-MM-DD.") from None
+            since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
+        if name not in self.data.competition_names() and name not in self.data.competitions()[0]:
+            raise HTTPException(404, f"No competition {name}.")
+        store = self.data.store()
+        if store is None:
+            raise HTTPException(404, f"No runs of competition {name}.")
+        try:
+            st = as_dict(compute(_Reader(self.data), name, since=since), name)
+        except ValueError:
+            raise HTTPException(404, "No such date.") from None
+        return self.render("standings.html", request, name=name, st=st, since=since_text)
+
     # ------------------------------------------------------------------ files
 
     def _entry(self, request: Request):
@@ -369,6 +396,16 @@ class Dashboard:
             return PlainTextResponse("Internal server error", status_code=500)
 
 
+class _Reader:
+    """The store's season read through Data (a failure is the 503 page)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def season_runs(self, competition, **kwargs):
+        return self.data.read("season_runs", competition, **kwargs) or []
+
+
 def finished_view(detail) -> dict[str, Any]:
     """The finished run page's context: the leaderboard, the winner and its post as
     Discord shows it, every candidate with its artifact and output."""
@@ -381,6 +418,7 @@ def finished_view(detail) -> dict[str, Any]:
     result = detail.forge_result()
     messages = announcement(result) if result is not None and winner is not None else []
     return {"summary": detail.summary, "detail": detail, "ranked": ranked, "winner": winner,
+            "result": result,
             "messages": messages, "passed": sum(1 for c in ranked
                                                 if c.score is not None and c.score.qualified)}
 
@@ -400,6 +438,7 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/runs/{run_id}/candidates/{candidate_id}/output.log", d.output_file),
         Route("/runs/{run_id}/repost", d.repost, methods=["POST"]),
         Route("/candidates/{candidate_id}", d.candidate_page),
+        Route("/competitions/{name}/standings", d.standings_page),
         Route("/competitions/{name}/start", d.start_competition, methods=["POST"]),
         Route("/login", d.login_page, methods=["GET"]),
         Route("/login", d.login, methods=["POST"]),

@@ -16,6 +16,10 @@ from worker.records import CandidateResult, ForgeResult, RunSpec
 
 def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResult:
     """Score and rank the results of a run (pure: no I/O)."""
+    if run.trials > 1:  # K trials per candidate: mean, interval, verdict
+        from worker.judge.aggregate import build_trials_result
+
+        return build_trials_result(results, run)
     by_id: dict[str, CandidateResult] = {}
     for item in results:
         if isinstance(item, dict) and "candidate_id" in item:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from worker.records import ForgeResult, Score
+from worker.report import verdict
 from worker.report.rows import (
     NO_WINNER,
     ranked_rows,
@@ -18,20 +19,17 @@ from worker.report.rows import (
 from worker.report.text import (
     TAIL_LINES,
     artifact_shown,
-    clean,
     compact,
     cpu,
     fmt,
     is_scalar,
+    md_cell,
     output_tail,
     runtime,
 )
 from worker.validation import shorten
 
-
-def _md_cell(text: Any, limit: int = 200) -> str:
-    s = " ".join(clean(text).split()).replace("|", "\\|")
-    return s if len(s) <= limit else s[:limit] + "…"
+_md_cell = md_cell  # the report's markdown cells (worker/report/text.py)
 
 
 def _fence(text: str, lang: str = "") -> list[str]:
@@ -110,7 +108,10 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
     for note in result.notes:
         lines.append(f"- **Note:** {_md_cell(note, 500)}")
     lines += ["", "## Winner", ""]
-    if win and win.score:
+    decided = verdict.winner_md(result)  # repeated trials: mean, CI, or a tie
+    if decided:
+        lines += decided
+    elif win and win.score:
         label = f"{win.name} ({win.description})" if win.description else win.name
         lines.append(f"🏆 **{_md_cell(label)}** (`{_md_cell(win.cid)}`) "
                      f"wins with **{fmt(win.score.total_score)}/100**")
@@ -130,6 +131,7 @@ def markdown_parts(result: ForgeResult) -> Iterator[str]:
             f"| {fmt(s.speed_score if s else None)} | **{fmt(s.total_score if s else None)}** "
             f"| {runtime(row.result)} | {cpu(row.result)} | {_md_cell(row.reason) or '—'} |"
         )
+    lines += verdict.trials_md(result) + verdict.standings_md(result)
     post = winner_post(result)
     if win and post is not None:
         lines += ["", "## Winning post", "", *_fence(artifact_shown(post), "markdown")]

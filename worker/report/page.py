@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 from worker.records import ForgeResult, Score
+from worker.report import verdict
 from worker.report.post import markdown_to_html
 from worker.report.rows import (
     NO_WINNER,
@@ -226,9 +227,12 @@ def html_parts(result: ForgeResult) -> Iterator[str]:
         + "</ul>"
         + (f'<div class="notes">{notes}</div>' if notes else "")
         + "</header>\n"
-        f"<section><h2>Winner</h2>{_winner_html(result, win)}</section>\n"
-        f"<section><h2>Leaderboard</h2>{_board_html(rows, result.winner_id)}</section>\n"
-        "<section><h2>Candidates</h2>"
+        f"<section><h2>Winner</h2>{verdict.winner_html(result)}"
+        f"{_winner_html(result, win)}</section>\n"
+        + verdict.trials_html(result)
+        + f"<section><h2>Leaderboard</h2>{_board_html(rows, result.winner_id)}</section>\n"
+        + verdict.standings_html(result)
+        + "<section><h2>Candidates</h2>"
     )
     yield head
     for n, row in enumerate(rows):

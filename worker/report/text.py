@@ -31,6 +31,12 @@ def esc(text: Any) -> str:
     return html.escape(clean(text), quote=True)
 
 
+def md_cell(text: Any, limit: int = 200) -> str:
+    """Text for one markdown table cell: one line, pipes escaped, cut at ``limit``."""
+    s = " ".join(clean(text).split()).replace("|", "\\|")
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
 def num(value: Any) -> float | None:
     try:
         f = float(value)

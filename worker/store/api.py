@@ -141,6 +141,11 @@ class Store:
     def competitions(self) -> list[read.CompetitionSummary]:
         return self._read(read.competitions)
 
+    def season_runs(self, competition: str, *, since: datetime | None = None,
+                    exclude: str | None = None) -> list:
+        """The competition's finished runs as ``worker.judge.season.SeasonRun``s."""
+        return self._read(read.season_runs, competition, since=since, exclude=exclude)
+
     def load_result(self, run_id: str) -> ForgeResult | None:
         """The finished run's ForgeResult (summary.json's content, with the full results
         and the Discord record); None while it runs or if unknown."""

@@ -162,6 +162,8 @@ class Candidate(Base):
     name: Mapped[str] = mapped_column(SafeText)
     description: Mapped[str] = mapped_column(SafeText, default="")
     script: Mapped[str] = mapped_column(SafeText, default="")
+    # sha256 of its script, or of its project's bundle: the code the results came from.
+    content_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
     artifact: Mapped[str | None] = mapped_column(SafeText)  # path of its post in the run dir
     # The judge's Score; NULL until the run is judged.
     score_success: Mapped[float | None] = mapped_column(Float)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, and_, case, desc, func, select
 
+from worker.judge.season import Placing, SeasonRun
 from worker.records import CandidateInfo, CandidateResult, ForgeResult, Score
 from worker.store.models import Candidate, Result, Run
 
@@ -115,6 +116,9 @@ class RunDetail:
     sandboxes_alive: int | None
     winner_artifact: str | None = None
     extra: dict[str, Any] | None = None  # ForgeResult fields without a column
+    # Repeated trials: every done trial's result, candidate by candidate in trial order
+    # (each candidate's ``result`` above is its representative trial).
+    trial_results: list[CandidateResult] = field(default_factory=list)
 
     def forge_result(self) -> ForgeResult | None:
         """The ForgeResult (summary.json, plus the Discord record) of a finished run."""
@@ -133,6 +137,7 @@ class RunDetail:
             judge=s.judge, competition=s.competition,
             definition_sha256=self.definition_sha256, notes=list(self.notes),
             discord=self.discord, sandboxes_alive=self.sandboxes_alive,
+            trial_results=list(self.trial_results),
             **_known(ForgeResult, self.extra))
 
 
@@ -258,18 +263,30 @@ def get_run(conn: Connection, run_id: str, trial: int = 0) -> RunDetail | None:
         return None
     run = conn.execute(select(Run.definition_sha256, Run.run_dir, Run.notes, Run.discord,
                               Run.sandboxes_alive, Run.extra).where(Run.run_id == run_id)).one()
-    results = {r.candidate_id: r for r in conn.execute(
-        select(Result.__table__).where(Result.run_id == run_id, Result.trial == trial))}
-    entries, winner_artifact = [], None
+    trials = int((run.extra or {}).get("trials") or 1)
+    rows: dict[str, dict[int, Any]] = {}
+    for r in conn.execute(select(Result.__table__).where(Result.run_id == run_id)
+                          .order_by(Result.candidate_id, Result.trial)):
+        rows.setdefault(r.candidate_id, {})[r.trial] = r
+    # A run of repeated trials shows each candidate by its representative trial (the
+    # ranking's best_trial, 1-based), as its run directory does.
+    best = {s.get("candidate_id"): int(s.get("best_trial") or 1) - 1
+            for s in (run.extra or {}).get("trial_summaries") or [] if isinstance(s, dict)}
+    entries, winner_artifact, trial_results = [], None, []
     for c in conn.execute(select(Candidate.__table__).where(Candidate.run_id == run_id)
                           .order_by(Candidate.position)):
-        res = results.get(c.candidate_id)
+        mine = rows.get(c.candidate_id, {})
+        if trials > 1:
+            trial_results += [_result_record(r) for _, r in sorted(mine.items())
+                              if r.state == "done"]
+        res = mine.get(best.get(c.candidate_id, trial) if trials > 1 else trial)
         record = _result_record(res) if res is not None and res.state == "done" else None
         if record is not None and c.candidate_id == summary.winner_id:
             winner_artifact = record.artifact_content
         entries.append(CandidateEntry(
             info=CandidateInfo(id=c.candidate_id, name=c.name, description=c.description,
-                               script=c.script, artifact=c.artifact),
+                               script=c.script, artifact=c.artifact,
+                               content_sha256=c.content_sha256),
             position=c.position, state=res.state if res is not None else "queued",
             worker=res.worker if res is not None else None,
             started_at=res.started_at if res is not None else None,
@@ -279,7 +296,7 @@ def get_run(conn: Connection, run_id: str, trial: int = 0) -> RunDetail | None:
                      definition_sha256=run.definition_sha256, run_dir=run.run_dir,
                      notes=list(run.notes or []), discord=run.discord,
                      sandboxes_alive=run.sandboxes_alive, winner_artifact=winner_artifact,
-                     extra=run.extra)
+                     extra=run.extra, trial_results=trial_results)
 
 
 def _result_record(r) -> CandidateResult:
@@ -296,7 +313,7 @@ def _result_record(r) -> CandidateResult:
         output_dropped_bytes=r.output_dropped_bytes or 0,
         artifact_truncated=bool(r.artifact_truncated), warnings=list(r.warnings or []),
         isolation=r.isolation, log=list(r.log or []), timings=dict(r.timings or {}),
-        **_known(CandidateResult, r.extra))
+        trial=r.trial, **_known(CandidateResult, r.extra))
 
 
 def _score_record(c) -> Score | None:
@@ -364,3 +381,32 @@ def competitions(conn: Connection) -> list[CompetitionSummary]:
 
 def has_runs(conn: Connection) -> bool:
     return conn.execute(select(Run.run_id).limit(1)).first() is not None
+
+
+def season_runs(conn: Connection, competition: str, *, since: datetime | None = None,
+                exclude: str | None = None) -> list[SeasonRun]:
+    """The finished runs of ``competition`` (its season) as ``worker.judge.season``
+    records, oldest first: each candidate's rank, score (the mean, for repeated trials)
+    and whether it qualified, and the run's winner. ``exclude``: a run id left out (the
+    run being judged, added by its caller). One query."""
+    stmt = (select(Run.run_id, Run.timestamp, Run.winner_id, Candidate.candidate_id,
+                   Candidate.name, Candidate.rank, Candidate.total_score, Candidate.qualified)
+            .join(Candidate, Candidate.run_id == Run.run_id)
+            .where(Run.competition == competition, Run.status == "finished",
+                   Candidate.rank.is_not(None))
+            .order_by(Run.timestamp, Run.run_id, Candidate.rank))
+    if since is not None:
+        stmt = stmt.where(Run.timestamp >= since)
+    if exclude is not None:
+        stmt = stmt.where(Run.run_id != exclude)
+    runs: dict[str, tuple[datetime, str | None, list[Placing]]] = {}
+    for row in conn.execute(stmt):
+        entry = runs.setdefault(row.run_id, (row.timestamp, row.winner_id, []))
+        entry[2].append(Placing(row.candidate_id, int(row.rank), float(row.total_score or 0.0),
+                                bool(row.qualified), row.name or ""))
+    out = []
+    for run_id, (when, winner, placings) in runs.items():
+        ids = {p.candidate_id for p in placings}
+        out.append(SeasonRun(run_id, _iso(when, "seconds") or "", tuple(placings),
+                             winner if winner in ids else None))
+    return out

@@ -70,12 +70,13 @@ def _insert_new(conn: Connection, table, key: list[str], rows: list[dict[str, An
 
 
 def record_queued(conn: Connection, run: RunSpec, at: datetime | None = None,
-                  trials: int = 1) -> None:
+                  trials: int | None = None) -> None:
     """The run and every candidate as queued. Rows that exist are left alone: a resumed
     run keeps its progress, a finished one stays finished."""
     import os
 
     at = at or now()
+    trials = trials or run.trials
     _insert_new(conn, RUNS, RUN_KEY, [{
         "run_id": run.run_id, "competition": run.competition, "objective": run.objective,
         "execution_mode": run.execution_mode, "judge": run.judge,
@@ -86,7 +87,8 @@ def record_queued(conn: Connection, run: RunSpec, at: datetime | None = None,
     }])
     _insert_new(conn, CANDIDATES, CANDIDATE_KEY, [
         {"run_id": run.run_id, "candidate_id": c.id, "position": i, "name": c.name,
-         "description": c.description, "script": c.script, "artifact": None}
+         "description": c.description, "script": c.script,
+         "content_sha256": c.content_sha256, "artifact": None}
         for i, c in enumerate(run.candidates)])
     _insert_new(conn, RESULTS, RESULT_KEY, [
         {"run_id": run.run_id, "candidate_id": c.id, "trial": k, "state": "queued"}
@@ -99,9 +101,11 @@ def record_queued(conn: Connection, run: RunSpec, at: datetime | None = None,
 def extra(record: Any, mapped: frozenset[str]) -> dict[str, Any] | None:
     """A record's fields that have no column (``mapped``), as plain JSON values, for the
     table's ``extra`` column: a field added to a record round-trips without a migration."""
+    from worker.records import _plain
+
     out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
            if f.name not in mapped}
-    return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in out.items()} or None
+    return {k: _plain(v) for k, v in out.items()} or None
 
 
 def _result_row(result: CandidateResult) -> dict[str, Any]:
@@ -128,14 +132,15 @@ RESULT_FIELDS = frozenset({
     "candidate_id", "worker", "attempt", "sandbox_id", "execution_mode", "isolation",
     "success", "exit_code", "timed_out", "error_message", "runtime_seconds", "started_at",
     "finished_at", "output", "output_dropped_bytes", "artifact_content",
-    "artifact_truncated", "warnings", "log", "timings"})
+    "artifact_truncated", "warnings", "log", "timings", "trial"})
 SCORE_FIELDS = frozenset({
     "candidate_id", "success", "quality_score", "speed_score", "total_score", "qualified",
-    "gates", "disqualified_reason", "quality_details", "rank"})
+    "gates", "disqualified_reason", "quality_details", "rank", "trial"})
 RUN_FIELDS = frozenset({
     "run_id", "objective", "timestamp", "execution_mode", "candidates", "scores",
     "winner_id", "winner_score", "winner_artifact", "artifacts_dir", "results", "judge",
-    "competition", "definition_sha256", "notes", "discord", "sandboxes_alive"})
+    "competition", "definition_sha256", "notes", "discord", "sandboxes_alive",
+    "trial_results"})  # every trial's result is a ``results`` row of its own
 
 
 # Prebuilt statements: a worker writes two per candidate, and building and cache-keying a
@@ -232,14 +237,18 @@ def record_finished(conn: Connection, result: ForgeResult, at: datetime | None =
     for i, c in enumerate(result.candidates):
         row = {"run_id": result.run_id, "candidate_id": c.id, "position": i,
                "name": c.name, "description": c.description, "script": c.script,
-               "artifact": c.artifact, **_score_row(scores.get(c.id))}
+               "content_sha256": c.content_sha256, "artifact": c.artifact,
+               **_score_row(scores.get(c.id))}
         if c.id in ranked:
             row["rank"] = ranked[c.id]
         rows.append(row)
     _upsert(conn, CANDIDATES, CANDIDATE_KEY, rows)
+    # Repeated trials: a row per trial (``results`` holds representatives, one of them).
+    kept = result.trial_results if result.trials > 1 else result.results
     _upsert(conn, RESULTS, RESULT_KEY, [
-        {"run_id": result.run_id, "candidate_id": res.candidate_id, "trial": trial,
-         "state": "done", **_result_row(res)} for res in result.results])
+        {"run_id": result.run_id, "candidate_id": res.candidate_id,
+         "trial": res.trial if result.trials > 1 else trial,
+         "state": "done", **_result_row(res)} for res in kept])
 
 
 def _ranks(scores: list[Score]) -> dict[str, int]:

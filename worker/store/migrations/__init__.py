@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HEAD = "0001"
+HEAD = "0002"
 LOCATION = Path(__file__).resolve().parent
 
 
