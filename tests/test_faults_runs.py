@@ -95,7 +95,9 @@ def test_dispatcher_killed_after_publishing_run_completes_and_status_shows_it(
         redis_server, workers, artifacts, tmp_path):
     env = forge_env(redis_server.url, artifacts, **FAST)
     workers(env, n=1, concurrency=2)
-    manifest = sleepers_with(tmp_path / "c", 4, 2.0)
+    # 4 × 4 s on 2 slots: the run outlives the kill and one `forge status` (about 1 s,
+    # several under a loaded machine) with room to spare.
+    manifest = sleepers_with(tmp_path / "c", 4, 4.0)
     dispatcher = popen_forge(["run", "--candidates", str(manifest), "--run-id", "orphan",
                               "--no-post"], env, tmp_path / "dispatcher.log")
     client = redis_server.client()

@@ -294,3 +294,40 @@ def test_the_verdict_does_not_depend_on_the_order_results_arrive_in():
         assert build_trials_result(dup, spec).to_dict() == first
     assert sorted((r["candidate_id"], r["trial"]) for r in first["trial_results"]) == \
         [(c, k) for c in cands for k in range(5)]
+
+
+def test_the_live_dashboard_follows_a_trials_run_by_its_first_trial(redis_server, tmp_path):
+    """While a run of repeated trials runs, the live page reads each candidate's first
+    trial (task <run>:<candidate>:1): its PROGRESS lines show."""
+    from celery import Celery
+
+    from dispatcher.web.data import Data
+    from dispatcher.web.live import LiveHub
+    from dispatcher.web.settings import WebSettings
+    from worker.records import CandidateInfo, RunSpec
+    from worker.store import open_store
+    from worker.store.db import dispose_all
+
+    url = f"sqlite:///{tmp_path / 'a' / 'forge.db'}"
+    store = open_store(url)
+    spec = RunSpec(run_id="tr", objective="o", timestamp="2026-12-01T10:00:00+00:00",
+                   execution_mode="local", artifacts_dir=str(tmp_path / "a"),
+                   candidates=[CandidateInfo(id="c0", name="C0")], trials=3)
+    store.write_queued(spec)
+    store.mark_running("tr", "c0", worker="w1@host", trial=0)
+    app = Celery("t", broker=redis_server.url, backend=redis_server.url,
+                 set_as_current=False)
+    app.backend.store_result("tr:c0:1", {"candidate_id": "c0", "seq": 1,
+                                         "log": ["[Run] trial one says hi"], "worker": "w1@host",
+                                         "attempt": 1}, "PROGRESS")
+    hub = LiveHub(Data(WebSettings(artifacts_dir=str(tmp_path / "a"), database_url=url)),
+                  None, 0.1, backend=app.backend)
+    snap = hub.snapshot("tr")
+    (c0,) = snap.candidates
+    assert c0.state == "running" and "[Run] trial one says hi" in c0.log
+    app.backend.store_result("tr:c0:1", {"candidate_id": "c0", "seq": 2,
+                                         "log": ["[Run] trial one says hi", "[Run] more"],
+                                         "worker": "w1@host", "attempt": 1}, "PROGRESS")
+    assert "[Run] more" in hub.snapshot("tr").candidates[0].log
+    app.close()
+    dispose_all()

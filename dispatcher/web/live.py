@@ -162,7 +162,10 @@ class LiveHub:
             try:
                 from worker.states import task_metas
 
-                metas = task_metas(self.backend, [task_id_for(run_id, c) for c in wanted])
+                # A run of repeated trials shows each candidate by its first trial (the
+                # store's trial 0): its task is <run>:<candidate>:1.
+                metas = task_metas(self.backend, [t for c in wanted for t in (
+                    task_id_for(run_id, c), task_id_for(run_id, c, 0, 2))])
             except Exception as exc:  # noqa: BLE001 - the store's view still stands
                 logger.warning("dashboard: task states of %s not read (%s)", run_id,
                                type(exc).__name__)
@@ -171,7 +174,8 @@ class LiveHub:
         out = []
         for s in states:
             key = (run_id, s.candidate_id)
-            meta = metas.get(task_id_for(run_id, s.candidate_id))
+            meta = (metas.get(task_id_for(run_id, s.candidate_id))
+                    or metas.get(task_id_for(run_id, s.candidate_id, 0, 2)))
             if meta and meta.get("status") == "PROGRESS":
                 self._first_seen.setdefault(key, now)
             c = merge(s, meta, run_id, self._first_seen.get(key))
