@@ -12,6 +12,7 @@ the results' phase timings (``CandidateResult.timings``) and the chord body's.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from _common import (  # noqa: E402
     TRIVIAL,
     Cluster,
     CpuMeter,
+    TreeCpu,
     forge_api,
     machine,
     machine_cpu_s,
@@ -47,9 +49,10 @@ def _one(args: tuple[str, str, str]) -> int:
     return run_seed_style(script, OBJECTIVE, out, python).returncode
 
 
-def baseline(manifest: Path, n: int, width: int,
-             python: str = sys.executable) -> tuple[float, float, float]:
-    """(wall s, CPU s of the pool and its candidates, machine busy CPU s)."""
+def baseline(manifest: Path, n: int, width: int, python: str = sys.executable,
+             tree: TreeCpu | None = None) -> tuple[float, float, float, float | None]:
+    """(wall s, CPU s of the pool and its candidates, machine busy CPU s, CPU s of this
+    benchmark's process tree: the pool, and the idle cluster beside it)."""
     import resource
 
     out = Path(tempfile.mkdtemp(prefix="forge-perf-pool-"))
@@ -57,18 +60,21 @@ def baseline(manifest: Path, n: int, width: int,
             for i in range(n)]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     m0 = machine_cpu_s()
+    c0 = tree.usage() if tree else None
     t0 = now()
     with ProcessPoolExecutor(width) as pool:
         codes = list(pool.map(_one, jobs))
     wall = now() - t0
     machine = machine_cpu_s() - m0
+    own = tree.usage() - c0 if c0 is not None else None
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(out, ignore_errors=True)
     assert codes == [0] * n
-    return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), machine
+    return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), machine, own
 
 
-def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None) -> dict:
+def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None,
+          tree: TreeCpu | None = None) -> dict:
     """One run, driven like ``runner.execute`` in distributed mode, with timestamps."""
     import time
 
@@ -78,6 +84,7 @@ def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None
     if meter:
         meter.start()
     m0 = machine_cpu_s()
+    c0 = tree.usage() if tree else None
     t0 = now()
     plan = runner.prepare(OBJECTIVE, candidates=str(manifest), artifacts_dir=str(artifacts),
                           post=False)
@@ -87,6 +94,7 @@ def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None
     result = dispatch.wait(plan)
     wall = now() - t0
     machine_cpu = machine_cpu_s() - m0
+    own_cpu = tree.usage() - c0 if c0 is not None else None
     cpu = meter.stop() if meter else {}
     assert sum(r.success for r in result.results) == n, \
         [r.error_message for r in result.results if not r.success][:3]
@@ -98,6 +106,8 @@ def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None
         "wall_s": wall,
         "cpu_s": cpu,
         "machine_cpu_s": machine_cpu,
+        "tree_cpu_s": own_cpu,
+        "loadavg": os.getloadavg()[0],
         "prepare_s": t_prepared - t0,
         "publish_s": t_published - t_prepared,
         "queue_wait_median_s": median([t["entered_at"] - published_epoch for t in tim]),
@@ -129,6 +139,16 @@ def main() -> int:
     extra = {"FORGE_SANDBOX": "plain"} if args.sandbox == "plain" else {}
     if args.progress_interval_ms is not None:
         extra["FORGE_PROGRESS_INTERVAL_MS"] = str(args.progress_interval_ms)
+    tree = TreeCpu()  # before the cluster starts: its processes inherit the group
+    try:
+        reps = _measure(args, extra, tree)
+    finally:
+        tree.close()
+    _report(args, info, reps)
+    return 0
+
+
+def _measure(args: argparse.Namespace, extra: dict[str, str], tree: TreeCpu) -> list[dict]:
     with Cluster(args.workers, args.concurrency, extra_env=extra) as cluster:
         manifest = write_manifest(cluster.tmp / "cands",
                                   {f"c{i:04d}": TRIVIAL for i in range(args.n)},
@@ -137,12 +157,18 @@ def main() -> int:
         same_python = sandbox_python(cluster.tmp)
         reps = []
         for _ in range(args.reps):
-            b, b_cpu, b_machine = baseline(manifest, args.n, cluster.slots)
-            s, _, s_machine = baseline(manifest, args.n, cluster.slots, same_python)
-            f = forge(manifest, cluster.artifacts, args.n, CpuMeter(cluster))
+            b, b_cpu, b_machine, b_tree = baseline(manifest, args.n, cluster.slots, tree=tree)
+            s, _, s_machine, s_tree = baseline(manifest, args.n, cluster.slots, same_python,
+                                               tree)
+            f = forge(manifest, cluster.artifacts, args.n, CpuMeter(cluster), tree)
             reps.append({"baseline_s": b, "baseline_cpu_s": b_cpu,
-                         "baseline_machine_cpu_s": b_machine, "same_python_s": s,
-                         "same_python_machine_cpu_s": s_machine, "forge": f})
+                         "baseline_machine_cpu_s": b_machine, "baseline_tree_cpu_s": b_tree,
+                         "same_python_s": s, "same_python_machine_cpu_s": s_machine,
+                         "same_python_tree_cpu_s": s_tree, "forge": f})
+    return reps
+
+
+def _report(args: argparse.Namespace, info: dict, reps: list[dict]) -> None:
     base = median([r["baseline_s"] for r in reps])
     same = median([r["same_python_s"] for r in reps])
     best = sorted(reps, key=lambda r: r["forge"]["wall_s"])[len(reps) // 2]["forge"]
@@ -182,17 +208,33 @@ def main() -> int:
     cpu = best["cpu_s"]
     b_machine = median([r["baseline_machine_cpu_s"] for r in reps])
     s_machine = median([r["same_python_machine_cpu_s"] for r in reps])
+    tree_rows = []
+    if best.get("tree_cpu_s") is not None:
+        t_forge = median([r["forge"]["tree_cpu_s"] for r in reps])
+        t_base = median([r["baseline_tree_cpu_s"] for r in reps])
+        t_same = median([r["same_python_tree_cpu_s"] for r in reps])
+        data.update(tree_cpu_s=t_forge, baseline_tree_cpu_s=t_base,
+                    same_python_tree_cpu_s=t_same,
+                    tree_cpu_per_candidate_ms=1000 * t_forge / args.n)
+        tree_rows = [
+            ["this benchmark's processes only (cpuacct; median of reps)",
+             1000 * t_forge / args.n, 1000 * t_base / args.n],
+            ["  the same, pool with the sandbox's python", "-", 1000 * t_same / args.n]]
     table("CPU per candidate (ms): where a CPU-bound run's time goes",
           ["part", "forge ms / candidate", "baseline ms / candidate"],
           [*[[k, 1000 * v / args.n, "-"] for k, v in cpu.items()],
            ["total of the above", 1000 * sum(cpu.values()) / args.n, 1000 * base_cpu / args.n],
            ["whole machine (/proc/stat)", 1000 * best["machine_cpu_s"] / args.n,
             1000 * b_machine / args.n],
-           ["whole machine, pool with the sandbox's python", "-", 1000 * s_machine / args.n]])
+           ["whole machine, pool with the sandbox's python", "-", 1000 * s_machine / args.n],
+           *tree_rows])
     data["baseline_cpu_s"] = base_cpu
     data["baseline_machine_cpu_s"] = b_machine
+    data["machine_cpu_per_candidate_ms"] = 1000 * median(
+        [r["forge"]["machine_cpu_s"] for r in reps]) / args.n
+    data["loadavg_per_rep"] = [round(r["forge"]["loadavg"], 2) for r in reps]
+    print(f"load average at each forge run: {data['loadavg_per_rep']}")
     print(f"JSON: {write_json(name, data)}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def run(cluster: Cluster, n: int) -> dict:
         dispatch.check_broker()
         dispatch.publish(plan)
         t_published = now()
-        result = dispatch.wait(plan)
+        # a watcher, as the CLI has: without one the wait reads only the body's state
+        result = dispatch.wait(plan, on_tick=lambda _tracker: None)
         wall = now() - t0
     finally:
         RunTracker.poll = original

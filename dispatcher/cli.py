@@ -7,6 +7,8 @@ message names the problem and the fix).
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import json
 import sys
@@ -16,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dispatcher.request import RunRequest
+from worker import trace
 from worker.records import DEFAULT_OBJECTIVE
 
 # Modules that add a subcommand: each has register(subparsers) setting func=handler.
@@ -168,6 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mode = (f"distributed (broker {config.redact_url(config.broker_url() or '')})"
                 if distributed else "embedded (in-process worker)")
         ui.header(out, plan, mode)
+        trace.mark("planned")
         t0 = time.monotonic()
         if args.detach:
             from dispatcher import dispatch
@@ -183,6 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         with ui.Progress(out, plan) as progress:
             result = execute(plan, log_callback=progress.log, on_tick=progress.tick)
+        trace.mark("display.closed")
     except (ManifestError, config.ConfigError, ValueError) as exc:
         return _err(str(exc))
     except KeyboardInterrupt:
@@ -194,6 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ui.summary(out, result, time.monotonic() - t0)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    trace.mark("printed")
     return 0
 
 
@@ -329,7 +335,23 @@ def cmd_post(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "post": cmd_post}
 
 
+def _exit_quickly() -> None:
+    """At exit, leave every object alive to the OS instead of the interpreter's last
+    garbage collections: after a run they walked every object the run made (Celery,
+    the embedded worker, the results) for 0.1-0.3 s, on the command's critical path.
+    Only cyclic garbage goes uncollected; exit handlers and stream flushes still run."""
+    gc.freeze()
+
+
+_exit_registered = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _exit_registered
+    trace.mark("cli.main")
+    if not _exit_registered:  # runs once, at interpreter exit (tests: pytest's)
+        atexit.register(_exit_quickly)
+        _exit_registered = True
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

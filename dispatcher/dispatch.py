@@ -11,9 +11,10 @@ script or the environment.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 from celery import chord, group
@@ -28,7 +29,9 @@ from worker.config import ConfigError, broker_url, env_int, redact_url, result_b
 from worker.keys import body_task_id
 from worker.records import ForgeResult
 from worker.store.hooks import record_published
-from worker.tasks import collect_results, run_candidate, spec_key
+from worker.tasks import collect_results, run_candidate, spec_key, warm_body
+
+logger = logging.getLogger("dream_foundry")
 
 # Celery time limits are only a backstop: the sandbox layer enforces deadlines.
 BACKSTOP_MARGIN = 120
@@ -218,12 +221,72 @@ def wait(
         broker_grace = float(env_int("FORGE_BROKER_GRACE", 60))
     tracker = RunTracker(app, {t.unit: t.task_id for t in plan.tasks}, on_log)
     body = app.AsyncResult(body_task_id(plan.run.run_id))
+    with _task_ends(body.id) as ended:
+        return _follow(plan, tracker, body, ended, on_tick, poll_interval, broker_grace)
+
+
+@contextmanager
+def _task_ends(body_id: str) -> Iterator[threading.Event]:
+    """An event set when there is news to read, so the wait reads it at once rather than
+    at its next poll: embedded, whenever a task of this process's worker has finished
+    (its result stored); distributed on Redis, when the chord body's result is stored
+    (the backend publishes every result on its key's channel). Polling stays the
+    fallback: a subscription that fails changes nothing but the delay."""
+    ended = threading.Event()
+    if broker_url() is not None:
+        with _body_published(body_id, ended):
+            yield ended
+        return
+    from celery.signals import task_postrun
+
+    def on_end(**_kwargs) -> None:
+        ended.set()
+
+    task_postrun.connect(on_end, weak=False)
+    try:
+        yield ended
+    finally:
+        task_postrun.disconnect(on_end)
+
+
+@contextmanager
+def _body_published(body_id: str, ended: threading.Event) -> Iterator[None]:
+    """Set ``ended`` when the Redis result backend publishes the chord body's result."""
+    from worker.states import is_redis
+
+    backend = app.backend
+    worker = None
+    if is_redis(backend):
+        try:
+            pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(**{backend.get_key_for_task(body_id): lambda _m: ended.set()})
+            worker = pubsub.run_in_thread(  # a lost connection ends it quietly
+                sleep_time=0.5, daemon=True, exception_handler=lambda _e, _p, t: t.stop())
+        except Exception as exc:  # noqa: BLE001 - the wait polls instead
+            logger.debug("not subscribed to the chord body's result: %s", exc)
+    try:
+        yield
+    finally:
+        if worker is not None:
+            worker.stop()  # ends within sleep_time, then closes its connection
+
+
+def _follow(plan: RunPlan, tracker: RunTracker, body, ended: threading.Event,
+            on_tick: Callable[[RunTracker], None] | None, poll_interval: float | None,
+            broker_grace: float) -> ForgeResult:
     interval = poll_interval or 0.1
     lost_since: float | None = None
+    distributed = broker_url() is not None
+    warming = distributed  # distributed: the body runs elsewhere
+    # Distributed, with nobody to show progress to (the Python API without callbacks),
+    # the candidates' states need not be read at all: only the body's (one key).
+    watched = not distributed or tracker.on_log is not None or on_tick is not None
     while True:
+        ended.clear()  # before reading: an end after this read wakes the wait below
         try:
             t_poll = time.monotonic()
-            tracker.poll()
+            if watched:
+                tracker.poll()
             if not poll_interval:  # adaptive: polling takes at most ~1/25 of the time
                 interval = min(2.0, max(0.1, 25 * (time.monotonic() - t_poll)))
             state, outcome = _body_state(body)
@@ -240,12 +303,17 @@ def wait(
             continue
         if on_tick is not None:
             on_tick(tracker)
+        if not warming and tracker.all_started:
+            warming = True  # the candidates are processes of their own now
+            threading.Thread(target=warm_body, args=(plan.run.judge,), daemon=True,
+                             name="forge-warm-body").start()
         if state == "SUCCESS":
-            tracker.poll()
+            if watched:
+                tracker.poll()
             if on_tick is not None:
                 on_tick(tracker)
             return ForgeResult.from_dict(outcome)
         if state in ("FAILURE", "REVOKED"):
             raise RuntimeError(f"the run's callback failed: {outcome!r}")
         # Once every candidate is in, only the body's key is read: poll it closely.
-        time.sleep(BODY_POLL if tracker.finished else interval)
+        ended.wait(BODY_POLL if watched and tracker.finished else interval)

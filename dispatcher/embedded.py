@@ -18,11 +18,37 @@ from contextlib import contextmanager
 _winding_down: threading.Thread | None = None
 
 
+def _warm_local_sandboxes() -> threading.Thread:
+    """Load the local sandbox backend, probe bubblewrap (it starts a sandbox once, ~40
+    ms, mostly waiting) and sweep what killed workers left (once per process), in a
+    thread, while the worker starts. Left to the first candidates, every one of them
+    probed: the probe is cached once done, not while it runs. A failure is left for
+    the first candidate to report."""
+    def warm() -> None:
+        try:
+            from worker.sandbox import get_backend
+            from worker.sandbox.local import bwrap
+            from worker.sandbox.local.leftovers import sweep_leftovers
+
+            get_backend("local")
+            bwrap.probe()
+            sweep_leftovers()
+        except Exception:  # noqa: BLE001, S110
+            pass
+
+    thread = threading.Thread(target=warm, name="forge-warm-sandboxes", daemon=True)
+    thread.start()
+    return thread
+
+
 @contextmanager
-def embedded_worker(app, concurrency: int) -> Iterator[object]:
-    """Start a thread-pool worker consuming the in-memory broker; stop it on exit."""
+def embedded_worker(app, concurrency: int, local: bool = True) -> Iterator[object]:
+    """Start a thread-pool worker consuming the in-memory broker; stop it on exit.
+    ``local``: the run has local candidates (their sandbox backend is readied too)."""
     global _winding_down
     from celery.backends import cache
+
+    warming = _warm_local_sandboxes() if local else None
 
     if _winding_down is not None:
         _winding_down.join(10)
@@ -34,12 +60,17 @@ def embedded_worker(app, concurrency: int) -> Iterator[object]:
     app.finalize()
     app.set_current()
     app.set_default()
+    # Nothing outside this process can reach its memory broker: no monitor reads task
+    # events there, no `celery inspect` reaches a remote-control mailbox. Without them the
+    # worker starts fewer consumers and each candidate publishes nothing it need not.
+    app.conf.worker_enable_remote_control = False
     ready = threading.Event()
     worker = app.WorkController(
         hostname=f"embedded@{socket.gethostname()}",
         pool="threads",
         concurrency=concurrency,
         loglevel="WARNING",
+        task_events=False,
         without_heartbeat=True,
         without_mingle=True,
         without_gossip=True,
@@ -49,6 +80,8 @@ def embedded_worker(app, concurrency: int) -> Iterator[object]:
     thread.start()
     if not ready.wait(30):
         raise RuntimeError("the embedded worker did not start within 30 s")
+    if warming is not None:
+        warming.join(30)
     try:
         yield worker
     finally:

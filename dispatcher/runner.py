@@ -10,7 +10,7 @@ from dispatcher.manifest import Manifest, load_manifest
 from dispatcher.plan import RunPlan, plan_run
 from dispatcher.request import RunRequest
 from dispatcher.tracker import LogCallback, RunTracker
-from worker import config
+from worker import config, trace
 from worker.records import DEFAULT_OBJECTIVE, ForgeResult
 
 FALLBACK_NOTE = "(Daytona not configured, falling back to local)"
@@ -59,12 +59,18 @@ def execute(
     from dispatcher.embedded import embedded_worker
     from worker.app import app
 
+    trace.mark("worker.starting")
     width = max(1, min(len(plan.tasks), MAX_EMBEDDED_CONCURRENCY))
-    with embedded_worker(app, width):
+    with embedded_worker(app, width, any(t.execution_mode == "local" for t in plan.tasks)):
+        trace.mark("worker.ready")
         dispatch.publish(plan)
+        trace.mark("published")
         if on_published:
             on_published(plan)
-        return dispatch.wait(plan, on_log=log_callback, on_tick=on_tick)
+        result = dispatch.wait(plan, on_log=log_callback, on_tick=on_tick)
+        trace.mark("result")
+    trace.mark("worker.stopped")
+    return result
 
 
 def run_forge(

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.lifecycle import EXECUTING_LINE
 from worker.records import CandidateResult
-from worker.sandbox.daytona import WAITING_LINE
+from worker.sandbox.base import WAITING_LINE
 from worker.states import task_metas
 
 LogCallback = Callable[[str, str], None]
@@ -33,6 +34,7 @@ class CandidateState:
     last_line: str = ""
     worker: str | None = None
     attempt: int = 1
+    executing: bool = False  # its script has started (its sandbox is made)
     result: CandidateResult | None = None
     timeline: list[str] = field(default_factory=list)
 
@@ -51,6 +53,8 @@ class RunTracker:
 
     def _emit(self, st: CandidateState, line: str) -> None:
         st.last_line = line
+        if line == EXECUTING_LINE:
+            st.executing = True
         if st.state in ("RUNNING", "WAITING"):
             st.state = "WAITING" if line.startswith(WAITING_LINE) else "RUNNING"
         if self.on_log is not None:
@@ -117,3 +121,8 @@ class RunTracker:
     @property
     def finished(self) -> bool:
         return all(s.state in ("DONE", "FAILED") for s in self.states.values())
+
+    @property
+    def all_started(self) -> bool:
+        """Every candidate's script runs or has run: no sandbox is still being made."""
+        return all(s.executing or s.state in ("DONE", "FAILED") for s in self.states.values())

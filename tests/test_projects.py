@@ -303,7 +303,7 @@ def test_a_project_runs_on_real_workers_in_local_mode(redis_server, workers, art
     summary = check_project_ran(artifacts / "proj-local", tmp_path / "agents" / "proj",
                                 objective)
     client = redis_server.client()
-    assert len(list(client.scan_iter("forge-bundle:*"))) == 2  # one per project, not per task
+    assert len(list(client.scan_iter(bundle_key("*")))) == 2  # one per project, not per task
     for page in ("report.md", "report.html"):  # the report ties results to their code
         text = (artifacts / "proj-local" / page).read_text()
         for c in summary["candidates"]:
@@ -393,7 +393,7 @@ def test_fifty_candidates_sharing_a_5mb_project_keep_one_copy_in_redis(
     keys = list(client.scan_iter("*"))
     stored = sum(client.memory_usage(k) or 0 for k in keys)
     after_publish = used() - baseline
-    assert [k for k in keys if k.startswith(b"forge-bundle:")] == [bundle_key(bundle.sha256)
+    assert [k for k in keys if k.startswith(bundle_key("").encode())] == [bundle_key(bundle.sha256)
                                                                     .encode()]
     bound = 2 * len(bundle.data)  # "near one copy": under two, whatever else is stored
     assert stored < bound and after_publish < bound, (stored, after_publish)
@@ -623,3 +623,32 @@ def test_threads_of_a_worker_fetch_a_bundle_once(redis_server, tmp_path):
     client.set(bundle_key("0" * 64), bundle.data)
     with pytest.raises(BundleError, match="does not match its sha256"):
         cache.get(Backend, "0" * 64)
+
+
+def test_trials_of_a_project_share_its_one_stored_bundle(redis_server, workers, artifacts,
+                                                         tmp_path):
+    """Trials multiply tasks, not bytes: K trials of two candidates sharing a project
+    publish 2 x K messages that name one bundle, stored once, and every trial runs it."""
+    root = tmp_path / "p"
+    (root / "agent").mkdir(parents=True)
+    (root / "agent" / "__main__.py").write_text(
+        "import sys\nopen(sys.argv[2], 'w').write('# ' + open('data.txt').read())\n")
+    (root / "data.txt").write_bytes(b"x" * 200_000)
+    m = tmp_path / "candidates.toml"
+    m.write_text('[[candidate]]\nid = "a"\npath = "p"\nmodule = "agent"\n'
+                 '[[candidate]]\nid = "b"\npath = "p"\nmodule = "agent"\n')
+    env = forge_env(redis_server.url, artifacts)
+    done = run_forge_cli(["run", "--candidates", str(m), "--run-id", "tri", "--no-post",
+                          "--trials", "3", "--detach"], env)
+    assert done.returncode == 0, done.stderr
+    client = redis_server.client()
+    published = client.lrange("celery", 0, -1)
+    sha = pack_directory(root, MB).sha256
+    bodies = [base64.b64decode(json.loads(msg)["body"]) for msg in published]
+    assert len(published) == 6 and all(len(msg) < 16_000 for msg in published)
+    assert all(sha.encode() in body for body in bodies)  # the hash, not the bytes
+    assert list(client.scan_iter(bundle_key("*"))) == [bundle_key(sha).encode()]
+    workers(env, n=1, concurrency=2)
+    summary = wait_summary(artifacts, "tri")
+    assert {c["id"]: c["content_sha256"] for c in summary["candidates"]} == {"a": sha, "b": sha}
+    assert all(s["success"] == 100 for s in summary["scores"]), summary["scores"]

@@ -58,11 +58,12 @@ def store_bundle(backend: Any, sha256: str, data: bytes, expires: int) -> bool:
     its expiry is pushed out so a later run keeps it alive); on any other backend (the
     embedded worker's memory backend) a get, then a set when missing.
     """
-    # start-up: the lifecycle imports this module where Celery may not even be installed
-    from celery.backends.redis import RedisBackend
+    # start-up: the lifecycle imports this module where Celery may not even be installed;
+    # embedded, the Redis client is never imported (worker.states.is_redis)
+    from worker.states import is_redis
 
     key = bundle_key(sha256)
-    if isinstance(backend, RedisBackend):
+    if is_redis(backend):
         client = backend.client
         if client.exists(key):
             client.expire(key, expires)

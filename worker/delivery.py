@@ -79,10 +79,10 @@ class DeliveryGuard:
         On Redis one pipelined round trip (GET meta, INCR and EXPIRE the counter) instead
         of three: at thousands of trivial candidates every round trip per task shows.
         """
-        from celery.backends.redis import RedisBackend
+        from worker.states import is_redis
 
         backend = self.task.backend
-        if isinstance(backend, RedisBackend):
+        if is_redis(backend):
             key = attempts_key(self.task_id)
             try:
                 with backend.client.pipeline() as pipe:
@@ -124,9 +124,9 @@ class DeliveryGuard:
         body, a re-sent body and ``forge resume`` all read one result. Kept while a
         duplicate could still run.
         """
-        from celery.backends.redis import RedisBackend
+        from worker.states import is_redis
 
-        if not isinstance(self.task.backend, RedisBackend):  # embedded: no duplicates
+        if not is_redis(self.task.backend):  # embedded: no duplicates
             earlier = self._finished_before()
             return result if earlier is None else earlier
         client = self.task.backend.client

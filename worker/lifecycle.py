@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from worker import observability
+from worker import observability, trace
 from worker.bundles import ARCHIVE_NAME, UNPACK, BundleError
 from worker.records import CandidateResult, CandidateTask, ProjectRef
 from worker.sandbox.base import (
@@ -33,6 +33,7 @@ from worker.sandbox.visible import build_env
 
 SCRIPT_NAME = "script.py"
 OUTPUT_NAME = "discord_post.md"
+EXECUTING_LINE = "[Run] Executing..."  # the candidate's own time begins (the tracker reads it)
 
 LogFn = Callable[[str], None]
 BundleFn = Callable[[str], bytes]  # a bundle's verified bytes by sha256 (worker.bundles)
@@ -120,6 +121,7 @@ def run_lifecycle(
     )
     label = backend.label
     t0 = time.monotonic()
+    trace.mark(f"cand.begin {task.candidate_id}")
     sandbox = None
     reservation = None
     mark = [t0]
@@ -139,6 +141,7 @@ def run_lifecycle(
         t = time.monotonic()
         result.timings[name] = round(result.timings.get(name, 0.0) + t - mark[0], 6)
         mark[0] = t
+        trace.mark(f"cand.{name} {task.candidate_id}")
 
     def fail(message: str, error: BaseException | None = None) -> CandidateResult:
         """``error``: the backend's or our own failure, not the candidate's: reported."""
@@ -236,7 +239,7 @@ def run_lifecycle(
                             f"{output_tail(install.output) or 'pip printed nothing'}")
             log(f"[{label}] Dependencies installed in {result.timings['install']:.2f}s")
 
-        log("[Run] Executing...")
+        log(EXECUTING_LINE)
         ran = sandbox.exec(
             candidate_command(sandbox.workdir, task.objective, task.project),
             task.timeout,

@@ -16,7 +16,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
-from worker import observability, tasklog
+from worker import observability, tasklog, trace
 from worker.bundles import fetch_bundle
 from worker.delivery import DeliveryGuard, exhausted_message
 from worker.lifecycle import worker_name
@@ -58,7 +58,8 @@ def _release(**_kwargs) -> None:
 # track_started off: its first PROGRESS write ("[Run] Starting...") follows at once and
 # says the same, so STARTED would be one more encode and Redis write per candidate.
 @shared_task(bind=True, name="worker.tasks.run_candidate", acks_late=True,
-             reject_on_worker_lost=True, track_started=False)
+             reject_on_worker_lost=True, track_started=False,
+             resultrepr_maxsize=tasklog.RESULT_REPR_MAX)
 def run_candidate(self, task_data: dict[str, Any]) -> dict[str, Any]:
     """Run one candidate in a fresh sandbox; always return a CandidateResult dict.
 
@@ -183,7 +184,7 @@ def _sandboxes_alive(forge: ForgeResult) -> int | None:
 
 # throws: a refused run (InvalidInput) is logged as expected, on one line, no traceback.
 @shared_task(bind=True, name="worker.tasks.collect_results", acks_late=True,
-             throws=(InvalidInput,))
+             throws=(InvalidInput,), resultrepr_maxsize=tasklog.RESULT_REPR_MAX)
 def collect_results(self, results: list[dict[str, Any]],
                     run_data: dict[str, Any],
                     kept_task_ids: list[str] | None = None) -> dict[str, Any]:
@@ -197,6 +198,7 @@ def collect_results(self, results: list[dict[str, Any]],
     from worker.rundir import write_run_dir
 
     entered, t0 = time.time(), time.monotonic()
+    trace.mark("body.entered")
     run = _run_spec(_load_run_data(self.backend, run_data))
     if kept_task_ids:
         from worker.states import stored_results
@@ -211,10 +213,12 @@ def collect_results(self, results: list[dict[str, Any]],
 
     forge.standings = for_run(forge, run.artifacts_dir)  # a competition's season, if any
     t_scored = time.monotonic()
+    trace.mark("body.scored")
     if run.execution_mode == "daytona":
         forge.sandboxes_alive = _sandboxes_alive(forge)
     run_path = write_run_dir(forge, run.artifacts_dir)
     t_written = time.monotonic()
+    trace.mark("body.written")
     logger.info("[%s] run written: winner %s", run.run_id, forge.winner_id)
     if run.post_to_discord:
         from worker import config
@@ -227,6 +231,7 @@ def collect_results(self, results: list[dict[str, Any]],
     t_store = time.monotonic()
     record_finished(forge)  # one transaction; if it fails, owed and retried (never raises)
     t_stored = time.monotonic()
+    trace.mark("body.stored")
     out = forge.to_dict()
     # Not part of summary.json (it varies per delivery): ForgeResult.from_dict drops it.
     out["body_timings"] = {"entered_at": entered, "score": t_scored - t0,
@@ -234,6 +239,20 @@ def collect_results(self, results: list[dict[str, Any]],
                            "total": time.monotonic() - t0,
                            "maxrss_mb": _maxrss_mb()}
     return out
+
+
+def warm_body(judge: str) -> None:
+    """Load what the chord body needs (its judge, the run directory's writer and reports)
+    before it runs: an embedded run calls this while its candidates execute, so the end
+    of the run, its critical path, no longer waits for imports (~50 ms of CPU).
+    Never raises: the body reports any problem itself."""
+    try:
+        from worker import report, rundir  # noqa: F401
+        from worker.judge import get_judge, scoring  # noqa: F401
+
+        get_judge(judge)
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("chord body not warmed: %s", exc)
 
 
 def _run_spec(data: Any) -> RunSpec:

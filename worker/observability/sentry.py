@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from importlib import metadata
 from typing import Any
 
 from worker import config
@@ -59,6 +58,8 @@ def init(service: str) -> bool:
 
     def before_breadcrumb(crumb: dict, _hint: dict) -> dict:
         return scrubber.scrub_data(crumb)
+
+    from importlib import metadata  # here: ~10 ms of every CLI start without Sentry
 
     try:
         version = metadata.version("dream-foundry")

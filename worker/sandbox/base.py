@@ -58,6 +58,10 @@ class NetworkAccess(StrEnum):
     OPEN = "open"  # its own unrestricted network, on a machine that is not the worker
     HOST = "host"  # the worker's own network, loopback services included: NOT isolated
 
+# The line a candidate logs while it waits for a budget slot (the dispatcher's tracker
+# shows such a candidate as WAITING; here, so it need not import a backend).
+WAITING_LINE = "[Daytona] waiting for a sandbox slot"
+
 
 class SandboxError(Exception):
     """A backend step failed; ``phase`` names the step for the result's error message."""

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.sandbox.base import (
+    WAITING_LINE,
     Boundary,
     CapacityState,
     CreateStatus,
@@ -69,9 +70,6 @@ FIXES = ("delete sandboxes you no longer need (`forge reap`, or the Daytona dash
          "lower the budget (FORGE_DAYTONA_MAX_SANDBOXES, or max_sandboxes in the manifest's "
          "[daytona] table or forge.toml), or raise the Daytona account's tier")
 
-# The line a candidate logs while it waits for a budget slot (the dispatcher's tracker
-# shows such a candidate as WAITING).
-WAITING_LINE = "[Daytona] waiting for a sandbox slot"
 NO_SDK = "Daytona SDK not installed (pip install daytona)"
 NO_KEY_MESSAGE = "Daytona API key not configured"  # the seed's exact error_message
 NO_KEY_HINT = "set DAYTONA_API_KEY"

@@ -143,6 +143,7 @@ class BwrapSandbox(LocalSandbox):
         reader = pump(out_r, buffer)
         pidfd = None
         slirp = None
+        attached = None
         timed_out = False
         try:
             child = process.read_child_pid(info_r, 10.0)
@@ -153,7 +154,10 @@ class BwrapSandbox(LocalSandbox):
                     Phase.EXECUTION, f"bwrap could not set up the sandbox: {buffer.text()[-500:]}",
                     self.id)
             pidfd = os.pidfd_open(child)
-            self.cgroups.add(child)
+            if self.net == "slirp4netns":  # the cgroups joined while the network comes up
+                attached = self.cgroups.add_beside(child)
+            else:
+                self.cgroups.add(child)
             if self.launch.uid is None:  # else set by the launch, before bwrap started
                 for which, soft, hard in limits:
                     resource.prlimit(child, which, (soft, hard))
@@ -169,6 +173,9 @@ class BwrapSandbox(LocalSandbox):
                     raise SandboxError(
                         Phase.EXECUTION, f"the egress policy could not be installed ({exc}); "
                         "the candidate did not run", self.id) from exc
+            if attached is not None:  # in its cgroups before it runs, as without the thread
+                wait, attached = attached, None
+                wait()
             try:
                 os.write(block_w, b"1")  # let the command start
             except BrokenPipeError:  # the sandbox died during setup: say why
@@ -181,6 +188,11 @@ class BwrapSandbox(LocalSandbox):
             block_w = -1
             timed_out = not process.wait(proc, max(timeout - (time.monotonic() - t0), 0.1))
         finally:
+            if attached is not None:  # set-up failed before the wait: let the thread end
+                try:
+                    attached()
+                except OSError:
+                    pass
             if block_w != -1:
                 os.close(block_w)
             # Killing the PID namespace's init kills every process in the sandbox.

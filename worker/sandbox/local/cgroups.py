@@ -9,7 +9,9 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 
 MiB = 1024 * 1024
 _TRUE = {"1", "true", "yes", "on"}
@@ -130,6 +132,32 @@ class Cgroups:
     def add(self, pid: int) -> None:
         for path in self.paths():
             _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def add_beside(self, pid: int) -> Callable[[], None]:
+        """``add(pid)`` in a thread of its own; returns the wait for it, which raises
+        what ``add`` raised (call it on every path, before the process may run).
+
+        A v1 ``cgroup.procs`` write can sleep ~10 ms for an RCU grace period (the first
+        attach after a quiet spell): no CPU, only time, which the network set-up can use.
+        """
+        if not self.dirs:
+            return lambda: None
+        failed: list[BaseException] = []
+
+        def attach() -> None:
+            try:
+                self.add(pid)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                failed.append(exc)
+
+        thread = threading.Thread(target=attach, name="forge-cgroup-attach", daemon=True)
+        thread.start()
+
+        def wait() -> None:
+            thread.join()
+            if failed:
+                raise failed[0]
+        return wait
 
     def cpu_ns(self) -> int | None:
         """CPU time used so far by the sandbox's processes, or None (no accounting)."""

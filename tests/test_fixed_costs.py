@@ -1,0 +1,134 @@
+"""Issue 17's fixed costs, as behaviour: what an embedded run does not load, the phase
+tracer, a cgroup join beside the network set-up, the wait woken by a finished body.
+
+Speed itself is measured in bench/ (embedded_startup.py, parallel_speedup.py,
+overhead.py), never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.manifests import FIXTURES, write_manifest
+from tests.procs import ROOT, forge_env
+
+ECHO = (FIXTURES / "basic" / "echo.py").read_text()
+
+# In order, every phase bench/embedded_startup.py's breakdown reads from a traced run.
+PHASES = ["cli.main", "planned", "worker.starting", "worker.ready", "published",
+          "cand.begin", "cand.create", "cand.upload", "cand.exec", "cand.delete",
+          "body.entered", "body.scored", "body.written", "body.stored", "result",
+          "worker.stopped", "display.closed", "printed"]
+
+
+def _forge(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dispatcher.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.processes
+def test_a_traced_run_stamps_every_phase_in_order(tmp_path):
+    manifest = write_manifest(tmp_path / "c", {"echo": ECHO})
+    trace = tmp_path / "trace"
+    env = forge_env(None, tmp_path / "art", FORGE_TRACE=str(trace))
+    done = _forge(["run", "--candidates", str(manifest), "--no-post", "--run-id", "t1"], env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels = [line.split(" ")[2] for line in trace.read_text().splitlines()]
+    first = {}
+    for i, label in enumerate(labels):
+        first.setdefault(label, i)
+    assert [p for p in PHASES if p in first] == PHASES, labels  # every phase is there
+    assert [first[p] for p in PHASES] == sorted(first[p] for p in PHASES), labels
+    assert all(line.split(" ")[3] == "echo" for line in trace.read_text().splitlines()
+               if line.split(" ")[2].startswith("cand."))
+
+
+EMBEDDED_IMPORTS = """
+import json, sys
+from dispatcher import run_forge
+r = run_forge("hi", candidates=sys.argv[1], artifacts_dir=sys.argv[2], post=False)
+loaded = {m: m in sys.modules for m in ("redis", "celery.backends.redis")}
+import celery.backends.redis  # the control: an import shows in sys.modules
+loaded["control"] = "redis" in sys.modules
+print(json.dumps({"success": r.results[0].success, "loaded": loaded}))
+"""
+
+
+@pytest.mark.processes
+def test_an_embedded_run_never_loads_the_redis_client(tmp_path):
+    """Its memory backend needs none of it; importing it cost the first candidate ~0.1 s."""
+    manifest = write_manifest(tmp_path / "c", {"echo": ECHO})
+    done = subprocess.run([sys.executable, "-c", EMBEDDED_IMPORTS, str(manifest),
+                           str(tmp_path / "art")], cwd=ROOT, env=forge_env(None, tmp_path),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["success"]
+    assert out["loaded"] == {"redis": False, "celery.backends.redis": False, "control": True}
+
+
+def test_is_redis_tells_the_redis_backend_from_the_memory_one():
+    from celery.backends.cache import CacheBackend
+    from celery.backends.redis import RedisBackend
+
+    from worker.app import app
+    from worker.states import is_redis
+
+    assert is_redis(RedisBackend(app=app, url="redis://127.0.0.1:1/0"))  # no connection made
+    assert not is_redis(CacheBackend(app=app, backend="memory"))
+    assert not is_redis(object())
+
+
+def test_a_cgroup_join_beside_the_network_raises_what_the_join_raised(tmp_path):
+    from worker.sandbox.local.cgroups import Cgroups
+
+    none = Cgroups("forge-test-none", 10, 1 << 20, controllers=())
+    assert none.add_beside(os.getpid())() is None  # no cgroup: nothing to wait for
+    broken = Cgroups("forge-test-broken", 10, 1 << 20, controllers=())
+    (tmp_path / "cg" / "cgroup.procs").mkdir(parents=True)  # writing it fails: EISDIR
+    broken.dirs = {"pids": str(tmp_path / "cg")}
+    with pytest.raises(IsADirectoryError):
+        broken.add_beside(os.getpid())()
+    ok = Cgroups("forge-test-ok", 10, 1 << 20, controllers=())
+    (tmp_path / "ok").mkdir()
+    ok.dirs = {"pids": str(tmp_path / "ok")}
+    ok.add_beside(4242)()
+    assert (tmp_path / "ok" / "cgroup.procs").read_text() == "4242"
+
+
+def test_the_embedded_wait_wakes_when_a_task_ends_not_at_its_next_poll():
+    from celery.signals import task_postrun
+
+    from dispatcher.dispatch import _task_ends
+
+    with _task_ends("no-such-body") as ended:
+        assert not ended.is_set()
+        sender = threading.Timer(0.05, lambda: task_postrun.send(sender=None))
+        sender.start()
+        assert ended.wait(5.0)  # set by the signal, long before any 5 s poll
+        sender.join()
+    ended.clear()
+    task_postrun.send(sender=None)  # after the wait: no longer connected
+    assert not ended.is_set()
+
+
+@pytest.mark.processes
+def test_the_trace_module_is_inert_without_its_variable(tmp_path):
+    env = {**os.environ, "FORGE_TRACE": ""}
+    code = ("from worker import trace\ntrace.mark('x')\nprint(trace.enabled())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={
+        **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False" and list(tmp_path.iterdir()) == []
+    path = tmp_path / "t"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={
+        **env, "PYTHONPATH": str(ROOT), "FORGE_TRACE": str(path)}, capture_output=True,
+        text=True, timeout=60)
+    assert done.stdout.strip() == "True"
+    assert Path(path).read_text().split(" ")[2] == "x\n"
