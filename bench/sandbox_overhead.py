@@ -50,7 +50,7 @@ SCRIPT = "import sys\nopen(sys.argv[2], 'w').write('# hi\\n')\n"
 
 
 class PlainBackend(LocalBackend):
-    def create(self, request, log):
+    def create(self, request, log, status=None):
         root = tempfile.mkdtemp(prefix="forge-bench-", dir=sandbox_parent())
         return PlainSandbox(request, root, "bench")
 

@@ -235,7 +235,9 @@ def test_warm_shutdown_lets_running_candidates_finish(redis_server, workers, art
                                                       tmp_path):
     env = forge_env(redis_server.url, artifacts, **FAST)
     (w1,) = workers(env, n=1, concurrency=2)
-    manifest = sleepers_with(tmp_path / "c", 2, 3.0)
+    # 6 s each: both are seen running at once even when a loaded machine starts the
+    # second sandbox seconds after the first.
+    manifest = sleepers_with(tmp_path / "c", 2, 6.0)
     client = redis_server.client()
     dispatch_detached("warm", manifest, env)
     wait_for(lambda: all((meta(client, f"warm:{c}") or {}).get("status") == "PROGRESS"
