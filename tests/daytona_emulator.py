@@ -168,6 +168,9 @@ class DaytonaEmulator:
         self.counted_from = 0  # /_admin/counters counts creates from here
         self._live: dict[str, EmuSandbox] = {}  # not destroyed (what quotas and peak count)
         self._destroying: set[str] = set()
+        # Cleared by hold_execs(): every exec waits before it starts (a test's barrier).
+        self._execs_open = threading.Event()
+        self._execs_open.set()
         self._base = tempfile.mkdtemp(prefix="daytona-emu-")
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -197,6 +200,7 @@ class DaytonaEmulator:
         return self
 
     def stop(self) -> None:
+        self._execs_open.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -217,6 +221,14 @@ class DaytonaEmulator:
     def set_faults(self, **faults: Any) -> None:
         with self.lock:
             self.faults.update(faults)
+
+    def hold_execs(self) -> None:
+        """From now on, every exec waits before its process starts, until release_execs():
+        sandboxes stay alive (and their budget slots held) for as long as a test needs."""
+        self._execs_open.clear()
+
+    def release_execs(self) -> None:
+        self._execs_open.set()
 
     def reset_faults(self) -> None:
         with self.lock:
@@ -428,6 +440,7 @@ class DaytonaEmulator:
     def run(self, sandbox: EmuSandbox, command: str, cwd: str | None, envs: dict[str, str],
             timeout: int | None) -> tuple[int | None, str]:
         """Run ``bash -c command``; ``(None, output)`` when killed at the deadline."""
+        self._execs_open.wait()
         if self.faults.exec_delay:
             time.sleep(self.faults.exec_delay)
         env = {

@@ -37,7 +37,7 @@ from tests.procs import (
     run_forge_cli,
     stop_process,
 )
-from worker.budget import RedisBudget, leases_key
+from worker.budget import RedisBudget, leases_key, waiter_run_key
 from worker.records import ForgeResult
 from worker.sandbox.daytona import RUN_LABEL, DaytonaBackend
 
@@ -265,46 +265,39 @@ def test_a_killed_worker_gives_its_slots_back_within_the_lease_time(emu, tmp_pat
         redis.stop()
 
 
-GATED = """import os, sys, time
-deadline = time.time() + 120  # the test opens the gate long before
-while not os.path.exists({gate!r}) and time.time() < deadline:
-    time.sleep(0.02)
-time.sleep({seconds})
-open(sys.argv[2], "w").write("# slept\\n\\n" + sys.argv[1])
-"""
-
-
 def test_two_runs_at_once_share_the_budget_and_neither_starves(emu, tmp_path):
-    """Run A holds all 4 slots with 10 candidates to go when run B (14 more) arrives: B
-    gets slots while A runs, A keeps getting slots while B runs, both finish.
+    """Run A holds all 4 slots with 10 candidates to go when run B (14) arrives: B gets
+    slots while A runs, A keeps getting slots while B runs, both finish.
 
-    A's first candidates wait at a gate (a file: the emulator's sandboxes are host
-    processes) until every candidate of B has started and waits for a slot, so B has
-    arrived however long its CLI took to start on a busy machine."""
-    from tests.test_faults import meta
-
+    A barrier, not timing, makes "B arrives while A holds everything": A's first four
+    sandboxes wait before they start (the emulator holds their execs) until all of B's
+    candidates are waiting in the budget (a slow start of B's CLI on a loaded machine
+    once let A finish nearly alone)."""
     emu.set_faults(quota_cpu=4)
-    gate = tmp_path / "gate"
     with cluster(tmp_path, emu, concurrency=32, FORGE_DAYTONA_MAX_SANDBOXES="4") as c:
-        a = write_manifest(tmp_path / "a", {f"s{i:02d}": GATED.format(gate=str(gate), seconds=1.0)
-                                            for i in range(14)}, "timeout = 60")
+        a = sleepers(tmp_path / "a", 14, 1.0)
         b = sleepers(tmp_path / "b", 14, 1.0)
-        client = c.redis.client()
-        for manifest, run_id in ((a, "q-run-a"), (b, "q-run-b")):
-            done = run_forge_cli(["run", "--daytona", "--candidates", str(manifest),
-                                  "--run-id", run_id, "--detach"], c.env)
-            assert done.returncode == 0, done.stderr
-            deadline = time.monotonic() + 60
-            while run_id == "q-run-a" and len(alive_for(emu, "q-run-a")) < 4:
-                assert time.monotonic() < deadline, c.logs()[-3000:]
-                time.sleep(0.05)
-        deadline = time.monotonic() + 60
-        while not all((meta(client, f"q-run-b:s{i:02d}") or {}).get("status") == "PROGRESS"
-                      for i in range(14)):
-            assert time.monotonic() < deadline, c.logs()[-3000:]
-            time.sleep(0.05)
-        assert len(alive_for(emu, "q-run-a")) == 4 and alive_for(emu, "q-run-b") == []
-        gate.touch()
+        waiting_runs = c.redis.client()
+        emu.hold_execs()
+        try:
+            for manifest, run_id in ((a, "q-run-a"), (b, "q-run-b")):
+                done = run_forge_cli(["run", "--daytona", "--candidates", str(manifest),
+                                      "--run-id", run_id, "--detach"], c.env)
+                assert done.returncode == 0, done.stderr
+                deadline = time.monotonic() + 90
+                while True:
+                    if run_id == "q-run-a":
+                        arrived = len(alive_for(emu, run_id)) == 4
+                    else:
+                        runs = waiting_runs.hvals(waiter_run_key())
+                        arrived = runs.count(run_id.encode()) == 14
+                    if arrived:
+                        break
+                    assert time.monotonic() < deadline, c.logs()[-3000:]
+                    time.sleep(0.05)
+            assert alive_for(emu, "q-run-b") == []  # B waits: A holds every slot
+        finally:
+            emu.release_execs()
         ra, rb = wait_summary(c.artifacts, "q-run-a"), wait_summary(c.artifacts, "q-run-b")
     all_ok(ra)
     all_ok(rb)

@@ -3,14 +3,23 @@
 Every stored PROGRESS meta is a Redis round trip carrying the whole log window, and a
 candidate's lifecycle logs most of its lines within milliseconds (create, upload,
 execute). The first line is stored at once (the dispatcher sees the task running);
-later lines are stored at most every ``interval`` seconds, by a timer when nothing
-else comes, so a line announcing a long wait ("Executing...") still shows within
-``interval``. The final result carries every line, so nothing is lost by coalescing.
+later lines are stored at most every ``interval`` seconds, so a line announcing a long
+wait ("Executing...") still shows within ``interval``. The final result carries every
+line, so nothing is lost by coalescing.
+
+Only the first store runs in the task's own thread. Every later one is handed to the
+process's few progress threads (``_Stores``): a store is a GET and a SET on the result
+backend, and the lines after the first are logged while the candidate holds a sandbox
+and its budget slot, where those round trips (a thread started per timer, before) were
+time every other waiting candidate waited too.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,30 +34,67 @@ INTERVAL = settings.progress_interval_ms / 1000
 LOG_WINDOW = 40  # newest log lines kept in the task's PROGRESS meta
 
 
+class _Stores:
+    """Due progress stores of this process, run by ``THREADS`` daemon threads (started
+    on first use, again after a fork): scheduling one costs the caller a heap push."""
+
+    THREADS = 4  # a store waits on Redis; a few in flight keep up with many candidates
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, ProgressWriter]] = []
+        self._seq = itertools.count()
+        self._pid = 0
+
+    def schedule(self, writer: ProgressWriter, when: float) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # threads do not survive a fork
+                self._pid = os.getpid()
+                for i in range(self.THREADS):
+                    threading.Thread(target=self._run, name=f"forge-progress-{i}",
+                                     daemon=True).start()
+            heapq.heappush(self._due, (when, next(self._seq), writer))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                writer = heapq.heappop(self._due)[2]
+            try:
+                writer._fire()
+            except Exception:  # noqa: BLE001 - progress is best effort; the thread lives on
+                logger.warning("progress store failed", exc_info=True)
+
+
+_STORES = _Stores()
+
+
 class ProgressWriter:
-    def __init__(self, store: Callable[[], None], interval: float = INTERVAL):
+    def __init__(self, store: Callable[[], None], interval: float = INTERVAL,
+                 stores: _Stores = _STORES):
         self._store = store
         self.interval = interval
+        self._stores = stores
         self._lock = threading.Lock()
         self._last = float("-inf")
-        self._timer: threading.Timer | None = None
+        self._scheduled = False
         self._closed = False
 
     def line_added(self) -> None:
         with self._lock:
-            if self._closed or self._timer is not None:
+            if self._closed or self._scheduled:
                 return
-            wait = self._last + self.interval - time.monotonic()
-            if wait <= 0:
+            if self._last == float("-inf"):  # the first line: the task shows as running
                 self._write()
                 return
-            self._timer = threading.Timer(wait, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
+            self._scheduled = True
+            self._stores.schedule(self, max(time.monotonic(), self._last + self.interval))
 
     def _fire(self) -> None:
         with self._lock:
-            self._timer = None
+            self._scheduled = False
             if not self._closed:
                 self._write()
 
@@ -57,12 +103,10 @@ class ProgressWriter:
         self._store()
 
     def close(self) -> None:
-        """No write after this returns (the task's result is about to be stored)."""
+        """No write after this returns (the task's result is about to be stored): a
+        store in flight finishes first (it holds the lock), a scheduled one is dropped."""
         with self._lock:
             self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
 
 
 class CandidateProgress:
@@ -70,8 +114,8 @@ class CandidateProgress:
     meta, the newest ``LOG_WINDOW`` of them), and its capacity state (Flower's task
     events, the run store).
 
-    The task's ``request`` is kept: it is thread-local, and the writer's timer thread
-    has none of its own.
+    The task's ``request`` is kept: it is thread-local, and the progress threads that
+    store later lines have none of their own.
     """
 
     def __init__(self, task, run_id: str, candidate_id: str, worker: str, attempt: int,
