@@ -28,6 +28,7 @@ import os
 from typing import Any
 
 from worker.judge import JudgeContext, get_judge, rank
+from worker.judge.notes import run_notes
 from worker.judge.stats import mean
 from worker.judge.trials import decide, summarize
 from worker.records import CandidateInfo, CandidateResult, ForgeResult, RunSpec, Score
@@ -115,13 +116,8 @@ def build_trials_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeRes
                       None)
     decided = verdict.to_dict()
     decided.pop("ranking", None)
-    notes = list(run.notes)
-    if run.speed == "cpu":
-        no_cpu = sorted({f"{r.candidate_id}#{r.trial + 1}" for r in trial_results
-                         if r.success and r.cpu_seconds is None})
-        if no_cpu:
-            notes.append(f"Speed is scored on CPU time, but {', '.join(no_cpu)} had no CPU "
-                         "figure (no writable cpu cgroup on the worker): scored on wall time")
+    notes = run_notes(run, sorted({f"{r.candidate_id}#{r.trial + 1}" for r in trial_results
+                                   if r.success and r.cpu_seconds is None}))
     return ForgeResult(
         run_id=run.run_id,
         objective=run.objective,

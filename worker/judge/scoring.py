@@ -12,6 +12,7 @@ from typing import Any
 
 from worker.judge import JudgeContext, get_judge, rank, winner
 from worker.judge.aggregate import build_trials_result
+from worker.judge.notes import run_notes
 from worker.records import CandidateResult, ForgeResult, RunSpec
 
 
@@ -39,12 +40,8 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
         info.artifact = f"{c.id}/discord_post.md" if r and r.artifact_content is not None else None
         candidates.append(info)
     win_result = by_id.get(best.candidate_id) if best else None
-    notes = list(run.notes)
-    if run.speed == "cpu":
-        no_cpu = [r.candidate_id for r in ordered if r.success and r.cpu_seconds is None]
-        if no_cpu:
-            notes.append(f"Speed is scored on CPU time, but {', '.join(no_cpu)} had no CPU "
-                         "figure (no writable cpu cgroup on the worker): scored on wall time")
+    notes = run_notes(run, [r.candidate_id for r in ordered
+                            if r.success and r.cpu_seconds is None])
     return ForgeResult(
         run_id=run.run_id,
         objective=run.objective,
