@@ -273,6 +273,12 @@ class NetWorld:
             if not code.exists():
                 shutil.copytree(REPO / "worker", code / "worker",
                                 ignore=shutil.ignore_patterns("__pycache__"))
+                # The one third-party package the lifecycle's import path needs (the
+                # settings read .env through it); the image installs it like the rest.
+                import dotenv
+
+                shutil.copytree(Path(dotenv.__file__).parent, code / "dotenv",
+                                ignore=shutil.ignore_patterns("__pycache__"))
                 (code / "tests").mkdir()
                 shutil.copy(script, code / "tests" / "world_worker.py")
                 for path in [self.tmp, *code.rglob("*"), code]:
