@@ -60,12 +60,14 @@ from pathlib import Path
 
 from dispatcher.pack import Bundle, PackError, pack_directory
 from worker import config
+from worker.keys import COLLECT
 from worker.records import SPEED_BASES, DaytonaSpec, Egress, ImageSpec, Resources, sha256_text
 from worker.sandbox.egress import check_entry
 from worker.validation import (
     CANDIDATE_ID_RE,
     CANDIDATE_ID_RULE,
     MODULE_RE,
+    RESERVED_ID,
     TIMEOUT_MAX,
     TIMEOUT_MIN,
     TRIALS_MAX,
@@ -440,6 +442,8 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
         if not ID_RE.fullmatch(cid):
             raise ManifestError(f"{where}: field 'id' = {cid!r} is invalid; "
                                 f"use {CANDIDATE_ID_RULE}")
+        if cid == COLLECT:
+            raise ManifestError(f"{where}: field 'id': {RESERVED_ID}")
         where = f"{p}: candidate '{cid}'"
         if cid in seen:
             raise ManifestError(f"{where}: field 'id' is a duplicate; every id must be unique")

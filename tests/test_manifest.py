@@ -53,6 +53,8 @@ def test_defaults_and_overrides(tmp_path):
 @pytest.mark.parametrize("toml, words", [
     ('[[candidate]]\nid = "A!"\nscript = "a.py"\n', ["candidate #1", "'id'", "a-z"]),
     ('[[candidate]]\nscript = "a.py"\n', ["candidate #1", "'id' is missing"]),
+    ('[[candidate]]\nid = "collect"\nscript = "a.py"\n',
+     ["candidate #1", "'id'", "'collect' is reserved", "choose another id"]),
     ('[[candidate]]\nid = "a"\n', ["candidate 'a'", "'script' is missing"]),
     ('[[candidate]]\nid = "a"\nscript = "nope.py"\n',
      ["candidate 'a'", "'script'", "no such file"]),

@@ -382,6 +382,7 @@ def cluster(site, shared_cluster):
 @pytest.mark.parametrize(("changes", "words"), [
     ({"run_id": "a/../../victim"}, "Refused: run id 'a/../../victim' is invalid"),
     ({"candidate_id": "../../victim"}, "Refused: candidate id '../../victim' is invalid"),
+    ({"candidate_id": "collect"}, "Refused: candidate id 'collect' is reserved"),
     ({"objective": "x\x00y"}, "Refused: the objective contains a NUL character"),
     ({"timeout": -5}, "Refused: timeout must be a whole number of seconds"),
     ({"install_timeout": 0}, "Refused: install_timeout must be a whole number"),

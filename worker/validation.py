@@ -34,6 +34,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worker.keys import COLLECT
+
 if TYPE_CHECKING:
     from worker.records import CandidateTask, RunSpec
 
@@ -44,6 +46,9 @@ RUN_ID_RULE = (f"1-{RUN_ID_MAX} characters from A-Z a-z 0-9 _ . - starting with 
 
 CANDIDATE_ID_RE = re.compile(r"[a-z0-9_-]{1,64}")
 CANDIDATE_ID_RULE = "1-64 characters from a-z, 0-9, _ and -"
+# The chord body's task id is <run>:collect: a candidate of that id would share it.
+RESERVED_ID = (f"candidate id {COLLECT!r} is reserved (the run's scoring task is "
+               f"<run id>:{COLLECT}); choose another id")
 
 OBJECTIVE_MAX_CHARS = 10_000
 OBJECTIVE_SHOWN_CHARS = 300
@@ -77,6 +82,8 @@ def check_candidate_id(value: Any) -> str:
     if not isinstance(value, str) or not CANDIDATE_ID_RE.fullmatch(value):
         raise InvalidInput(f"candidate id {_shown(value)} is invalid: a candidate id is "
                            f"{CANDIDATE_ID_RULE}")
+    if value == COLLECT:
+        raise InvalidInput(RESERVED_ID)
     return value
 
 
