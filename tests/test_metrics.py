@@ -81,7 +81,8 @@ def cluster(tmp_path_factory):
                               extra_args=("--max-tasks-per-child", "2")).start()
         try:
             yield SimpleNamespace(redis=redis, worker=worker, discord=discord, tmp=tmp,
-                                  url=f"http://127.0.0.1:{port}/metrics", dir=metrics_dir)
+                                  url=f"http://127.0.0.1:{port}/metrics", dir=metrics_dir,
+                                  emulator=emulator)
         finally:
             worker.stop()
             redis.stop()
@@ -154,7 +155,30 @@ def test_metrics_move_during_a_distributed_run_and_are_right_after(cluster):
 
 
 def test_a_wait_for_a_sandbox_slot_is_counted(cluster):
-    _, run_id, seen, (_, after) = run_and_watch(cluster, "cloudwait")
+    import threading
+
+    from worker.keys import waiter_run_key
+
+    # An order of events, not a race against the clock: the sandbox that got the one
+    # slot does not start its command until the other candidate waits in the budget
+    # (on a loaded machine the second pool process's SDK import could otherwise outlast
+    # the first candidate, and nobody would wait).
+    client = cluster.redis.client()
+
+    def release_when_one_waits() -> None:
+        deadline = time.monotonic() + 90
+        while not client.hlen(waiter_run_key()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.emulator.release_execs()
+
+    cluster.emulator.hold_execs()
+    releaser = threading.Thread(target=release_when_one_waits, daemon=True)
+    releaser.start()
+    try:
+        _, run_id, seen, (_, after) = run_and_watch(cluster, "cloudwait")
+    finally:
+        cluster.emulator.release_execs()
+        releaser.join(5)
     assert max(value(s, "forge_sandboxes_alive", backend="daytona") or 0
                for _, s in seen) == 1  # one slot: never two at once
     # Two candidates, one slot: exactly one had to wait, and its wait was measured.
