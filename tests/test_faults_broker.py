@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -16,6 +17,7 @@ from tests.test_faults import (
     wait_for,
     wait_summary,
 )
+from worker.keys import run_record_key
 
 
 def test_redis_restart_mid_run_loses_nothing(workers, artifacts, tmp_path):
@@ -46,7 +48,13 @@ def test_broker_gone_for_good_is_a_clear_error_in_bounded_time(redis_server, art
     dispatcher = popen_forge(["run", "--candidates", str(manifest), "--run-id", "gone",
                               "--no-post"], env, log)
     client = redis_server.client()
-    wait_for(lambda: client.llen("celery") == 2, 60, "the run to be published")
+
+    def published() -> bool:  # the queue holds both, and the run record says so
+        raw = client.get(run_record_key("gone"))
+        return client.llen("celery") == 2 and bool(raw) and \
+            json.loads(raw)["status"] == "published"
+
+    wait_for(published, 60, "the run to be published")
     redis_server.kill()
     t0 = time.monotonic()
     code = dispatcher.wait(60)  # grace 3 s + connection timeouts, far below a hang
