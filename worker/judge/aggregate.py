@@ -24,11 +24,10 @@ Every trial's own result and score stay in ``trial_results``/``trial_scores``.
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 from worker.judge import JudgeContext, get_judge, rank
-from worker.judge.notes import run_notes
+from worker.judge.from_run import run_fields
 from worker.judge.stats import mean
 from worker.judge.trials import decide, summarize
 from worker.records import CandidateInfo, CandidateResult, ForgeResult, RunSpec, Score
@@ -116,25 +115,16 @@ def build_trials_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeRes
                       None)
     decided = verdict.to_dict()
     decided.pop("ranking", None)
-    notes = run_notes(run, sorted({f"{r.candidate_id}#{r.trial + 1}" for r in trial_results
-                                   if r.success and r.cpu_seconds is None}))
+    no_cpu = sorted({f"{r.candidate_id}#{r.trial + 1}" for r in trial_results
+                     if r.success and r.cpu_seconds is None})
     return ForgeResult(
-        run_id=run.run_id,
-        objective=run.objective,
-        timestamp=run.timestamp,
-        execution_mode=run.execution_mode,
+        **run_fields(run, no_cpu),
         candidates=candidates,
         scores=scores_out,
         winner_id=verdict.winner_id,
         winner_score=round(winner.mean, 2) if winner else None,
         winner_artifact=win_result.artifact_content if win_result else None,
-        artifacts_dir=os.path.join(run.artifacts_dir, run.run_id),
         results=results_out,
-        judge=run.judge,
-        competition=run.competition,
-        definition_sha256=run.definition_sha256,
-        notes=notes,
-        speed=run.speed,
         trials=run.trials,
         trial_results=trial_results,
         trial_scores=trial_scores,

@@ -7,12 +7,11 @@ as a failure, so every candidate of the run is on the leaderboard.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from worker.judge import JudgeContext, get_judge, rank, winner
 from worker.judge.aggregate import build_trials_result
-from worker.judge.notes import run_notes
+from worker.judge.from_run import run_fields
 from worker.records import CandidateResult, ForgeResult, RunSpec
 
 
@@ -40,23 +39,13 @@ def build_forge_result(results: list[dict[str, Any]], run: RunSpec) -> ForgeResu
         info.artifact = f"{c.id}/discord_post.md" if r and r.artifact_content is not None else None
         candidates.append(info)
     win_result = by_id.get(best.candidate_id) if best else None
-    notes = run_notes(run, [r.candidate_id for r in ordered
-                            if r.success and r.cpu_seconds is None])
+    no_cpu = [r.candidate_id for r in ordered if r.success and r.cpu_seconds is None]
     return ForgeResult(
-        run_id=run.run_id,
-        objective=run.objective,
-        timestamp=run.timestamp,
-        execution_mode=run.execution_mode,
+        **run_fields(run, no_cpu),
         candidates=candidates,
         scores=scores,
         winner_id=best.candidate_id if best else None,
         winner_score=best.total_score if best else None,
         winner_artifact=win_result.artifact_content if win_result else None,
-        artifacts_dir=os.path.join(run.artifacts_dir, run.run_id),
         results=ordered,
-        judge=run.judge,
-        competition=run.competition,
-        definition_sha256=run.definition_sha256,
-        notes=notes,
-        speed=run.speed,
     )
