@@ -4,6 +4,7 @@ published at the same moment from one threads worker."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -18,7 +19,7 @@ from celery.backends import cache
 from kombu import Producer
 
 from tests.manifests import write_manifest
-from tests.procs import CeleryWorker, call_task, forge_env
+from tests.procs import CeleryWorker, call_task, forge_env, publish_task
 from worker import celery_compat as compat
 
 
@@ -296,3 +297,194 @@ def test_two_competitions_published_at_once_from_one_threads_worker_both_complet
         assert all(r["success"] for r in summary["results"]), summary["results"]
     # "second" published after "first" had left its overrides: its own were still there.
     assert json.loads(report.read_text()) == {"producer": True, "not_registered": True}
+
+
+# -- 9. one round trip per stored state ------------------------------------------------------
+
+
+def _client_commands(redis_server, action) -> list[tuple[str, ...]]:
+    """The commands clients sent Redis while ``action`` ran (MONITOR), without the ones a
+    script ran inside Redis."""
+    seen: list[tuple[str, ...]] = []
+    done = threading.Event()
+    monitor_client, ender = redis_server.client(), redis_server.client()
+    ender.ping()  # connected before: its handshake is not the action's
+
+    def watch(ready: threading.Event) -> None:
+        with monitor_client.monitor() as monitor:
+            ready.set()
+            for entry in monitor.listen():
+                words = tuple(entry["command"].split())
+                if words[:2] == ("ECHO", "end-of-action"):
+                    break
+                if entry.get("client_type") != "lua":
+                    seen.append(words)
+        done.set()
+
+    ready = threading.Event()
+    threading.Thread(target=watch, args=(ready,), daemon=True).start()
+    assert ready.wait(5)
+    time.sleep(0.1)  # MONITOR is answered before it sees commands: let it settle
+    action()
+    ender.echo("end-of-action")
+    assert done.wait(10)
+    return seen
+
+
+@pytest.mark.processes
+def test_a_state_is_stored_in_one_round_trip_and_never_over_a_success(redis_server):
+    app = redis_app(redis_server, "one-trip")
+    app.loader.override_backends = dict(compat.BACKEND_OVERRIDES)  # as worker/app.py does
+    plain = redis_app(redis_server, "celery-own")
+    client = redis_server.client()
+    try:
+        backend = app.backend
+        assert type(backend).__name__ == "OneTripRedisBackend"
+        backend.store_result("warm", 0, "SUCCESS")  # the script loaded once
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(compat.task_meta_key(backend, "t1"))
+        time.sleep(0.1)
+
+        def three_states() -> None:
+            backend.store_result("t1", {"step": 1}, "PROGRESS")
+            backend.store_result("t1", {"ok": True}, "SUCCESS")
+            backend.store_result("t1", "late duplicate", "FAILURE")
+
+        sent = _client_commands(redis_server, three_states)
+        assert [w[0] for w in sent] == ["EVALSHA"] * 3, sent
+        meta = json.loads(client.get(compat.task_meta_key(backend, "t1")))
+        assert (meta["status"], meta["result"]) == ("SUCCESS", {"ok": True})
+        assert 0 < client.ttl(compat.task_meta_key(backend, "t1")) <= backend.expires == 86400
+        published = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(published) < 2:
+            message = pubsub.get_message(timeout=0.5)
+            if message:
+                published.append(json.loads(message["data"])["status"])
+        assert published == ["PROGRESS", "SUCCESS"]  # the refused FAILURE is not announced
+        assert pubsub.get_message(timeout=0.3) is None
+        pubsub.close()
+        # The control: Celery's own backend reads the state before each write.
+        plain.backend.client.ping()  # connected before: its handshake is not the write's
+        sent = _client_commands(redis_server,
+                                lambda: plain.backend.store_result("t2", 1, "SUCCESS"))
+        assert [w[0] for w in sent] == ["GET", "MULTI", "SETEX", "PUBLISH", "EXEC"], sent
+    finally:
+        app.close()
+        plain.close()
+
+
+@pytest.mark.processes
+def test_two_deliveries_storing_success_at_once_leave_exactly_one(redis_server):
+    app = redis_app(redis_server, "one-trip-race")
+    app.loader.override_backends = dict(compat.BACKEND_OVERRIDES)
+    client = redis_server.client()
+    rounds = 20
+    barrier = threading.Barrier(2)
+
+    def deliver(name: str) -> None:
+        backend = app.backend  # one backend (and connection) per thread, as in a worker
+        for i in range(rounds):
+            barrier.wait(5)
+            backend.store_result(f"race{i}", name, "SUCCESS")
+
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(compat.task_meta_pattern(app.backend, "race"))
+    time.sleep(0.1)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(deliver, ["first", "second"]))
+        announced: dict[str, list[str]] = {}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(announced) < rounds:
+            message = pubsub.get_message(timeout=0.5)
+            if message:
+                meta = json.loads(message["data"])
+                announced.setdefault(meta["task_id"], []).append(meta["result"])
+        while (message := pubsub.get_message(timeout=0.3)) is not None:
+            meta = json.loads(message["data"])
+            announced.setdefault(meta["task_id"], []).append(meta["result"])
+        for i in range(rounds):
+            stored = json.loads(client.get(compat.task_meta_key(app.backend, f"race{i}")))
+            assert announced[f"race{i}"] == [stored["result"]]  # one write, the one kept
+    finally:
+        pubsub.close()
+        app.close()
+
+
+# -- 10. task events sent once per window ----------------------------------------------------
+
+
+class EventFeed:
+    """Task events as Flower gets them: every Redis message on the events exchange."""
+
+    def __init__(self, redis_server):
+        self.pubsub = redis_server.client().pubsub(ignore_subscribe_messages=True)
+        self.pubsub.psubscribe("*celeryev*")
+        self.messages: list[list[dict]] = []
+
+    def read(self, until, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.2)
+            if message:
+                body = json.loads(message["data"])["body"]
+                events = json.loads(base64.b64decode(body))
+                self.messages.append(events if isinstance(events, list) else [events])
+
+    def events(self, kind: str) -> list[str]:
+        return [e["uuid"] for batch in self.messages for e in batch if e["type"] == kind]
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+def _events_run(redis_server, tmp_path, window_ms: int, n: int = 12) -> EventFeed:
+    env = forge_env(redis_server.url, tmp_path / f"artifacts{window_ms}",
+                    FORGE_EVENT_WINDOW_MS=str(window_ms))
+    worker = CeleryWorker(env, f"ev{window_ms}", tmp_path, concurrency=4).start()
+    feed = EventFeed(redis_server)
+    try:
+        time.sleep(0.2)
+        app = Celery("events-client", broker=redis_server.url, set_as_current=False)
+        app.conf.update(task_serializer="json", accept_content=["json"])
+        ids = [app.send_task("worker.maintenance.reap_sandboxes", kwargs={"dry_run": True}).id
+               for _ in range(n)]
+        app.close()
+        feed.read(lambda: len(set(feed.events("task-succeeded"))) >= n)
+        assert sorted(feed.events("task-received")) == sorted(ids)
+        assert sorted(feed.events("task-started")) == sorted(ids)
+        assert sorted(feed.events("task-succeeded")) == sorted(ids)
+    finally:
+        worker.stop()
+        feed.close()
+    return feed
+
+
+@pytest.mark.processes
+def test_task_events_leave_a_worker_many_to_a_message(redis_server, tmp_path):
+    n = 12
+    windowed = _events_run(redis_server, tmp_path, 200, n)
+    per_turn = _events_run(redis_server, tmp_path, 0, n)  # the control: Celery's own flush
+    assert len(windowed.messages) * 2 <= 3 * n, [len(m) for m in windowed.messages]
+    assert len(per_turn.messages) > len(windowed.messages), \
+        ([len(m) for m in per_turn.messages], [len(m) for m in windowed.messages])
+
+
+@pytest.mark.processes
+def test_a_stopping_worker_sends_the_events_its_window_still_holds(redis_server, tmp_path):
+    env = forge_env(redis_server.url, tmp_path / "artifacts", FORGE_EVENT_WINDOW_MS="60000")
+    worker = CeleryWorker(env, "held", tmp_path, concurrency=1).start()
+    feed = EventFeed(redis_server)
+    try:
+        meta = publish_task(redis_server, "worker.maintenance.reap_sandboxes", kwargs={"dry_run": True})
+        assert meta["status"] == "SUCCESS"
+        feed.read(lambda: False, timeout=1.0)
+        assert feed.events("task-succeeded") == []  # held by the window (a minute long)
+        worker.stop()
+        feed.read(lambda: bool(feed.events("task-succeeded")), timeout=10)
+        assert feed.events("task-succeeded") == [meta["task_id"]]
+        assert feed.events("task-received") == [meta["task_id"]]
+    finally:
+        worker.stop()
+        feed.close()

@@ -167,12 +167,15 @@ def check_project_ran(run_dir: Path, project: Path, objective: str) -> dict:
         assert r["timings"]["install"] > 0  # its own phase, outside the candidate's clock
         assert r["runtime_seconds"] < r["timings"]["task"] - r["timings"]["install"] + 0.01
         assert f"sha256 {bundle.sha256[:12]}" in "\n".join(r["log"])
+        # Its one requirement is its own pure wheel: installed without pip (local_wheels).
+        assert "installed without pip" in "\n".join(r["log"])
     broken = results["broken"]
     assert not broken["success"]
     assert "Installing requirements failed (exit code 1)" in broken["error_message"]
     assert "nonexistent-forge-dep" in broken["error_message"]  # pip's own words, the tail
     assert "No matching distribution" in broken["error_message"]
     assert "install" in broken["timings"] and broken["artifact_content"] is None
+    assert "installed without pip" not in "\n".join(broken["log"])  # pip's to judge
     hashes = {c["id"]: c["content_sha256"] for c in summary["candidates"]}
     assert hashes["mod"] == hashes["ent"] == bundle.sha256
     assert hashes["broken"] == pack_directory(project.parent / "broken", MB).sha256
@@ -345,7 +348,8 @@ def test_a_project_runs_in_daytona_mode_uploaded_in_one_call(tmp_path):
             ran = [c["command"] for c in emu.calls if c["path"] == "execute"
                    and c["sandbox"] == sid]
             assert "tarfile" in ran[0] and UNPACK.splitlines()[1] in ran[0]  # unpacked there
-            assert "pip install" in ran[1]
+            assert "NOT_HANDLED" in ran[1]  # its own pure wheel: worker/local_wheels.py
+            assert not any("-m pip" in c for c in ran) and len(ran) == 3  # pip never started
             assert ("-m agent" if cid == "mod" else "main.py") in ran[2]
             assert all(c.get("cwd") for c in emu.calls if c["path"] == "execute"
                        and c["sandbox"] == sid)  # the entry runs from the uploaded directory

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker import config, observability
+from worker import celery_compat, config, observability
 from worker.settings import settings
 
 observability.install()  # Sentry, JSON logs, metrics: Celery signals, inert unless configured
@@ -35,6 +35,9 @@ SCHEDULE_GRACE = settings.schedule_grace
 # point (dispatcher/scheduling.py), and worker/ never imports dispatcher/.
 app = Celery("dream_foundry", include=["worker.tasks", "worker.maintenance", "worker.store.hooks",
                                        "dispatcher.scheduling"])
+
+# A Redis result backend that stores a state in one round trip (worker/celery_compat.py).
+app.loader.override_backends = dict(celery_compat.BACKEND_OVERRIDES)
 
 _broker = config.broker_url()
 _backend = config.result_backend_url()
@@ -86,6 +89,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     worker_send_task_events=True,
+    # Task events leave a worker once per FORGE_EVENT_WINDOW_MS, many to a message
+    # (worker/celery_compat.py), not one Redis PUBLISH per event.
+    worker_consumer=celery_compat.CONSUMER,
     task_send_sent_event=True,
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,

@@ -22,6 +22,12 @@ kombu 5.7.
    in bulk or once, without the backend's retry loop.
 8. :func:`install_success_summary`: Celery's per-task success line (``LOG_SUCCESS`` of
    ``celery.app.trace``) with the return value swapped for a summary.
+9. ``OneTripRedisBackend`` (:data:`BACKEND_OVERRIDES`): Celery's Redis result backend
+   storing a state in one round trip; Celery reads the stored state back before every
+   write (``BaseKeyValueStoreBackend._store_result``) to never overwrite a SUCCESS.
+10. ``WindowedEventsConsumer`` (:data:`CONSUMER`): the worker's consumer sending the task
+   events it buffers (``Consumer.on_send_event_buffered``) once per window, not once per
+   event-loop turn.
 """
 
 from __future__ import annotations
@@ -312,3 +318,137 @@ def install_success_summary(summarize: Callable[[Any], str], missing: str) -> No
 
     task_success.connect(remember, weak=False)
     logging.getLogger(TRACE_LOGGER).addFilter(_SuccessSummary(trace.LOG_SUCCESS, missing))
+
+
+# -- 9. one round trip per stored state -----------------------------------------------------
+
+# Celery stores a state as GET (is it SUCCESS already?), then SET + PUBLISH: two round
+# trips and a decode of the old state, on every PROGRESS and SUCCESS of every candidate.
+# The same rule, checked inside Redis: a SUCCESS already stored is never overwritten, and
+# the check and the write cannot interleave with another delivery's (atomic, where
+# Celery's read-then-write is not).
+_STORE_UNLESS_SUCCEEDED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Celery picks a result backend class by the URL's scheme; the loader's
+# ``override_backends`` maps a scheme to another class (worker/app.py sets it).
+BACKEND_OVERRIDES = {scheme: f"{__name__}:OneTripRedisBackend" for scheme in ("redis", "rediss")}
+
+
+def _one_trip_backend() -> type:
+    # start-up: the Redis backend (and redis-py), only when a Redis result backend is made
+    from celery import states
+    from celery.backends.base import BackendStoreError
+    from celery.backends.redis import RedisBackend
+    from kombu.utils.encoding import bytes_to_str
+
+    class OneTripRedisBackend(RedisBackend):
+        """Celery's Redis result backend; a state is stored by one script call."""
+
+        _script = None
+
+        def _store_result(self, task_id, result, state, traceback=None, request=None,
+                          **kwargs):
+            if self.serializer != "json" or self.compression:  # the script reads JSON
+                return super()._store_result(task_id, result, state, traceback, request,
+                                             **kwargs)
+            meta = self._get_result_meta(result=result, state=state, traceback=traceback,
+                                         request=request)
+            meta["task_id"] = bytes_to_str(task_id)
+            value = self.encode(meta)
+            if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+                raise BackendStoreError("value too large for Redis backend", state=state,
+                                        task_id=task_id)
+            expires = self.failure_expires if state == states.FAILURE else self.expires
+            self.ensure(self._store_unless_succeeded,
+                        (self.get_key_for_task(task_id), value, expires))
+            return result
+
+        def _store_unless_succeeded(self, key, value, expires) -> int:
+            if self._script is None:  # redis-py loads it again after a Redis restart
+                self._script = self.client.register_script(_STORE_UNLESS_SUCCEEDED)
+            return self._script(keys=[key], args=[value, int(expires or 0)])
+
+    OneTripRedisBackend.__qualname__ = "OneTripRedisBackend"  # as Celery names it
+    return OneTripRedisBackend
+
+
+# -- 10. task events sent once per window ----------------------------------------------------
+
+# Celery's worker buffers task events and sends what it holds on the next turn of its
+# event loop: received, started and succeeded of one task arrive on different turns, so
+# each becomes its own Redis PUBLISH (a message built, a round trip) from the worker's main
+# process. Sent once per window instead, a busy worker sends one message for many events;
+# Flower sees them up to the window later. The window is armed on the loop thread (a
+# threads pool sends events from its own threads: ``call_soon`` is the hub's thread-safe
+# door) and flushed when the consumer shuts down, so a stopping worker loses none.
+CONSUMER = f"{__name__}:WindowedEventsConsumer"
+
+
+def _windowed_consumer() -> type:
+    # start-up: the worker's consumer, only in a worker
+    import time
+
+    from celery.worker.consumer import Consumer
+    from vine import promise
+
+    from worker.settings import settings
+
+    class WindowedEventsConsumer(Consumer):
+        """Celery's consumer; buffered task events leave once per window."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.event_window = settings.event_window_ms / 1000
+            self._armed_at: float | None = None
+            self._arm_promise = promise(self._arm_window)
+
+        def on_send_event_buffered(self) -> None:
+            if not self.hub or not self.event_window:
+                return super().on_send_event_buffered()
+            if self._armed_at is None:  # read without the loop: at worst armed twice
+                self.hub.call_soon(self._arm_promise)
+
+        def _arm_window(self) -> None:
+            now = time.monotonic()
+            # A window armed long ago whose timer a reconnect dropped is armed again.
+            if self._armed_at is not None and now - self._armed_at < 10 * self.event_window:
+                return
+            self._armed_at = now
+            self.hub.call_later(self.event_window, self._close_window)
+
+        def _close_window(self) -> None:
+            self._armed_at = None
+            self._flush_events()
+
+        def shutdown(self) -> None:
+            self._flush_events()  # what the window still holds
+            super().shutdown()
+
+    WindowedEventsConsumer.__qualname__ = "WindowedEventsConsumer"
+    return WindowedEventsConsumer
+
+
+_LAZY = {"OneTripRedisBackend": _one_trip_backend, "WindowedEventsConsumer": _windowed_consumer}
+
+
+def __getattr__(name: str) -> Any:
+    """The classes above are built on first use, by name (Celery imports them by string):
+    importing this module loads no Celery."""
+    build = _LAZY.get(name)
+    if build is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = globals()[name] = build()
+    return cls

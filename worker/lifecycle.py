@@ -10,6 +10,7 @@ its callback.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shlex
@@ -17,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from worker import observability, trace
 from worker.bundles import ARCHIVE_NAME, UNPACK, BundleError
@@ -74,6 +76,24 @@ def install_command(task: CandidateTask) -> list[str] | None:
         return None
     return ["python3", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
             "--no-input", *wanted]
+
+
+NOT_HANDLED = 3  # worker/local_wheels.py: "not only plain local wheels, let pip do it"
+
+
+@functools.cache
+def local_wheels_source() -> str:
+    """The program that installs a project's own pure wheels without pip (it runs in the
+    sandbox, so it travels as source)."""
+    return (Path(__file__).parent / "local_wheels.py").read_text(encoding="utf-8")
+
+
+def local_wheels_command(task: CandidateTask) -> list[str] | None:
+    """The quick install, when the requirements are only the project's requirements file
+    (which may list nothing but its own wheels); None when pip is needed anyway."""
+    if task.project is None or not task.project.requirements_file or task.requirements:
+        return None
+    return ["python3", "-I", "-c", local_wheels_source(), task.project.requirements_file]
 
 
 def output_tail(text: str, lines: int = 6, chars: int = 1200) -> str:
@@ -229,7 +249,13 @@ def run_lifecycle(
         if pip is not None:
             shown = " ".join(pip[pip.index("--no-input") + 1:])
             log(f"[{label}] Installing Dependencies: {shown}")
-            install = sandbox.exec(pip, task.install_timeout, task.limits.output_bytes)
+            wheels = local_wheels_command(task)
+            install = sandbox.exec(wheels, task.install_timeout, task.limits.output_bytes) \
+                if wheels else None
+            if install is None or (install.exit_code == NOT_HANDLED and not install.timed_out):
+                install = sandbox.exec(pip, task.install_timeout, task.limits.output_bytes)
+            else:
+                log(f"[{label}] Only the project's own pure wheels: installed without pip")
             phase("install")  # its own phase, and not the candidate's time (runtime_seconds)
             if install.timed_out or install.exit_code != 0:
                 result.output = install.output

@@ -185,6 +185,9 @@ class Settings:
                                     "being stopped lets running candidates finish", whole())
     progress_interval_ms = Setting("FORGE_PROGRESS_INTERVAL_MS", 250, "Milliseconds "
                                    "between a running candidate's progress writes", whole())
+    event_window_ms = Setting("FORGE_EVENT_WINDOW_MS", 100, "Milliseconds a worker gathers "
+                              "task events (for Flower) into one message; 0: one message "
+                              "per event-loop turn, as Celery does", whole(0))
     broker_grace = Setting("FORGE_BROKER_GRACE", 60, "Seconds `forge run` keeps waiting "
                            "while the broker or result backend is unreachable", whole())
     fanout_grace = Setting("FORGE_FANOUT_GRACE", 60, "Seconds a run may stay "
