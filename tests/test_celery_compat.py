@@ -477,7 +477,8 @@ def test_a_stopping_worker_sends_the_events_its_window_still_holds(redis_server,
     worker = CeleryWorker(env, "held", tmp_path, concurrency=1).start()
     feed = EventFeed(redis_server)
     try:
-        meta = publish_task(redis_server, "worker.maintenance.reap_sandboxes", kwargs={"dry_run": True})
+        meta = publish_task(redis_server, "worker.maintenance.reap_sandboxes",
+                            kwargs={"dry_run": True})
         assert meta["status"] == "SUCCESS"
         feed.read(lambda: False, timeout=1.0)
         assert feed.events("task-succeeded") == []  # held by the window (a minute long)
