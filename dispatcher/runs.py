@@ -12,6 +12,7 @@ re-plans a run from it. Embedded runs live and die with their process: no record
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from dispatcher.request import RunRequest
 from worker import celery_compat, config, keys, states
 from worker.records import CandidateResult, RunSpec, unit_name
 from worker.settings import settings
+
+logger = logging.getLogger("dream_foundry")
 
 # How long a record may stay "publishing" before its fan-out counts as cut short.
 # Publishing N tasks takes about a millisecond each; the default is very generous.
@@ -123,10 +126,18 @@ def before_publish(app, plan) -> RunRecord | None:
 
 
 def after_publish(app, record: RunRecord | None) -> None:
+    """Mark the record ``published``. Every task is out by now: if the result backend is
+    gone this moment, the run goes on (its wait meets the outage with the broker grace)
+    and the record keeps saying ``publishing``, which `forge status` reports as possibly
+    cut short and `forge resume` completes without running anything twice."""
     if record is None:
         return
     record.status, record.published_at = "published", time.time()
-    save(app, record)
+    try:
+        save(app, record)
+    except Exception as exc:  # noqa: BLE001 - redis-py raises several kinds
+        logger.warning("run %s: every task is published, but its record could not be marked "
+                       "published (%s: %s)", record.run_id, type(exc).__name__, exc)
 
 
 def task_metas(app, task_ids: list[str]) -> dict[str, dict[str, Any]]:

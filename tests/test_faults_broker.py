@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 
-from tests.procs import RedisServer, forge_env
+from tests.procs import ROOT, RedisServer, forge_env
 from tests.test_faults import (
     FAST,
     assert_once,
@@ -64,6 +66,36 @@ def test_broker_gone_for_good_is_a_clear_error_in_bounded_time(redis_server, art
     assert "lost the result backend for over 3s" in text
     assert "forge status" in text and "Traceback" not in text
     assert waited < 45, waited
+
+
+# `forge run`, with Redis killed the moment every task is out, before the run record is
+# marked published (the only window the test above cannot reach by timing).
+KILL_AFTER_PUBLISH = """
+import os, signal, sys
+from dispatcher import cli, runs
+real = runs.after_publish
+def killing(app, record):
+    os.kill(int(sys.argv[1]), signal.SIGKILL)
+    real(app, record)
+runs.after_publish = killing
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_broker_gone_right_after_publishing_is_the_same_clear_error(redis_server, artifacts,
+                                                                     tmp_path):
+    env = forge_env(redis_server.url, artifacts, FORGE_BROKER_GRACE="3", **FAST)
+    manifest = sleepers_with(tmp_path / "c", 2, 1.0)
+    done = subprocess.run([sys.executable, "-c", KILL_AFTER_PUBLISH, str(redis_server.proc.pid),
+                           "run", "--candidates", str(manifest), "--run-id", "cut",
+                           "--no-post"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=90)
+    text = done.stdout + done.stderr
+    assert redis_server.proc.wait(10) is not None  # the positive control: it did die there
+    assert done.returncode == 2, text[-3000:]
+    assert "every task is published, but its record could not be marked published" in text
+    assert "lost the result backend for over 3s" in text
+    assert "Traceback" not in text
 
 
 EXPIRES = 5 * 24 * 3600  # neither Celery's default (1 day) nor the forge's (7 days)
