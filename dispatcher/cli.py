@@ -24,7 +24,6 @@ from dispatcher.manifest import ManifestError
 from dispatcher.request import RunRequest
 from dispatcher.runs import status_pending
 from worker import config, observability, trace
-from worker.discord import post_winner
 from worker.records import DEFAULT_OBJECTIVE
 from worker.rundir import SUMMARY, list_runs, read_summary
 from worker.validation import (
@@ -305,6 +304,10 @@ def cmd_post(args: argparse.Namespace) -> int:
     if url is None:
         return _err("DISCORD_WEBHOOK_URL is not set (or is a placeholder); set it in .env")
     run_dir = contained(root, run_id)
+    # start-up: urllib.request, http.client and ssl, off `forge run`'s path (its chord
+    # body loads them while the candidates execute)
+    from worker.discord import post_winner
+
     record = post_winner(result, run_dir, url, force=True)
     from worker.store.hooks import record_run_dir  # start-up: Celery
 
