@@ -439,10 +439,12 @@ class EventFeed:
         self.pubsub.close()
 
 
-def _events_run(redis_server, tmp_path, window_ms: int, n: int = 12) -> EventFeed:
-    env = forge_env(redis_server.url, tmp_path / f"artifacts{window_ms}",
+def _events_run(redis_server, tmp_path, window_ms: int, n: int = 12,
+                pool: str = "prefork") -> EventFeed:
+    env = forge_env(redis_server.url, tmp_path / f"artifacts{window_ms}{pool}",
                     FORGE_EVENT_WINDOW_MS=str(window_ms))
-    worker = CeleryWorker(env, f"ev{window_ms}", tmp_path, concurrency=4).start()
+    worker = CeleryWorker(env, f"ev{window_ms}{pool}", tmp_path, concurrency=4,
+                          pool=pool).start()
     feed = EventFeed(redis_server)
     try:
         time.sleep(0.2)
@@ -469,6 +471,10 @@ def test_task_events_leave_a_worker_many_to_a_message(redis_server, tmp_path):
     assert len(windowed.messages) * 2 <= 3 * n, [len(m) for m in windowed.messages]
     assert len(per_turn.messages) > len(windowed.messages), \
         ([len(m) for m in per_turn.messages], [len(m) for m in windowed.messages])
+    # A threads pool (Daytona's) sends events from its own threads: the window is armed
+    # through the hub's thread-safe door, and again nothing is lost.
+    threads = _events_run(redis_server, tmp_path, 200, n, pool="threads")
+    assert len(threads.messages) * 2 <= 3 * n, [len(m) for m in threads.messages]
 
 
 @pytest.mark.processes
