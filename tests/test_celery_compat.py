@@ -495,3 +495,42 @@ def test_a_stopping_worker_sends_the_events_its_window_still_holds(redis_server,
     finally:
         worker.stop()
         feed.close()
+
+
+def test_a_window_whose_timer_was_dropped_is_armed_again():
+    """On a real kombu hub: a window opens on the first buffered event and closes (one
+    flush) after it; a window whose timer a reconnect dropped is armed again by the next
+    event instead of holding every event until the worker stops."""
+    from kombu.asynchronous import Hub
+    from vine import promise
+
+    cls = compat.WindowedEventsConsumer
+    hub = Hub()
+    flushes: list[float] = []
+    consumer = cls.__new__(cls)  # the window's own state only: no broker, no blueprint
+    consumer.hub, consumer.event_window, consumer._armed_at = hub, 0.05, None
+    consumer._arm_promise = promise(consumer._arm_window)
+    consumer._flush_events = lambda: flushes.append(time.monotonic())
+
+    def turn_until(done, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            hub.run_once()
+
+    try:
+        for _ in range(5):  # five events inside one window: one flush
+            consumer.on_send_event_buffered()
+        turn_until(lambda: flushes)
+        time.sleep(0.1)
+        hub.run_once()
+        assert len(flushes) == 1
+        consumer.on_send_event_buffered()  # the next window...
+        hub.run_once()
+        assert consumer._armed_at is not None
+        hub.timer.clear()  # ...loses its timer, as a reconnect's reset does
+        consumer._armed_at -= 1.0  # long past its window
+        consumer.on_send_event_buffered()
+        turn_until(lambda: len(flushes) == 2)
+        assert len(flushes) == 2
+    finally:
+        hub.close()

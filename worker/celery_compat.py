@@ -418,15 +418,20 @@ def _windowed_consumer() -> type:
         def on_send_event_buffered(self) -> None:
             if not self.hub or not self.event_window:
                 return super().on_send_event_buffered()
-            if self._armed_at is None:  # read without the loop: at worst armed twice
+            if not self._armed():  # read without the loop: at worst armed twice
                 self.hub.call_soon(self._arm_promise)
 
+        def _armed(self) -> bool:
+            """A window is open. One armed long ago (a reconnect dropped its timer) is
+            not: it is armed again rather than holding events until shutdown."""
+            armed_at = self._armed_at
+            return armed_at is not None and \
+                time.monotonic() - armed_at < 10 * self.event_window
+
         def _arm_window(self) -> None:
-            now = time.monotonic()
-            # A window armed long ago whose timer a reconnect dropped is armed again.
-            if self._armed_at is not None and now - self._armed_at < 10 * self.event_window:
+            if self._armed():
                 return
-            self._armed_at = now
+            self._armed_at = time.monotonic()
             self.hub.call_later(self.event_window, self._close_window)
 
         def _close_window(self) -> None:
