@@ -14,6 +14,7 @@ import pytest
 from tests.test_projects import tiny_wheel
 from worker import lifecycle, local_wheels
 from worker.local_wheels import NOT_HANDLED
+from worker.sandbox.local import wheels
 
 
 def wheel(name: str = "tinydep", *, extra: dict[str, bytes] | None = None,
@@ -143,3 +144,103 @@ def test_the_lifecycle_tries_it_only_for_a_project_requirements_file(tmp_path):
     assert command[3] == Path(local_wheels.__file__).read_text()
     assert lifecycle.local_wheels_command(replace(task, requirements=["rich"])) is None
     assert lifecycle.install_command(replace(task, requirements=["rich"]))[-1] == "rich"
+
+
+# -- from the host, into a local sandbox (worker/sandbox/local/wheels.py) -------------------
+
+
+@pytest.fixture
+def host(tmp_path: Path):
+    """A sandbox's work directory holding a project, and its empty site-packages."""
+    work, site = tmp_path / "work", tmp_path / "python" / "site"
+    (work / "wheels").mkdir(parents=True)
+    site.mkdir(parents=True)
+    return work, site
+
+
+def test_the_host_installs_a_pure_wheel_owned_by_the_sandbox_user(host):
+    work, site = host
+    name, data = tiny_wheel()
+    write(work, f"./wheels/{name}\n", **{name: data})
+    uid = 1_800_000_123 if os.geteuid() == 0 else None
+    lines = wheels.install_own_wheels(str(work), "requirements.txt", str(site), uid)
+    assert lines == [f"Installed tinydep-1.0 from ./wheels/{name}"]
+    assert (site / "tinydep.py").read_text() == "VALUE = 42\n"
+    assert (site / "tinydep-1.0.dist-info" / "INSTALLER").read_text() == "dream-foundry\n"
+    if uid is not None:
+        owners = {p.stat().st_uid for p in site.rglob("*")}
+        assert owners == {uid}
+
+
+def test_the_host_follows_no_link_of_the_project(host, tmp_path):
+    """A requirements file, a wheel, or a directory on the way that is a link (even one
+    staying inside) is left to pip in the sandbox: nothing is read through it."""
+    work, site = host
+    name, data = tiny_wheel()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / name).write_bytes(data)
+    (outside / "requirements.txt").write_text(f"./wheels/{name}\n")
+    cases = {
+        "requirements link": lambda: (work / "requirements.txt").symlink_to(
+            outside / "requirements.txt"),
+        "wheel link": lambda: ((work / "requirements.txt").write_text(f"./wheels/{name}\n"),
+                               (work / "wheels" / name).symlink_to(outside / name)),
+        "directory link": lambda: ((work / "requirements.txt").write_text(f"./w2/{name}\n"),
+                                   (work / "w2").symlink_to(outside)),
+    }
+    def clear() -> None:
+        for p in [*work.iterdir(), *(work / "wheels").iterdir()]:
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+
+    for label, make in cases.items():
+        clear()
+        make()
+        assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None) \
+            is None, label
+        assert list(site.iterdir()) == [], label
+    # The positive control: the same files, not through links, install.
+    clear()
+    write(work, f"./wheels/{name}\n", **{name: data})
+    assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None)
+
+
+def test_the_host_leaves_large_or_unlisted_wheels_to_pip(host, monkeypatch):
+    work, site = host
+    write(work, "./wheels/tinydep-1.0-py3-none-any.whl\n",
+          **{"tinydep-1.0-py3-none-any.whl": wheel(extra={"big.bin": b"x" * 4096})})
+    monkeypatch.setattr(wheels, "MAX_BYTES", 4000)
+    assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None) is None
+    monkeypatch.setattr(wheels, "MAX_BYTES", 1 << 20)
+    (work / "requirements.txt").write_text("tinydep==1.0\n")
+    assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None) is None
+    (work / "requirements.txt").unlink()
+    assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None) is None
+    assert list(site.iterdir()) == []
+    write(work, "./wheels/tinydep-1.0-py3-none-any.whl\n")
+    assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None)
+
+
+def test_a_wheel_lying_about_a_member_is_a_failed_install_not_a_crash(host, tmp_path):
+    """A member whose data does not match its header: the local sandbox reports a failed
+    install (exit 1, the reason), as pip would fail; nothing raises into the lifecycle."""
+    from worker.records import Limits
+    from worker.sandbox.base import SandboxRequest
+    from worker.sandbox.local.sandbox import LocalSandbox
+
+    data = bytearray(wheel())
+    at = data.index(b"VALUE = 42")
+    data[at:at + 5] = b"EVIL!"  # stored uncompressed: the CRC no longer matches
+    (tmp_path / "root").mkdir()
+    sandbox = LocalSandbox(SandboxRequest(run_id="r", candidate_id="w", timeout=5,
+                                          network=False, env={}, limits=Limits()),
+                           str(tmp_path / "root"), "/sandbox")
+    try:
+        (Path(sandbox.host_workdir) / "wheels").mkdir()
+        write(Path(sandbox.host_workdir), "./wheels/tinydep-1.0-py3-none-any.whl\n",
+              **{"tinydep-1.0-py3-none-any.whl": bytes(data)})
+        got = sandbox.install_own_wheels("requirements.txt", 5)
+        assert got is not None and got.exit_code == 1 and "CRC" in got.output, got
+    finally:
+        sandbox.cgroups.remove()

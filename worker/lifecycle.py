@@ -249,10 +249,8 @@ def run_lifecycle(
         if pip is not None:
             shown = " ".join(pip[pip.index("--no-input") + 1:])
             log(f"[{label}] Installing Dependencies: {shown}")
-            wheels = local_wheels_command(task)
-            install = sandbox.exec(wheels, task.install_timeout, task.limits.output_bytes) \
-                if wheels else None
-            if install is None or (install.exit_code == NOT_HANDLED and not install.timed_out):
+            install = _own_wheels(sandbox, task)
+            if install is None:
                 install = sandbox.exec(pip, task.install_timeout, task.limits.output_bytes)
             else:
                 log(f"[{label}] Only the project's own pure wheels: installed without pip")
@@ -333,6 +331,21 @@ def run_lifecycle(
         result.finished_at = _now()
         if result.success:
             log(f"[Done] {result.runtime_seconds:.2f}s")
+
+
+def _own_wheels(sandbox, task: CandidateTask):
+    """The install of a project whose requirements are only its own pure wheels, done
+    without pip (worker/local_wheels.py): from the host where the sandbox can write its
+    files itself (``install_own_wheels``: local sandboxes), else by that program in the
+    sandbox. None when pip must install the requirements."""
+    command = local_wheels_command(task)
+    if command is None:
+        return None
+    own = getattr(sandbox, "install_own_wheels", None)
+    if own is not None:
+        return own(task.project.requirements_file, task.install_timeout)
+    ran = sandbox.exec(command, task.install_timeout, task.limits.output_bytes)
+    return None if ran.exit_code == NOT_HANDLED and not ran.timed_out else ran
 
 
 def _unpack(sandbox, task: CandidateTask, archive: bytes):

@@ -24,24 +24,33 @@ INSTALLER = "dream-foundry"
 _S_IFMT, _S_IFLNK = 0o170000, 0o120000
 
 
-def wheel_paths(requirement_files: list[str]) -> list[str] | None:
-    """The wheel files the requirements name, or None unless every requirement is a
+def parse(text: str) -> list[str] | None:
+    """The wheel files a requirements file names, or None unless every requirement is a
     plain relative path to a ``.whl`` (no options, markers, extras, URLs or variables)."""
+    paths: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if (not line.endswith(".whl") or line.startswith(("-", "/")) or ":" in line
+                or any(c in line for c in " \t;[]$@#\\") or ".." in line.split("/")):
+            return None
+        paths.append(line)
+    return paths or None
+
+
+def wheel_paths(requirement_files: list[str]) -> list[str] | None:
+    """``parse`` of every file (relative to the working directory, as pip reads them)."""
     paths: list[str] = []
     for name in requirement_files:
         try:
             with open(name, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
+                found = parse(fh.read())
         except (OSError, UnicodeDecodeError):
             return None
-        for raw in lines:
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if (not line.endswith(".whl") or line.startswith(("-", "/")) or ":" in line
-                    or any(c in line for c in " \t;[]$@#\\") or ".." in line.split("/")):
-                return None
-            paths.append(line)
+        if found is None:
+            return None
+        paths += found
     return paths or None
 
 
@@ -53,13 +62,17 @@ def _pure_tag(tag: str) -> bool:
     return bool(mine & set(parts[0].split(".")))
 
 
-def plan(path: str, site: str) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo], str] | None:
-    """(the open wheel, the files to extract, its .dist-info) when it qualifies."""
+def plan(source, site: str, max_bytes: int | None = None
+         ) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo], str] | None:
+    """(the open wheel, the files to extract, its .dist-info) when it qualifies.
+    ``source``: a path or a binary file; ``max_bytes``: a cap on its files' total size."""
     try:
-        wheel = zipfile.ZipFile(path)
+        wheel = zipfile.ZipFile(source)
     except (OSError, zipfile.BadZipFile):
         return None
     files = [i for i in wheel.infolist() if not i.is_dir()]
+    if max_bytes is not None and sum(i.file_size for i in files) > max_bytes:
+        return None
     tops = {i.filename.split("/", 1)[0] for i in files}
     infos = [t for t in tops if t.endswith(".dist-info")]
     if len(infos) != 1 or any(t.endswith(".data") for t in tops):
@@ -79,37 +92,67 @@ def plan(path: str, site: str) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo], 
         return None
     for i in files:
         name = i.filename
-        if (name.startswith("/") or "\\" in name or ".." in name.split("/")
+        if (not name or "\x00" in name or name.startswith("/") or "\\" in name
+                or any(p in ("", ".", "..") for p in name.split("/"))
                 or (i.external_attr >> 16) & _S_IFMT == _S_IFLNK
                 or os.path.lexists(os.path.join(site, name))):
             return None
     return wheel, files, info
 
 
-def install(wheel: zipfile.ZipFile, files: list[zipfile.ZipInfo], info: str, site: str) -> None:
+def disjoint(planned: list) -> bool:
+    """No wheel twice, and no two wheels writing one file."""
+    names: set[str] = set()
+    for _wheel, files, info in planned:
+        if info in names or names & {i.filename for i in files}:
+            return False
+        names |= {info, *(i.filename for i in files)}
+    return True
+
+
+def _directory(site: str, rel: str, uid: int | None) -> None:
+    """``site/rel``, made one level at a time (each new level owned by ``uid``)."""
+    path = site
+    for part in filter(None, rel.split("/")):
+        path = os.path.join(path, part)
+        if not os.path.isdir(path):
+            os.mkdir(path, 0o755)
+            if uid is not None:
+                os.chown(path, uid, uid)
+
+
+def install(wheel: zipfile.ZipFile, files: list[zipfile.ZipInfo], info: str, site: str,
+            uid: int | None = None) -> None:
+    """Extract ``files`` into ``site`` (new files only, each no larger than the wheel says,
+    owned by ``uid``), then record who installed them."""
     for i in files:
-        dest = os.path.join(site, i.filename)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with wheel.open(i) as src, open(dest, "xb") as out:
+        _directory(site, os.path.dirname(i.filename), uid)
+        fd = os.open(os.path.join(site, i.filename),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with wheel.open(i) as src, os.fdopen(fd, "wb") as out:
+            if uid is not None:
+                os.fchown(fd, uid, uid)
+            left = i.file_size
             while chunk := src.read(1 << 16):
+                left -= len(chunk)
+                if left < 0:
+                    raise OSError(f"{i.filename}: larger than the wheel says")
                 out.write(chunk)
-    with open(os.path.join(site, info, "INSTALLER"), "w", encoding="utf-8") as fh:
-        fh.write(INSTALLER + "\n")
-    with open(os.path.join(site, info, "RECORD"), "a", encoding="utf-8") as fh:
-        fh.write(f"{info}/INSTALLER,,\n")
+    for name, line in (("INSTALLER", INSTALLER + "\n"), ("RECORD", f"{info}/INSTALLER,,\n")):
+        path = os.path.join(site, info, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            if uid is not None:
+                os.fchown(fd, uid, uid)
+            fh.write(line)
 
 
 def main(argv: list[str]) -> int:
     site = sysconfig.get_paths()["purelib"]
     paths = wheel_paths(argv)
     planned = [plan(p, site) for p in paths] if paths else [None]
-    if any(p is None for p in planned):
+    if any(p is None for p in planned) or not disjoint(planned):
         return NOT_HANDLED
-    names = set()
-    for _wheel, files, info in planned:
-        if info in names or names & {i.filename for i in files}:
-            return NOT_HANDLED  # the same wheel twice, or two writing one file
-        names |= {info, *(i.filename for i in files)}
     for (wheel, files, info), path in zip(planned, paths, strict=True):
         install(wheel, files, info, site)
         print(f"Installed {info.removesuffix('.dist-info')} from {path}")

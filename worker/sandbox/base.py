@@ -148,6 +148,9 @@ class Sandbox(Protocol):
     # Optional: ``unpack(archive, workdir, timeout)`` writes a project bundle (a tar) into
     # the work directory directly, raising SandboxError. Without it the lifecycle uploads
     # the tar and has the sandbox's python3 unpack it (worker.lifecycle._unpack).
+    # Optional: ``install_own_wheels(requirements_file, timeout)`` installs a project's
+    # own pure wheels from the host, returning an ExecResult, or None when pip must
+    # (worker.lifecycle._own_wheels); without it worker/local_wheels.py runs in the sandbox.
 
 
 class Reservation(Protocol):

@@ -21,7 +21,8 @@ from worker.sandbox.base import Download, ExecResult, Phase, SandboxError, Sandb
 from worker.sandbox.capture import TailBuffer
 from worker.sandbox.local import untar
 from worker.sandbox.local.cgroups import ALL_CONTROLLERS, Cgroups
-from worker.sandbox.local.pyenv import base_pip_dir, make_python_env
+from worker.sandbox.local.pyenv import base_pip_dir, make_python_env, python_env_files
+from worker.sandbox.local.wheels import install_own_wheels
 from worker.sandbox.visible import candidate_env
 
 MiB = 1024 * 1024
@@ -103,6 +104,23 @@ class LocalSandbox:
         except (OSError, ValueError, tarfile.TarError) as exc:
             raise SandboxError(Phase.UPLOAD, f"could not unpack the project: {exc}",
                                self.id) from exc
+
+    def install_own_wheels(self, requirements_file: str, timeout: int) -> ExecResult | None:
+        """A project's requirements when they are only its own pure wheels, installed from
+        the host (``wheels``); None when pip must install them, in the sandbox."""
+        t0 = time.monotonic()
+        site = os.path.join(self.host_python_env, python_env_files().dirs[-1])
+        try:
+            lines = install_own_wheels(self.host_workdir, requirements_file, site,
+                                       self.host_uid)
+        except Exception as exc:  # noqa: BLE001 - a hostile zip: OSError, BadZipFile, EOFError
+            return ExecResult(exit_code=1, output=f"installing the project's wheels: {exc}",
+                              timed_out=False, output_dropped_bytes=0,
+                              duration=time.monotonic() - t0)
+        if lines is None:
+            return None
+        return ExecResult(exit_code=0, output="\n".join(lines), timed_out=False,
+                          output_dropped_bytes=0, duration=time.monotonic() - t0)
 
     def download(self, path: str, max_bytes: int, timeout: int) -> Download:
         parts = self._parts(path)

@@ -1,0 +1,92 @@
+"""A project's own pure wheels, installed into a local sandbox's python environment from
+the host: no process to start (``worker.local_wheels`` applies the same rules inside a
+sandbox, for backends whose files the worker cannot write).
+
+The requirements file and the wheels are the project's files, so hostile, like the
+archive ``untar`` unpacked them from: each is opened one path component at a time with
+``O_NOFOLLOW`` (no link is followed, even one that stays inside); a wheel qualifies only
+by ``local_wheels.plan`` (plain relative member names, no links, pure, no dependencies,
+scripts or data) and under ``MAX_BYTES`` in all, counted as written; files are created
+exclusively in the environment's site-packages, which nothing has touched since the
+sandbox was made (no candidate code has run yet), and owned by the sandbox's user.
+Anything else is left to pip, in the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from worker import local_wheels
+
+MAX_BYTES = 64 * 1024 * 1024  # the wheels' files together; larger: pip, under the limits
+MAX_REQUIREMENTS = 64 * 1024
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def open_inside(root: str, rel: str) -> int | None:
+    """An fd of the regular file ``root/rel``, reached without following any link; None
+    if any component is a link, missing, or the file is not a regular one."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    try:
+        fd = os.open(root, _DIR)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        leaf = os.open(parts[-1], _FILE, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        return None
+    return leaf
+
+
+def install_own_wheels(workdir: str, requirements_file: str, site: str,
+                       uid: int | None) -> list[str] | None:
+    """Install the wheels ``requirements_file`` (in ``workdir``) lists into ``site``;
+    returns a line per wheel installed, or None (nothing written) when pip must do it.
+    Raises OSError when writing fails part-way (the install has failed)."""
+    fd = open_inside(workdir, requirements_file)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        raw = fh.read(MAX_REQUIREMENTS + 1)
+    try:
+        paths = local_wheels.parse(raw.decode("utf-8")) if len(raw) <= MAX_REQUIREMENTS \
+            else None
+    except UnicodeDecodeError:
+        return None
+    if not paths:
+        return None
+    planned, opened, left = [], [], MAX_BYTES
+    try:
+        for path in paths:
+            wheel_fd = open_inside(workdir, path)
+            if wheel_fd is None:
+                return None
+            opened.append(os.fdopen(wheel_fd, "rb"))
+            wheel = local_wheels.plan(opened[-1], site, left)
+            if wheel is None:
+                return None
+            planned.append(wheel)
+            left -= sum(i.file_size for i in wheel[1])
+        if not local_wheels.disjoint(planned):
+            return None
+        lines = []
+        for (wheel, files, info), path in zip(planned, paths, strict=True):
+            local_wheels.install(wheel, files, info, site, uid)
+            lines.append(f"Installed {info.removesuffix('.dist-info')} from {path}")
+        return lines
+    finally:
+        for fh in opened:  # a ZipFile leaves a file it was handed open
+            fh.close()
