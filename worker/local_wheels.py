@@ -7,10 +7,11 @@ symlinks, is installed by extracting each wheel into the sandbox's site-packages
 marking who installed it, as pip would leave it. Anything else exits ``NOT_HANDLED``
 and pip installs the requirements as before.
 
-This file is a program run inside the sandbox, not imported by the worker: the
-lifecycle sends its source as ``python3 -I -c <source> <requirements file>``, run in
-the project's directory as the candidate's uid, under its limits and network policy.
-Standard library only; ``-I`` keeps the project's own files off ``sys.path``.
+Where the worker cannot write a sandbox's files (Daytona), this file is the program the
+lifecycle runs there: its source as ``python3 -I -c <source> <requirements file>``, in
+the project's directory as the candidate's uid, under its limits and network policy
+(standard library only; ``-I`` keeps the project's own files off ``sys.path``). A local
+sandbox applies the same rules from the host (worker/sandbox/local/wheels.py).
 """
 
 import os
