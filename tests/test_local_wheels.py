@@ -213,6 +213,9 @@ def test_the_host_leaves_large_or_unlisted_wheels_to_pip(host, monkeypatch):
     monkeypatch.setattr(wheels, "MAX_BYTES", 4000)
     assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None) is None
     monkeypatch.setattr(wheels, "MAX_BYTES", 1 << 20)
+    monkeypatch.setattr(wheels, "MAX_FILES", 4)  # the wheel has 5 files
+    assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None) is None
+    monkeypatch.setattr(wheels, "MAX_FILES", 5)
     (work / "requirements.txt").write_text("tinydep==1.0\n")
     assert wheels.install_own_wheels(str(work), "requirements.txt", str(site), None) is None
     (work / "requirements.txt").unlink()

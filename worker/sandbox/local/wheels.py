@@ -6,9 +6,10 @@ The requirements file and the wheels are the project's files, so hostile, like t
 archive ``untar`` unpacked them from: each is opened one path component at a time with
 ``O_NOFOLLOW`` (no link is followed, even one that stays inside); a wheel qualifies only
 by ``local_wheels.plan`` (plain relative member names, no links, pure, no dependencies,
-scripts or data) and under ``MAX_BYTES`` in all, counted as written; files are created
-exclusively in the environment's site-packages, which nothing has touched since the
-sandbox was made (no candidate code has run yet), and owned by the sandbox's user.
+scripts or data), under ``MAX_BYTES`` and ``MAX_FILES`` in all, sizes counted as
+written; files are created exclusively in the environment's site-packages, which
+nothing has touched since the sandbox was made (no candidate code has run yet), and
+owned by the sandbox's user.
 Anything else is left to pip, in the sandbox.
 """
 
@@ -20,6 +21,9 @@ import stat
 from worker import local_wheels
 
 MAX_BYTES = 64 * 1024 * 1024  # the wheels' files together; larger: pip, under the limits
+# Files the host creates (in the worker's memory, outside the sandbox's cgroup: a wheel
+# of a million empty members must not cost the worker a gigabyte of inodes).
+MAX_FILES = 10_000
 MAX_REQUIREMENTS = 64 * 1024
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -68,7 +72,7 @@ def install_own_wheels(workdir: str, requirements_file: str, site: str,
         return None
     if not paths:
         return None
-    planned, opened, left = [], [], MAX_BYTES
+    planned, opened, left, files_left = [], [], MAX_BYTES, MAX_FILES
     try:
         for path in paths:
             wheel_fd = open_inside(workdir, path)
@@ -80,6 +84,9 @@ def install_own_wheels(workdir: str, requirements_file: str, site: str,
                 return None
             planned.append(wheel)
             left -= sum(i.file_size for i in wheel[1])
+            files_left -= len(wheel[1])
+            if files_left < 0:
+                return None
         if not local_wheels.disjoint(planned):
             return None
         lines = []
