@@ -183,3 +183,44 @@ def test_what_the_start_up_imports_buy():
     assert sorted(loaded & set(HEAVY)) == []
     # Positive control: a run's modules do load them.
     assert {"celery", "worker.app"} <= modules_loaded("import dispatcher.runner")
+
+
+def _module_map(text: str) -> dict[str, str]:
+    """docs/architecture.md's module map: ``package/module.py`` -> its summary."""
+    section = text[text.index("## Module map"):]
+    end = section.find("\n## ", 3)
+    entries: dict[str, str] = {}
+    package = None
+    for line in section[:end if end != -1 else None].splitlines():
+        if line.startswith("**`") and line.endswith("/`**"):
+            package = line[3:-4]
+        elif line.startswith("* `") and package and "`: " in line:
+            name, summary = line[3:].split("`: ", 1)
+            entries[f"{package}/{name}"] = summary
+    return entries
+
+
+def _summaries() -> dict[str, str]:
+    """Every module of dispatcher/ and worker/ (migrations aside) -> its docstring's
+    first paragraph, on one line."""
+    out = {}
+    for base in ("dispatcher", "worker"):
+        for path in (ROOT / base).rglob("*.py"):
+            if "versions" in path.parts:
+                continue
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+            out[str(path.relative_to(ROOT))] = " ".join(doc.strip().split("\n\n")[0].split())
+    return out
+
+
+def test_the_module_map_lists_every_module_with_its_summary():
+    documented = _module_map((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+    actual = _summaries()
+    assert sorted(set(actual) - set(documented)) == [], "modules missing from the map"
+    assert sorted(set(documented) - set(actual)) == [], "the map lists modules that are gone"
+    assert {k: v for k, v in actual.items() if documented[k] != v} == {}, \
+        "summaries that drifted from the docstrings"
+    # The positive control: a map missing one module, or with one summary changed, differs.
+    one = next(iter(documented))
+    assert _module_map("## Module map\n\n**`worker/`**\n\n* `x.py`: y\n") == {"worker/x.py": "y"}
+    assert {k: v for k, v in documented.items() if k != one} != actual
