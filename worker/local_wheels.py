@@ -101,16 +101,6 @@ def plan(source, site: str, max_bytes: int | None = None
     return wheel, files, info
 
 
-def disjoint(planned: list) -> bool:
-    """No wheel twice, and no two wheels writing one file."""
-    names: set[str] = set()
-    for _wheel, files, info in planned:
-        if info in names or names & {i.filename for i in files}:
-            return False
-        names |= {info, *(i.filename for i in files)}
-    return True
-
-
 def _directory(site: str, rel: str, uid: int | None) -> None:
     """``site/rel``, made one level at a time (each new level owned by ``uid``)."""
     path = site
@@ -148,15 +138,55 @@ def install(wheel: zipfile.ZipFile, files: list[zipfile.ZipInfo], info: str, sit
             fh.write(line)
 
 
+def install_listed(paths: list[str], open_wheel, site: str, uid: int | None = None,
+                   max_bytes: int | None = None, max_files: int | None = None
+                   ) -> list[str] | None:
+    """Install the wheels at ``paths`` (each opened by ``open_wheel(path)``: a binary
+    file, or None) into ``site``; a line per wheel, or None, with nothing written, when
+    any does not qualify, two would write one file, or together they pass ``max_bytes``
+    or ``max_files``."""
+    planned, opened, names = [], [], set()
+    try:
+        for path in paths:
+            opened.append(open_wheel(path))
+            wheel = plan(opened[-1], site, max_bytes) if opened[-1] is not None else None
+            if wheel is None:
+                return None
+            files, info = wheel[1], wheel[2]
+            if info in names or names & {i.filename for i in files}:
+                return None  # the same wheel twice, or two writing one file
+            names |= {info, *(i.filename for i in files)}
+            if max_bytes is not None:
+                max_bytes -= sum(i.file_size for i in files)
+            if max_files is not None:
+                max_files -= len(files)
+                if max_files < 0:
+                    return None
+            planned.append(wheel)
+        lines = []
+        for (wheel, files, info), path in zip(planned, paths, strict=True):
+            install(wheel, files, info, site, uid)
+            lines.append(f"Installed {info.removesuffix('.dist-info')} from {path}")
+        return lines
+    finally:
+        for fh in opened:  # a ZipFile leaves a file it was handed open
+            if fh is not None:
+                fh.close()
+
+
+def _open(path: str):
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by install_listed
+    except OSError:
+        return None
+
+
 def main(argv: list[str]) -> int:
-    site = sysconfig.get_paths()["purelib"]
     paths = wheel_paths(argv)
-    planned = [plan(p, site) for p in paths] if paths else [None]
-    if any(p is None for p in planned) or not disjoint(planned):
+    lines = install_listed(paths, _open, sysconfig.get_paths()["purelib"]) if paths else None
+    if lines is None:
         return NOT_HANDLED
-    for (wheel, files, info), path in zip(planned, paths, strict=True):
-        install(wheel, files, info, site)
-        print(f"Installed {info.removesuffix('.dist-info')} from {path}")
+    print("\n".join(lines))
     return 0
 
 

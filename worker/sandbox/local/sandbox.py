@@ -22,7 +22,7 @@ from worker.sandbox.capture import TailBuffer
 from worker.sandbox.local import untar
 from worker.sandbox.local.cgroups import ALL_CONTROLLERS, Cgroups
 from worker.sandbox.local.pyenv import base_pip_dir, make_python_env, python_env_files
-from worker.sandbox.local.wheels import install_own_wheels
+from worker.sandbox.local.wheels import install_own_wheels, open_parent
 from worker.sandbox.visible import candidate_env
 
 MiB = 1024 * 1024
@@ -67,16 +67,7 @@ class LocalSandbox:
 
     def _open_parent(self, parts: list[str]) -> int:
         """An fd of the directory holding ``parts[-1]``; no component may be a symlink."""
-        fd = os.open(self.host_workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            for part in parts[:-1]:
-                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = nxt
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return open_parent(self.host_workdir, parts)
 
     def upload(self, content: bytes, path: str, timeout: int) -> None:
         parts = self._parts(path)

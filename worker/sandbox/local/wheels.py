@@ -29,6 +29,21 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
+def open_parent(root: str, parts: list[str]) -> int:
+    """An fd of the directory ``root/parts[:-1]``; raises OSError if any component is a
+    link or not a directory (the local sandbox's uploads and downloads use it too)."""
+    fd = os.open(root, _DIR)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_inside(root: str, rel: str) -> int | None:
     """An fd of the regular file ``root/rel``, reached without following any link; None
     if any component is a link, missing, or the file is not a regular one."""
@@ -36,14 +51,10 @@ def open_inside(root: str, rel: str) -> int | None:
     if not parts or ".." in parts:
         return None
     try:
-        fd = os.open(root, _DIR)
+        fd = open_parent(root, parts)
     except OSError:
         return None
     try:
-        for part in parts[:-1]:
-            nxt = os.open(part, _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
         leaf = os.open(parts[-1], _FILE, dir_fd=fd)
     except OSError:
         return None
@@ -53,6 +64,13 @@ def open_inside(root: str, rel: str) -> int | None:
         os.close(leaf)
         return None
     return leaf
+
+
+def _open_wheel(workdir: str):
+    def opener(path: str):
+        fd = open_inside(workdir, path)
+        return None if fd is None else os.fdopen(fd, "rb")
+    return opener
 
 
 def install_own_wheels(workdir: str, requirements_file: str, site: str,
@@ -72,28 +90,5 @@ def install_own_wheels(workdir: str, requirements_file: str, site: str,
         return None
     if not paths:
         return None
-    planned, opened, left, files_left = [], [], MAX_BYTES, MAX_FILES
-    try:
-        for path in paths:
-            wheel_fd = open_inside(workdir, path)
-            if wheel_fd is None:
-                return None
-            opened.append(os.fdopen(wheel_fd, "rb"))
-            wheel = local_wheels.plan(opened[-1], site, left)
-            if wheel is None:
-                return None
-            planned.append(wheel)
-            left -= sum(i.file_size for i in wheel[1])
-            files_left -= len(wheel[1])
-            if files_left < 0:
-                return None
-        if not local_wheels.disjoint(planned):
-            return None
-        lines = []
-        for (wheel, files, info), path in zip(planned, paths, strict=True):
-            local_wheels.install(wheel, files, info, site, uid)
-            lines.append(f"Installed {info.removesuffix('.dist-info')} from {path}")
-        return lines
-    finally:
-        for fh in opened:  # a ZipFile leaves a file it was handed open
-            fh.close()
+    return local_wheels.install_listed(paths, _open_wheel(workdir), site, uid,
+                                       MAX_BYTES, MAX_FILES)
