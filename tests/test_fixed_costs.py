@@ -139,3 +139,30 @@ def test_the_trace_module_is_inert_without_its_variable(tmp_path):
         text=True, timeout=60)
     assert done.stdout.strip() == "True"
     assert Path(path).read_text().split(" ")[2] == "x\n"
+
+
+# What the chord body imports itself (worker.rundir comes with worker.tasks).
+BODY_MODULES = ("worker.judge.events", "worker.judge.scoring", "worker.standings",
+                "worker.report", "worker.discord")
+WORKER_INIT = """
+import json, sys
+from celery.signals import worker_init
+from worker.app import app
+app.loader.init_worker()  # as a worker starts: the app's modules, with their signal handlers
+worker_init.send(sender=None)  # then, in its main process, before it forks its pool
+print(json.dumps(sorted(m for m in sys.argv[1:] if m in sys.modules)))
+"""
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("distributed", [True, False])
+def test_a_distributed_worker_loads_the_chord_body_before_it_forks(tmp_path, distributed):
+    """Its pool processes then inherit the judge, scoring, standings, reports and the
+    Discord post, and no chord body imports them after a run's last candidate; an
+    embedded worker (no broker: it runs in the dispatcher) loads none of them there."""
+    env = forge_env("redis://127.0.0.1:9/0" if distributed else None, tmp_path)
+    done = subprocess.run([sys.executable, "-c", WORKER_INIT, *BODY_MODULES], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded == (sorted(BODY_MODULES) if distributed else []), loaded

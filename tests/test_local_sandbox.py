@@ -18,7 +18,16 @@ from worker.lifecycle import run_lifecycle
 from worker.records import CandidateTask, Egress, Limits, sha256_text
 from worker.sandbox.base import SandboxError, SandboxRequest
 from worker.sandbox.capture import TailBuffer
-from worker.sandbox.local import LocalBackend, bwrap, cgroups, launch, leftovers, owner, pyenv
+from worker.sandbox.local import (
+    LocalBackend,
+    bwrap,
+    cgroups,
+    launch,
+    leftovers,
+    owner,
+    pyenv,
+    thread_creds,
+)
 from worker.sandbox.local.parent_dir import is_tmpfs, sandbox_parent
 from worker.sandbox.local.prefix_view import _traversable_by_anyone
 
@@ -192,23 +201,24 @@ open("owned", "w").close()
 
 
 def test_pool_process_launch_vforks_with_the_same_limits():
-    """A single-threaded worker process starts bwrap without a preexec_fn (setpriv and
-    prlimit do the uid switch and the limits, so subprocess can vfork), and the
-    candidate still gets every rlimit, soft and hard, as a fresh unprivileged uid."""
+    """A worker process starts bwrap itself, without a preexec_fn (the calling thread
+    takes the sandbox's uid for the spawn, so subprocess can vfork; the limits go onto
+    the held sandbox), and the candidate still gets every rlimit, soft and hard, as a
+    fresh unprivileged uid."""
     require_bwrap()
     import json
     import subprocess
     import sys
 
     require_uid_switch()
-    assert launch.launch_helpers(), "setpriv/prlimit missing: apt-get install util-linux"
+    assert thread_creds.usable(), "this root worker cannot switch one thread's credentials"
     done = subprocess.run([sys.executable, "-c", LAUNCH_PROBE, SHOW_LIMITS],
                           capture_output=True, text=True, timeout=60,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["exit"] == 0, out["output"]
-    assert out["spawned"] == {"argv0": launch.launch_helpers()[0], "preexec": False}
+    assert out["spawned"] == {"argv0": bwrap.probe().bwrap, "preexec": False}
     assert eval(out["output"]) == {  # noqa: S307 - our own repr
         "AS": (256 << 20, 256 << 20), "CPU": (14, 15), "FSIZE": (8 << 20, 8 << 20),
         "NOFILE": (256, 256), "NPROC": (32, 32), "CORE": (0, 0)}

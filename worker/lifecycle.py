@@ -188,7 +188,7 @@ def run_lifecycle(
             candidate_id=task.candidate_id,
             timeout=task.timeout,
             network=task.network,
-            env=build_env(task.env_allow, dict(os.environ if env_source is None else env_source)),
+            env=build_env(task.env_allow, os.environ if env_source is None else env_source),
             limits=task.limits,
             owner=owner,
             egress=task.egress,

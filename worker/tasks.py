@@ -16,7 +16,12 @@ import time
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from worker import config, keys, observability, tasklog, trace
 from worker.bundles import fetch_bundle
@@ -233,18 +238,29 @@ def collect_results(self, results: list[dict[str, Any]],
 
 
 def warm_body(judge: str) -> None:
-    """Load what the chord body needs (its judge, the run directory's writer and reports)
-    before it runs: an embedded run calls this while its candidates execute, so the end
-    of the run, its critical path, no longer waits for imports (~50 ms of CPU).
-    Never raises: the body reports any problem itself."""
+    """Load what the chord body needs (its judge, scoring, standings, the run directory's
+    writer and reports, the Discord post) before it runs, so the end of a run, its
+    critical path, never waits for imports (~20-50 ms of CPU): an embedded run calls this
+    while its candidates execute, a distributed worker before it forks its pool
+    (``_warm_body_before_fork``). Never raises: the body reports any problem itself."""
     try:
         # start-up: loading these early, off the critical path, is the point of this function
-        from worker import report, rundir  # noqa: F401
+        from worker import discord, report, rundir, standings  # noqa: F401
         from worker.judge import get_judge, scoring  # noqa: F401
 
         get_judge(judge)
     except Exception as exc:  # noqa: BLE001
         logger.debug("chord body not warmed: %s", exc)
+
+
+@worker_init.connect
+def _warm_body_before_fork(**_kwargs) -> None:
+    """A distributed worker's main process loads the chord body's modules once, and every
+    pool process it forks has them: otherwise each pool process's first chord body would
+    import them after its run's last candidate. (An embedded worker runs in the
+    dispatcher, which warms the body in a thread while the candidates run.)"""
+    if config.is_distributed():
+        warm_body(RunSpec.__dataclass_fields__["judge"].default)
 
 
 def _run_spec(data: Any) -> RunSpec:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 
 from worker.config import FORBIDDEN_SANDBOX_ENV
 
@@ -63,7 +64,7 @@ ETC_FILES = (
 # --------------------------------------------------------------------------- environment
 
 
-def build_env(names: tuple[str, ...], source: dict[str, str]) -> dict[str, str]:
+def build_env(names: tuple[str, ...], source: Mapping[str, str]) -> dict[str, str]:
     """Only the allow-listed variables, and never our own credentials (every backend)."""
     return {
         n: source[n]

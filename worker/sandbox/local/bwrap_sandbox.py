@@ -4,7 +4,6 @@ its own network (``netns``/``egress``), and a deadline that kills its PID namesp
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import time
@@ -118,22 +117,24 @@ class BwrapSandbox(LocalSandbox):
             python_env=self.host_python_env,
         )
         limits = process.rlimits(self.request.limits, timeout)
-        full, preexec = self.launch.spawn(full, limits)
+        preexec = self.launch.preexec(limits)
+        env = self._env(INSIDE_WORKDIR, "/tmp", command)
         buffer = TailBuffer(output_cap)
         cpu0 = self.cgroups.cpu_ns()
         t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=out_w,
-                pass_fds=(info_w, block_r),
-                env=self._env(INSIDE_WORKDIR, "/tmp", command),
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=preexec,
-            )
+            with self.launch.identity():  # vfork: bwrap starts as the sandbox's uid
+                proc = subprocess.Popen(
+                    full,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=out_w,
+                    pass_fds=(info_w, block_r),
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                    preexec_fn=preexec,
+                )
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in (info_r, info_w, block_r, block_w, out_r, out_w):
                 os.close(fd)
@@ -158,9 +159,11 @@ class BwrapSandbox(LocalSandbox):
                 attached = self.cgroups.add_beside(child)
             else:
                 self.cgroups.add(child)
-            if self.launch.uid is None:  # else set by the launch, before bwrap started
-                for which, soft, hard in limits:
-                    resource.prlimit(child, which, (soft, hard))
+            try:  # held on the block fd: the command inherits them
+                self.launch.limit(child, limits)
+            except OSError as exc:
+                raise SandboxError(Phase.EXECUTION, f"the rlimits could not be set ({exc}); "
+                                   "the candidate did not run", self.id) from exc
             if self.network is NetworkAccess.OUTBOUND:
                 try:
                     slirp = netns.Slirp(child)

@@ -7,26 +7,27 @@ that sandbox's processes, and a bwrap bug would land as a nobody.
 Spawning bwrap through a preexec_fn forks the whole worker process (a Celery pool
 process is ~60 MB) and runs Python in the child: page-table copies, copy-on-write
 faults on both sides, the exec tearing the copy down: a fifth of a trivial candidate's
-CPU. Without a preexec_fn, subprocess uses vfork. So the uid switch and the rlimits go
-to two small util-linux programs exec'd in front of bwrap (``setpriv``, ``prlimit``),
-and an interpreter prefix the sandbox uid cannot reach is shown once per process
-(``prefix_view``). Where that view is missing, the launching child alone bind-mounts the
-prefix, in a private mount namespace, on an empty world-readable directory in the
-sandbox's root, from where bwrap binds it back to its real path inside the sandbox.
+CPU. Without a preexec_fn, subprocess uses vfork. So the calling thread alone takes the
+sandbox's uid for the spawn, and the rlimits go onto the sandbox's first process while
+bwrap holds it (``thread_creds``; ``setpriv`` and ``prlimit`` exec'd in front of bwrap
+did the same for 2-3 ms of CPU more), and an interpreter prefix the sandbox uid cannot
+reach is shown once per process (``prefix_view``). Where that view is missing, or the
+thread cannot switch alone, the launch forks: the child bind-mounts the prefix, in a
+private mount namespace, on an empty world-readable directory in the sandbox's root,
+from where bwrap binds it back to its real path inside the sandbox.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import resource
 import secrets
-import shutil
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from worker.sandbox.local import prefix_view
+from worker.sandbox.local import prefix_view, thread_creds
 from worker.sandbox.local.prefix_view import CLONE_NEWNS, MS_BIND, MS_REC
 from worker.sandbox.local.pyenv import python_prefixes
 from worker.settings import settings
@@ -35,28 +36,12 @@ UID_BASE = 1_800_000_000
 UID_SPAN = 1 << 24
 _MS_PRIVATE = 1 << 18
 
-_PRLIMIT_OPTS = {
-    resource.RLIMIT_AS: "--as",
-    resource.RLIMIT_CPU: "--cpu",
-    resource.RLIMIT_FSIZE: "--fsize",
-    resource.RLIMIT_NOFILE: "--nofile",
-    resource.RLIMIT_CORE: "--core",
-    resource.RLIMIT_NPROC: "--nproc",
-}
-
 
 def sandbox_host_uid() -> int | None:
     """A fresh unprivileged host uid for one sandbox when we are root, else None."""
     if os.geteuid() != 0 or settings.sandbox_uid == "keep":
         return None
     return UID_BASE + secrets.randbelow(UID_SPAN)
-
-
-@functools.lru_cache(maxsize=1)
-def launch_helpers() -> tuple[str, str] | None:
-    """(setpriv, prlimit) when both are installed (util-linux), else None."""
-    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
-    return (setpriv, prlimit) if setpriv and prlimit else None
 
 
 @dataclass
@@ -67,28 +52,44 @@ class Launch:
     binds: list[tuple[str, str]]  # (source seen by bwrap, path inside the sandbox)
     _mounts: list[tuple[bytes, bytes]]
 
-    def spawn(self, argv: list[str], rlimits: list[tuple[int, int, int]]
-              ) -> tuple[list[str], Callable[[], None] | None]:
-        """(argv, preexec_fn) that start ``argv`` as this launch's uid with ``rlimits``.
+    @property
+    def forks(self) -> bool:
+        """Whether bwrap starts through a ``preexec_fn`` (a fork of the worker): a fresh
+        uid with a prefix to mount in the child, or a thread that cannot switch alone."""
+        return self.uid is not None and (bool(self._mounts) or not thread_creds.usable())
 
-        The preexec_fn is None whenever util-linux can do the work, so the caller vforks.
+    @contextmanager
+    def identity(self) -> Iterator[None]:
+        """The credentials to spawn bwrap with, and to set its rlimits with: this thread
+        as the sandbox's uid (``thread_creds``); as it is when there is no fresh uid, or
+        when the launch forks (the ``preexec_fn`` switches in the child)."""
+        if self.uid is None or self.forks:
+            yield
+            return
+        with thread_creds.become(self.uid):
+            yield
+
+    def limit(self, pid: int, rlimits: list[tuple[int, int, int]]) -> None:
+        """``rlimits`` on the sandbox's first process (bwrap holds it on its block fd, so
+        the command inherits them), unless the ``preexec_fn`` set them before bwrap.
+
+        Raises:
+            OSError: the kernel refused a limit (the candidate must not run).
         """
-        helpers = launch_helpers()
-        if self.uid is None or self._mounts or helpers is None:
-            return argv, self.preexec(rlimits)
-        setpriv, prlimit = helpers
-        limits = [f"{_PRLIMIT_OPTS[which]}={soft}:{hard}" for which, soft, hard in rlimits]
-        return [setpriv, f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--",
-                prlimit, *limits, "--", *argv], None
+        if self.forks:
+            return
+        with self.identity():
+            for which, soft, hard in rlimits:
+                resource.prlimit(pid, which, (soft, hard))
 
     def preexec(self, rlimits: list[tuple[int, int, int]] | None = None):
-        """The Popen preexec_fn (None when nothing needs doing in the child).
+        """The Popen preexec_fn when the launch forks, else None (nothing to do in a child).
 
         With a fresh uid, the rlimits are set here, before bwrap starts: root may not
         prlimit() another uid's process on every kernel, and the uid is this sandbox's
         alone, so even RLIMIT_NPROC counts only the sandbox's processes.
         """
-        if self.uid is None:
+        if not self.forks:
             return None
         uid, mounts, limits = self.uid, self._mounts, list(rlimits or ())
         libc = ctypes.CDLL(None, use_errno=True) if mounts else None

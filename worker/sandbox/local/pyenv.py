@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from worker.sandbox.visible import PIP_SHIM
 
 
+@functools.lru_cache(maxsize=1)
 def candidate_python() -> str:
     """The worker's base interpreter, outside any virtualenv (candidates get no packages)."""
     return os.path.realpath(sys.executable)
