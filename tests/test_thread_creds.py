@@ -64,6 +64,40 @@ def test_only_the_calling_thread_switches_and_everything_comes_back():
 
 
 @pytest.mark.processes
+def test_threads_switching_at_once_leave_the_process_dumpable():
+    """Raced: A switches, then B while A is switched; A takes its ids back first, B last.
+    The dumpable flag is the process's, and B came in when A's switch had cleared it: B
+    must not leave it cleared."""
+    _require_root()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def a() -> None:
+        with thread_creds.become(UID):
+            a_in.set()
+            b_in.wait(10)
+            seen["a"] = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(10)
+        seen["before b"] = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+        with thread_creds.become(UID + 1):
+            b_in.set()
+            a_out.wait(10)
+        seen["after"] = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen["before b"] == 0 and seen["a"] == 0  # the positive control: B came in cleared
+    assert seen["after"] == 1
+    assert libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 and os.getresuid() == (0, 0, 0)
+
+
+@pytest.mark.processes
 def test_a_vforked_child_starts_as_the_uid_without_groups():
     _require_root()
     with thread_creds.become(UID):

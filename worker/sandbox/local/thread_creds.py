@@ -17,7 +17,10 @@ that starts a sandbox, and no other:
    block fd: ``prlimit(2)`` lets a caller whose real ids equal the target's do that,
    which an unprivileged-uid target otherwise refuses to a root without CAP_SYS_RESOURCE;
 4. takes back its ids and groups, then the two attributes the kernel resets when an
-   effective id changes: the process's dumpable flag, the thread's parent-death signal.
+   effective id changes: the thread's parent-death signal, and the process's dumpable
+   flag, which every thread shares: it goes back to what it was before any thread
+   switched (read when this module loads), not to what a thread saw while another
+   one was switched.
 
 No other thread ever runs as the sandbox's uid, and the thread runs nothing else
 meanwhile. Used only where it is exact: a known system call table (x86-64, arm64), a
@@ -43,9 +46,8 @@ _PR_GET_DUMPABLE, _PR_SET_DUMPABLE = 3, 4
 _PR_GET_SECUREBITS = 27
 
 
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_DUMPABLE = _LIBC.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)  # before any switch (see 4.)
 
 
 def _caps(field: str) -> str:
@@ -62,7 +64,7 @@ def usable() -> bool:
     if platform.machine() not in _SYSCALLS or os.getresuid() != (0, 0, 0):
         return False
     try:
-        if _libc().prctl(_PR_GET_SECUREBITS, 0, 0, 0, 0) != 0:
+        if _LIBC.prctl(_PR_GET_SECUREBITS, 0, 0, 0, 0) != 0:
             return False
         return _caps("CapEff") == _caps("CapPrm") != ""
     except OSError:
@@ -70,7 +72,7 @@ def usable() -> bool:
 
 
 def _call(number: int, *args) -> None:
-    if _libc().syscall(ctypes.c_long(number), *args) != 0:
+    if _LIBC.syscall(ctypes.c_long(number), *args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -92,11 +94,9 @@ def become(uid: int) -> Iterator[None]:
         OSError: the switch was refused (the thread is as it was).
     """
     setgroups, setresuid, setresgid = _SYSCALLS[platform.machine()]
-    libc = _libc()
     resuid, resgid, groups = os.getresuid(), os.getresgid(), os.getgroups()
-    dumpable = libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
     deathsig = ctypes.c_int(0)
-    libc.prctl(_PR_GET_PDEATHSIG, ctypes.byref(deathsig), 0, 0, 0)
+    _LIBC.prctl(_PR_GET_PDEATHSIG, ctypes.byref(deathsig), 0, 0, 0)
     try:
         _groups(setgroups, [])
         _ids(setresgid, (uid, uid, resgid[2]))
@@ -107,7 +107,7 @@ def become(uid: int) -> Iterator[None]:
             _ids(setresuid, resuid)  # first: the saved root uid gives back the capabilities
             _ids(setresgid, resgid)
             _groups(setgroups, groups)
-            libc.prctl(_PR_SET_DUMPABLE, dumpable, 0, 0, 0)
-            libc.prctl(_PR_SET_PDEATHSIG, deathsig.value, 0, 0, 0)
+            _LIBC.prctl(_PR_SET_DUMPABLE, _DUMPABLE, 0, 0, 0)
+            _LIBC.prctl(_PR_SET_PDEATHSIG, deathsig.value, 0, 0, 0)
         except OSError:
             os._exit(70)  # EX_SOFTWARE; see the module docstring
