@@ -56,7 +56,11 @@ def header(console: Console, plan: RunPlan, mode_line: str) -> None:
 
 
 class Progress:
-    """Live table on a terminal; plain log lines everywhere (CI logs stay readable)."""
+    """Live table on a terminal; plain log lines everywhere (CI logs stay readable).
+
+    Under the live table every print redraws the table, holding the GIL that an
+    embedded worker's threads share: the lines one poll brings (a finished candidate's
+    last few, as its run's chord body starts) go out as one print at the poll's tick."""
 
     def __init__(self, console: Console, plan: RunPlan):
         self.console = console
@@ -66,6 +70,7 @@ class Progress:
         self.live: Live | None = None
         self._last_counts: dict[str, int] | None = None
         self._last_print = 0.0
+        self._pending: list[str] = []  # log lines for the next print, under a live table
 
     def __enter__(self) -> Progress:
         self.console.print("PHASE: Running Candidates", markup=False, highlight=False)
@@ -76,14 +81,25 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._flush()
         if self.live is not None:
             self.live.__exit__(*exc)
 
     def log(self, candidate_id: str, message: str) -> None:
-        if self.verbose:
+        if not self.verbose:
+            return
+        if self.live is None:
             self.console.print(f"[{candidate_id}] {message}", markup=False, highlight=False)
+        else:
+            self._pending.append(f"[{candidate_id}] {message}")
+
+    def _flush(self) -> None:
+        if self._pending:
+            self.console.print("\n".join(self._pending), markup=False, highlight=False)
+            self._pending.clear()
 
     def tick(self, tracker: RunTracker) -> None:
+        self._flush()
         counts = tracker.counts
         if self.live is not None:
             self.live.update(self._table(tracker))

@@ -166,3 +166,44 @@ def test_a_distributed_worker_loads_the_chord_body_before_it_forks(tmp_path, dis
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded == (sorted(BODY_MODULES) if distributed else []), loaded
+
+
+def test_log_lines_under_the_live_table_go_out_as_one_print_per_tick(tmp_path):
+    """On a terminal every print redraws the live table (holding the GIL an embedded
+    worker shares): the lines of one poll are printed together at its tick, in order,
+    and lines still waiting are printed when the display closes."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from dispatcher.console import Progress
+    from dispatcher.plan import RunPlan
+    from dispatcher.tracker import RunTracker
+    from worker.app import app
+    from worker.records import CandidateInfo, RunSpec
+
+    spec = RunSpec(run_id="r", objective="o", timestamp="t", execution_mode="local",
+                   artifacts_dir=str(tmp_path), candidates=[CandidateInfo(id="a", name="a")])
+    out = StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    tracker = RunTracker(app, {"a": "task-a"})
+    prints: list[int] = []
+    real_print = console.print
+
+    def counting_print(*objects, **kwargs):
+        prints.append(len(objects))
+        return real_print(*objects, **kwargs)
+
+    console.print = counting_print
+    with Progress(console, RunPlan(run=spec, tasks=())) as progress:
+        assert progress.live is not None  # the positive control: a live table is drawn
+        before = len(prints)
+        for line in ("one", "two", "three"):
+            progress.log("a", line)
+        assert len(prints) == before  # nothing printed (nor redrawn) per line
+        progress.tick(tracker)
+        assert len(prints) == before + 1
+        progress.log("a", "four")
+    text = out.getvalue()
+    assert text.index("[a] one") < text.index("[a] two") < text.index("[a] three") \
+        < text.index("[a] four")  # "four" printed on exit, after the others
