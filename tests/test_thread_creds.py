@@ -137,6 +137,28 @@ def test_a_refused_switch_leaves_the_thread_as_it_was(monkeypatch):
     assert _state() == before
 
 
+def test_an_interruption_while_restoring_still_restores_everything(monkeypatch):
+    """A signal handler's exception between two restore steps (simulated: the groups'
+    restore interrupted once): every step runs again, then the exception goes on."""
+    _require_root()
+    real = thread_creds._groups
+    calls = []
+
+    def groups(number, values):
+        calls.append(list(values))
+        if len(calls) == 2:  # the first restore of the groups, after the drop
+            raise KeyboardInterrupt
+        real(number, values)
+
+    monkeypatch.setattr(thread_creds, "_groups", groups)
+    before = _state()
+    with pytest.raises(KeyboardInterrupt):
+        with thread_creds.become(UID):
+            assert os.getresuid() == (UID, UID, 0)
+    assert len(calls) == 3  # dropped, interrupted, restored
+    assert _state() == before
+
+
 @pytest.mark.processes
 def test_not_usable_without_root():
     r, w = os.pipe()

@@ -103,11 +103,18 @@ def become(uid: int) -> Iterator[None]:
         _ids(setresuid, (uid, uid, resuid[2]))
         yield
     finally:
-        try:
-            _ids(setresuid, resuid)  # first: the saved root uid gives back the capabilities
-            _ids(setresgid, resgid)
-            _groups(setgroups, groups)
-            _LIBC.prctl(_PR_SET_DUMPABLE, _DUMPABLE, 0, 0, 0)
-            _LIBC.prctl(_PR_SET_PDEATHSIG, deathsig.value, 0, 0, 0)
-        except OSError:
-            os._exit(70)  # EX_SOFTWARE; see the module docstring
+        interrupted: BaseException | None = None
+        while True:  # every step is idempotent: an exception between two (a signal
+            try:     # handler's) must not leave the rest undone, so all run again
+                _ids(setresuid, resuid)  # first: the saved root uid gives back the caps
+                _ids(setresgid, resgid)
+                _groups(setgroups, groups)
+                _LIBC.prctl(_PR_SET_DUMPABLE, _DUMPABLE, 0, 0, 0)
+                _LIBC.prctl(_PR_SET_PDEATHSIG, deathsig.value, 0, 0, 0)
+                break
+            except OSError:
+                os._exit(70)  # EX_SOFTWARE; see the module docstring
+            except BaseException as exc:  # noqa: BLE001 - raised again once restored
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
