@@ -260,7 +260,7 @@ def _warm_body_before_fork(**_kwargs) -> None:
     import them after its run's last candidate. (An embedded worker runs in the
     dispatcher, which warms the body in a thread while the candidates run.)"""
     if config.is_distributed():
-        warm_body(RunSpec.__dataclass_fields__["judge"].default)
+        warm_body(RunSpec.judge)  # the default judge
 
 
 def _run_spec(data: Any) -> RunSpec:

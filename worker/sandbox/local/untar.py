@@ -17,7 +17,7 @@ import posixpath
 import stat
 import tarfile
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeArchive(ValueError):
@@ -32,16 +32,21 @@ def _parts(name: str) -> list[str]:
     return parts
 
 
-def _open_dir(root_fd: int, parts: list[str], uid: int | None) -> int:
-    """An fd of ``root/parts``, making missing directories; never through a link."""
-    fd = os.dup(root_fd)
+def descend(dir_fd: int, parts: list[str], *, make: bool = False,
+            uid: int | None = None) -> int:
+    """An fd of ``dir_fd/parts``, never through a link: OSError if a component is a link
+    or not a directory; with ``make``, missing directories are made (owned by ``uid``),
+    else FileNotFoundError (the local sandbox's wheels, uploads and downloads use it)."""
+    fd = os.dup(dir_fd)
     try:
         for part in parts:
             try:
-                nxt = os.open(part, _DIR, dir_fd=fd)
+                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
+                if not make:
+                    raise
                 os.mkdir(part, 0o700, dir_fd=fd)
-                nxt = os.open(part, _DIR, dir_fd=fd)
+                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
                 if uid is not None:
                     os.fchown(nxt, uid, uid)
             os.close(fd)
@@ -55,7 +60,7 @@ def _open_dir(root_fd: int, parts: list[str], uid: int | None) -> int:
 def extract(archive: bytes, root: str, uid: int | None = None) -> int:
     """Unpack ``archive`` (a tar) into the directory ``root``; returns the files written.
     Raises UnsafeArchive, tarfile.TarError or OSError."""
-    root_fd = os.open(root, _DIR)
+    root_fd = os.open(root, DIR_FLAGS)
     dir_modes: list[tuple[list[str], int]] = []  # applied last, as tar does
     files = 0
     try:
@@ -64,10 +69,10 @@ def extract(archive: bytes, root: str, uid: int | None = None) -> int:
                 parts = _parts(member.name)
                 mode = stat.S_IMODE(member.mode) & 0o777
                 if member.isdir():
-                    os.close(_open_dir(root_fd, parts, uid))
+                    os.close(descend(root_fd, parts, make=True, uid=uid))
                     dir_modes.append((parts, mode))
                     continue
-                parent = _open_dir(root_fd, parts[:-1], uid)
+                parent = descend(root_fd, parts[:-1], make=True, uid=uid)
                 try:
                     if member.issym():
                         target = member.linkname
@@ -95,7 +100,7 @@ def extract(archive: bytes, root: str, uid: int | None = None) -> int:
                 finally:
                     os.close(parent)
         for parts, mode in reversed(dir_modes):
-            fd = _open_dir(root_fd, parts, uid)
+            fd = descend(root_fd, parts, make=True, uid=uid)
             try:
                 os.fchmod(fd, mode)
             finally:

@@ -19,29 +19,24 @@ import os
 import stat
 
 from worker import local_wheels
+from worker.sandbox.local.untar import DIR_FLAGS, descend
 
 MAX_BYTES = 64 * 1024 * 1024  # the wheels' files together; larger: pip, under the limits
 # Files the host creates (in the worker's memory, outside the sandbox's cgroup: a wheel
 # of a million empty members must not cost the worker a gigabyte of inodes).
 MAX_FILES = 10_000
 MAX_REQUIREMENTS = 64 * 1024
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def open_parent(root: str, parts: list[str]) -> int:
     """An fd of the directory ``root/parts[:-1]``; raises OSError if any component is a
     link or not a directory (the local sandbox's uploads and downloads use it too)."""
-    fd = os.open(root, _DIR)
+    root_fd = os.open(root, DIR_FLAGS)
     try:
-        for part in parts[:-1]:
-            nxt = os.open(part, _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return descend(root_fd, parts[:-1])
+    finally:
+        os.close(root_fd)
 
 
 def open_inside(root: str, rel: str) -> int | None:
