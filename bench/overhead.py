@@ -6,7 +6,7 @@ plain process pool of the same width, each ``subprocess.run`` writing the same f
 Both sides run in every repetition, interleaved. The forge's time is broken down from
 the results' phase timings (``CandidateResult.timings``) and the chord body's.
 
-    .venv/bin/python bench/overhead.py [-n 200] [--reps 3]
+    .venv/bin/python bench/overhead.py [-n 200] [--reps 3] [--pool threads]
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--pool", choices=("prefork", "threads"), default="prefork",
+                    help="the workers' Celery pool")
     ap.add_argument("--no-network", action="store_true",
                     help="candidates without network (no slirp4netns per sandbox)")
     ap.add_argument("--sandbox", choices=("bwrap", "plain"), default="bwrap",
@@ -149,7 +151,7 @@ def main() -> int:
 
 
 def _measure(args: argparse.Namespace, extra: dict[str, str], tree: TreeCpu) -> list[dict]:
-    with Cluster(args.workers, args.concurrency, extra_env=extra) as cluster:
+    with Cluster(args.workers, args.concurrency, args.pool, extra_env=extra) as cluster:
         manifest = write_manifest(cluster.tmp / "cands",
                                   {f"c{i:04d}": TRIVIAL for i in range(args.n)},
                                   "network = false" if args.no_network else "")
@@ -175,13 +177,15 @@ def _report(args: argparse.Namespace, info: dict, reps: list[dict]) -> None:
     wall = best["wall_s"]
     width = args.workers * args.concurrency
     data = {**info, "n": args.n, "width": width, "reps": reps, "sandbox": args.sandbox,
+            "pool": args.pool,
             "network": not args.no_network, "progress_interval_ms": args.progress_interval_ms,
             "baseline_s": base, "forge_s": wall,
             "baseline_per_s": args.n / base, "forge_per_s": args.n / wall,
             "ratio": base / wall, "target_ratio": 0.6, "aim_ratio": 0.8, "median_rep": best,
             "same_python_s": same, "ratio_same_python": same / wall}
-    table(f"Overhead: {args.n} trivial candidates, width {width}, sandbox {args.sandbox}, "
-          f"network {'off' if args.no_network else 'on'} (median of {args.reps})",
+    table(f"Overhead: {args.n} trivial candidates, width {width}, {args.pool} pool, "
+          f"sandbox {args.sandbox}, network {'off' if args.no_network else 'on'} "
+          f"(median of {args.reps})",
           ["measure", "value"],
           [["baseline pool wall s", base], ["forge wall s", wall],
            ["baseline candidates/s", args.n / base], ["forge candidates/s", args.n / wall],
@@ -202,6 +206,7 @@ def _report(args: argparse.Namespace, info: dict, reps: list[dict]) -> None:
            ["body: write run dir", best["body_write_s"], "-"],
            ["body end -> dispatcher has result", best["body_end_to_result_s"], "-"]])
     name = "overhead" + ("_plain" if args.sandbox == "plain" else "") + \
+        ("_threads" if args.pool == "threads" else "") + \
         ("_nonet" if args.no_network else "") + \
         (f"_progress{args.progress_interval_ms}" if args.progress_interval_ms is not None else "")
     base_cpu = median([r["baseline_cpu_s"] for r in reps])

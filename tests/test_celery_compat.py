@@ -16,7 +16,7 @@ import pytest
 from celery import Celery, chord, group
 from celery.app import trace
 from celery.backends import cache
-from kombu import Producer
+from kombu import Producer, Queue
 
 from tests.manifests import write_manifest
 from tests.procs import CeleryWorker, call_task, forge_env, publish_task
@@ -534,3 +534,53 @@ def test_a_window_whose_timer_was_dropped_is_armed_again():
         assert len(flushes) == 2
     finally:
         hub.close()
+
+
+# -- 11. one synchronous Redis client per broker channel ----------------------------------
+
+
+def test_a_redis_channel_keeps_one_sync_client_and_rebuilds_it_with_its_pool(redis_server):
+    from kombu import Connection
+
+    with Connection(redis_server.url) as conn:
+        control = conn.channel()  # kombu's own: a new client for every command group
+        with control.conn_or_acquire() as a, control.conn_or_acquire() as b:
+            assert a is not b
+        channel = conn.channel()
+        compat.one_sync_client(channel)
+        with channel.conn_or_acquire() as a, channel.conn_or_acquire() as b:
+            assert a is b and a.ping()
+        # the unacked index of a delivery and its ack go through it, and still work
+        channel.client.set("probe", "1")  # the event loop's asynchronous client: its own
+        assert channel.client is not a
+        Queue("probe-q")(channel).declare()
+        Producer(channel).publish({"n": 1}, routing_key="probe-q")
+        message = channel.basic_get("probe-q")  # delivered: in the unacked index
+        assert message is not None and a.hexists("unacked", message.delivery_tag)
+        message.ack()
+        assert not a.hexists("unacked", message.delivery_tag)
+        old_pool = channel.pool
+        channel._pool = None  # a reconnect replaces the pool: the client follows it
+        with channel.conn_or_acquire() as c:
+            assert c is not a and c.connection_pool is channel.pool is not old_pool
+            assert c.ping()
+        control.close()
+        channel.close()
+    with Connection("memory://") as memory:
+        before = memory.default_channel.__dict__.copy()
+        compat.one_sync_client(memory.default_channel)
+        assert memory.default_channel.__dict__ == before
+
+
+def test_the_worker_consumer_gets_its_task_channel_with_one_sync_client(redis_server):
+    cls = compat.WindowedEventsConsumer
+    consumer = cls.__new__(cls)  # connect() only: an app, no hub, no blueprint
+    consumer.app, consumer.hub, consumer.amqheartbeat = redis_app(redis_server), None, None
+    consumer.first_connection_attempt, consumer.broker_connection_retry_attempt = True, 0
+    conn = consumer.connect()
+    try:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as a, channel.conn_or_acquire() as b:
+            assert a is b and a.ping()
+    finally:
+        conn.release()

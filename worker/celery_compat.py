@@ -28,6 +28,8 @@ kombu 5.7.
 10. ``WindowedEventsConsumer`` (:data:`CONSUMER`): the worker's consumer sending the task
    events it buffers (``Consumer.on_send_event_buffered``) once per window, not once per
    event-loop turn.
+11. :func:`one_sync_client`: kombu's Redis channel builds a new ``redis.Redis`` for every
+   group of synchronous commands (``Channel._create_client`` via ``conn_or_acquire``).
 """
 
 from __future__ import annotations
@@ -442,8 +444,43 @@ def _windowed_consumer() -> type:
             self._flush_events()  # what the window still holds
             super().shutdown()
 
+        def connect(self) -> Any:
+            conn = super().connect()
+            one_sync_client(conn.default_channel)  # the channel tasks are consumed on
+            return conn
+
     WindowedEventsConsumer.__qualname__ = "WindowedEventsConsumer"
     return WindowedEventsConsumer
+
+
+# -- 11. one synchronous Redis client per broker channel -------------------------------
+
+
+def one_sync_client(channel: Any) -> None:
+    """Make a kombu Redis channel keep one synchronous client instead of building one per
+    ``conn_or_acquire``: twice per delivered task in a worker's consumer (the unacked
+    index when a task arrives, again at its ack), each a ``redis.Redis`` with its few
+    hundred response callbacks, ~15% of a worker main process's CPU. The kept client
+    shares the channel's connection pool (thread-safe, as the one it replaces) and is
+    built again when the pool is. Any other channel (the embedded memory broker's) is
+    left as it is."""
+    # start-up: kombu's Redis transport, only where a Redis broker is in use
+    from kombu.transport import redis as kombu_redis
+
+    if not isinstance(channel, kombu_redis.Channel):
+        return
+    build = channel._create_client
+    kept: list[Any] = []
+
+    def create(asynchronous: bool = False) -> Any:
+        if asynchronous:  # the event loop's BRPOP client: kombu already keeps it
+            return build(asynchronous=True)
+        pool = channel.pool
+        if not kept or kept[0].connection_pool is not pool:
+            kept[:] = [build()]
+        return kept[0]
+
+    channel._create_client = create
 
 
 _LAZY = {"OneTripRedisBackend": _one_trip_backend, "WindowedEventsConsumer": _windowed_consumer}
