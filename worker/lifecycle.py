@@ -78,9 +78,6 @@ def install_command(task: CandidateTask) -> list[str] | None:
             "--no-input", *wanted]
 
 
-NOT_HANDLED = 3  # worker/local_wheels.py: "not only plain local wheels, let pip do it"
-
-
 @functools.cache
 def local_wheels_source() -> str:
     """The program that installs a project's own pure wheels without pip (it runs in the
@@ -344,6 +341,9 @@ def _own_wheels(sandbox, task: CandidateTask):
     own = getattr(sandbox, "install_own_wheels", None)
     if own is not None:
         return own(task.project.requirements_file, task.install_timeout)
+    # start-up: the program's own module (zipfile, email) only where it runs in a sandbox
+    from worker.local_wheels import NOT_HANDLED
+
     ran = sandbox.exec(command, task.install_timeout, task.limits.output_bytes)
     return None if ran.exit_code == NOT_HANDLED and not ran.timed_out else ran
 
