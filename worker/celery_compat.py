@@ -463,11 +463,9 @@ def one_sync_client(channel: Any) -> None:
     hundred response callbacks, ~15% of a worker main process's CPU. The kept client
     shares the channel's connection pool (thread-safe, as the one it replaces) and is
     built again when the pool is. Any other channel (the embedded memory broker's) is
-    left as it is."""
-    # start-up: kombu's Redis transport, only where a Redis broker is in use
-    from kombu.transport import redis as kombu_redis
-
-    if not isinstance(channel, kombu_redis.Channel):
+    left as it is, without loading the Redis client (an embedded run never needs it)."""
+    kombu_redis = sys.modules.get("kombu.transport.redis")  # a Redis channel loaded it
+    if kombu_redis is None or not isinstance(channel, kombu_redis.Channel):
         return
     build = channel._create_client
     kept: list[Any] = []
