@@ -27,7 +27,7 @@ import subprocess
 
 import pytest
 
-from tests.procs import STARTS_PROCESSES
+from tests.procs import PROCESS_FIXTURES
 
 MARK = "processes"
 
@@ -74,10 +74,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _uses_a_process_fixture(item: pytest.Item) -> bool:
-    # The fixture closure with its definitions (pytest has no public accessor for them).
-    info = getattr(item, "_fixtureinfo", None)
-    defs = info.name2fixturedefs.values() if info is not None else ()
-    return any(getattr(d.func, STARTS_PROCESSES, False) for chain in defs for d in chain)
+    # The names of every fixture the test needs, through other fixtures too.
+    return not PROCESS_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

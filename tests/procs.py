@@ -20,13 +20,14 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
-STARTS_PROCESSES = "_starts_processes"
+PROCESS_FIXTURES: set[str] = set()  # names of the fixtures that start processes
 
 
 def starts_processes(fixture_function):
     """Declares (under ``@pytest.fixture``) that a fixture starts processes: every test
-    using it gets the ``processes`` mark (tests/markers.py)."""
-    setattr(fixture_function, STARTS_PROCESSES, True)
+    using it, directly or through another fixture, gets the ``processes`` mark
+    (tests/markers.py). Fixtures are told apart by name, as pytest resolves them."""
+    PROCESS_FIXTURES.add(fixture_function.__name__)
     return fixture_function
 
 
