@@ -3,7 +3,9 @@
 Baseline: the seed's loop, one ``subprocess.run([python, script, objective, output])``
 per candidate, one after the other. Forge: the full distributed path (Redis, 2 prefork
 workers x concurrency 4, bubblewrap sandbox, judge, run directory). Both sides run in
-every repetition, interleaved, so they see the same machine load.
+every repetition, interleaved, so they see the same machine load. A second table says
+where the forge's time over the ideal goes: the first task's start, what each task adds
+to its candidate's sleep (sandbox, interpreter, Celery), and the tail after the last one.
 
     .venv/bin/python bench/parallel_speedup.py [-n 20] [--seconds 1] [--reps 3]
 """
@@ -47,16 +49,43 @@ def baseline(manifest: Path, n: int) -> float:
     return wall
 
 
-def forge(manifest: Path, artifacts: Path, n: int) -> float:
+def forge(manifest: Path, artifacts: Path, n: int, seconds: float) -> tuple[float, dict]:
+    """(wall s of one run through the CLI's API, where its time over the candidates' own
+    went: the first task's start, each task beyond its candidate's sleep, the tail)."""
+    import time
+
+    from worker.app import app
+    from worker.keys import body_task_id
+
     runner, _ = forge_api()
     t0 = now()
     plan = runner.prepare(OBJECTIVE, candidates=str(manifest), artifacts_dir=str(artifacts),
                           post=False)
+    published = time.time()
     result = runner.execute(plan)
     wall = now() - t0
+    done = time.time()
     ok = sum(r.success for r in result.results)
     assert ok == n, [r.error_message for r in result.results if not r.success][:3]
-    return wall
+    tim = [r.timings for r in result.results]
+    body = (app.AsyncResult(body_task_id(plan.run.run_id)).result or {}).get("body_timings", {})
+    last_end = max(t["entered_at"] + t["task"] for t in tim)
+    over = sorted(t["task"] - seconds for t in tim)
+    return wall, {
+        "first_task_s": min(t["entered_at"] for t in tim) - published,
+        "task_over_candidate_median_s": median(over), "task_over_candidate_max_s": over[-1],
+        "last_task_to_body_s": body.get("entered_at", last_end) - last_end,
+        "body_s": body.get("total", 0.0),
+        "body_to_result_s": done - body.get("entered_at", last_end) - body.get("total", 0.0),
+    }
+
+
+PARTS = (("first_task_s", "publish -> first task starts"),
+         ("task_over_candidate_median_s", "a task beyond its candidate's sleep (median)"),
+         ("task_over_candidate_max_s", "a task beyond its candidate's sleep (slowest)"),
+         ("last_task_to_body_s", "last task ends -> chord body starts"),
+         ("body_s", "chord body (judging, run directory, store)"),
+         ("body_to_result_s", "body ends -> the caller has the result"))
 
 
 def main() -> int:
@@ -71,11 +100,12 @@ def main() -> int:
     with Cluster(args.workers, args.concurrency) as cluster:
         manifest = sleepers(cluster.tmp / "cands", args.n, args.seconds)
         ideal = math.ceil(args.n / cluster.slots) * args.seconds
-        forge(manifest, cluster.artifacts, args.n)  # warm-up: imports, first sandbox
+        forge(manifest, cluster.artifacts, args.n, args.seconds)  # warm-up: imports, sandbox
         reps = []
         for _ in range(args.reps):
-            reps.append({"baseline_s": baseline(manifest, args.n),
-                         "forge_s": forge(manifest, cluster.artifacts, args.n)})
+            seed = baseline(manifest, args.n)
+            wall, parts = forge(manifest, cluster.artifacts, args.n, args.seconds)
+            reps.append({"baseline_s": seed, "forge_s": wall, "parts": parts})
     base = median([r["baseline_s"] for r in reps])
     wall = median([r["forge_s"] for r in reps])
     data = {
@@ -91,6 +121,12 @@ def main() -> int:
           [["baseline (seed, sequential) s", base], ["forge wall s", wall],
            ["ideal wall s (ceil(N/slots) x t)", ideal],
            ["forge / ideal (target <= 1.15)", wall / ideal], ["speedup over seed", base / wall]])
+    waves = math.ceil(args.n / (args.workers * args.concurrency))
+    parts = {k: median([r["parts"][k] for r in reps]) for k, _ in PARTS}
+    data["parts"] = parts
+    table(f"Where forge - ideal ({wall - ideal:.3f} s) goes (medians; {waves} waves of tasks "
+          "per slot on the slowest slot)", ["part", "s"],
+          [[label, parts[k]] for k, label in PARTS])
     print(f"JSON: {write_json('parallel_speedup', data)}")
     return 0
 
