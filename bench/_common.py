@@ -161,6 +161,15 @@ def forge_api():
     return runner, dispatch
 
 
+def body_timings(run_id: str) -> dict:
+    """The chord body's own phase timings for a finished run (``collect_results`` returns
+    them as ``body_timings``); empty when its result is gone."""
+    from worker.app import app
+    from worker.keys import body_task_id
+
+    return (app.AsyncResult(body_task_id(run_id)).result or {}).get("body_timings", {})
+
+
 def parse_ts(text: str | None) -> float | None:
     return datetime.fromisoformat(text).timestamp() if text else None
 

@@ -26,6 +26,7 @@ from _common import (  # noqa: E402
     Cluster,
     CpuMeter,
     TreeCpu,
+    body_timings,
     forge_api,
     machine,
     machine_cpu_s,
@@ -79,7 +80,6 @@ def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None
     import time
 
     runner, dispatch = forge_api()
-    from worker.app import app
 
     if meter:
         meter.start()
@@ -98,8 +98,7 @@ def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None
     cpu = meter.stop() if meter else {}
     assert sum(r.success for r in result.results) == n, \
         [r.error_message for r in result.results if not r.success][:3]
-    body = app.AsyncResult(dispatch.body_task_id(plan.run.run_id)).result or {}
-    bt = body.get("body_timings", {})
+    bt = body_timings(plan.run.run_id)
     tim = [r.timings for r in result.results]
     last_finish = max(parse_ts(r.finished_at) for r in result.results)
     return {

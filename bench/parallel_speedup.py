@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     Cluster,
+    body_timings,
     forge_api,
     machine,
     median,
@@ -54,9 +55,6 @@ def forge(manifest: Path, artifacts: Path, n: int, seconds: float) -> tuple[floa
     went: the first task's start, each task beyond its candidate's sleep, the tail)."""
     import time
 
-    from worker.app import app
-    from worker.keys import body_task_id
-
     runner, _ = forge_api()
     t0 = now()
     plan = runner.prepare(OBJECTIVE, candidates=str(manifest), artifacts_dir=str(artifacts),
@@ -68,7 +66,7 @@ def forge(manifest: Path, artifacts: Path, n: int, seconds: float) -> tuple[floa
     ok = sum(r.success for r in result.results)
     assert ok == n, [r.error_message for r in result.results if not r.success][:3]
     tim = [r.timings for r in result.results]
-    body = (app.AsyncResult(body_task_id(plan.run.run_id)).result or {}).get("body_timings", {})
+    body = body_timings(plan.run.run_id)
     last_end = max(t["entered_at"] + t["task"] for t in tim)
     over = sorted(t["task"] - seconds for t in tim)
     return wall, {

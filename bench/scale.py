@@ -18,7 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TRIVIAL, Cluster, forge_api, machine, now, table, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    TRIVIAL,
+    Cluster,
+    body_timings,
+    forge_api,
+    machine,
+    now,
+    table,
+    write_json,
+)
 
 from tests.manifests import write_manifest  # noqa: E402
 
@@ -42,7 +51,6 @@ def publish_alone(cluster: Cluster, n: int) -> float:
 def run(cluster: Cluster, n: int) -> dict:
     runner, dispatch = forge_api()
     from dispatcher.tracker import RunTracker
-    from worker.app import app
 
     manifest = write_manifest(cluster.tmp / f"cands{n}",
                               {f"c{i:05d}": TRIVIAL for i in range(n)})
@@ -71,7 +79,7 @@ def run(cluster: Cluster, n: int) -> dict:
         wall = now() - t0
     finally:
         RunTracker.poll = original
-    body = app.AsyncResult(dispatch.body_task_id(plan.run.run_id)).result or {}
+    bt = body_timings(plan.run.run_id)
     run_dir = cluster.artifacts / plan.run.run_id
     on_disk = sum(1 for p in run_dir.glob("*/result.json")
                   if json.loads(p.read_text()).get("success"))
@@ -84,7 +92,7 @@ def run(cluster: Cluster, n: int) -> dict:
         "successes": sum(r.success for r in result.results),
         "results_on_disk": on_disk,
         "summary_json_mb": (run_dir / "summary.json").stat().st_size / 2**20,
-        "body_timings": body.get("body_timings", {}),
+        "body_timings": bt,
         "worker_peak_rss_mb": cluster.worker_rss_mb(),
         "redis_used_memory_peak_mb": info["used_memory_peak"] / 2**20,
         "tracker_polls": polls["n"], "tracker_poll_s": polls["s"],

@@ -29,6 +29,7 @@ from _common import (  # noqa: E402
     TRIVIAL,
     Cluster,
     CpuMeter,
+    body_timings,
     cpu_times,
     forge_api,
     machine,
@@ -68,7 +69,6 @@ def pg_cpu(pg: PostgresServer) -> float:
 def one_run(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None,
             pg: PostgresServer | None = None) -> dict:
     runner, dispatch = forge_api()
-    from worker.app import app
 
     if meter:
         meter.start()
@@ -84,8 +84,7 @@ def one_run(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = No
     cpu = sum(meter.stop().values()) + (pg_cpu(pg) - pg0 if pg else 0.0) if meter else 0.0
     assert sum(r.success for r in result.results) == n, \
         [r.error_message for r in result.results if not r.success][:3]
-    body = (app.AsyncResult(dispatch.body_task_id(plan.run.run_id)).result or {})
-    bt = body.get("body_timings", {})
+    bt = body_timings(plan.run.run_id)
     return {"wall_s": wall, "cpu_s": cpu, "publish_s": t2 - t1,
             "body_store_s": bt.get("store", 0.0),
             "body_total_s": bt.get("total"), "run_id": plan.run.run_id}
