@@ -107,8 +107,14 @@ def run_and_watch(cluster, competition: str, timeout: float = 90):
         assert time.monotonic() < deadline, cluster.worker.logtext()[-3000:]
         seen.append(scrape(cluster))
         time.sleep(0.2)
-    time.sleep(0.5)  # the body's postrun (after the run directory) counts the run
-    return t0, started["run_id"], seen, scrape(cluster)
+    # The body's postrun counts the run after the run directory is written: wait for
+    # that count, not for a fixed time (a loaded machine can take longer).
+    after = scrape(cluster)
+    while value(after[1], "forge_runs_finished_total", competition=competition) is None:
+        assert time.monotonic() < deadline + 30, "the finished run was never counted"
+        time.sleep(0.1)
+        after = scrape(cluster)
+    return t0, started["run_id"], seen, after
 
 
 def test_metrics_move_during_a_distributed_run_and_are_right_after(cluster):
