@@ -6,7 +6,14 @@ plain process pool of the same width, each ``subprocess.run`` writing the same f
 Both sides run in every repetition, interleaved. The forge's time is broken down from
 the results' phase timings (``CandidateResult.timings``) and the chord body's.
 
-    .venv/bin/python bench/overhead.py [-n 200] [--reps 3] [--pool threads]
+    .venv/bin/python bench/overhead.py [-n 200] [--reps 3] [--pool threads] [--floor]
+
+``--floor`` adds two sides that size what the forge cannot go below with its isolation
+and its transport kept: the sandbox lifecycle alone (the same candidates through
+``run_lifecycle`` on a process pool of the same width: bubblewrap, network, cgroups, no
+Celery, no Redis) and a bare Celery chord of as many no-op tasks (bench/bare_celery.py:
+the same broker, backend, late acks, prefetch and task events, on its own 2 x 4
+workers). Their sum is the floor; the forge's excess over it is its own glue.
 """
 
 from __future__ import annotations
@@ -74,6 +81,62 @@ def baseline(manifest: Path, n: int, width: int, python: str = sys.executable,
     return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), machine, own
 
 
+def _life_init() -> None:
+    """A lifecycle-pool process warmed as a worker's pool process is (worker/tasks.py's
+    ``_warm_up``): the backend made, bubblewrap probed, the process prepared."""
+    import gc
+
+    from worker.sandbox import get_backend
+    from worker.sandbox.local import bwrap, prepare_process
+
+    get_backend("local")
+    if bwrap.probe().drop_uid:
+        prepare_process()
+    gc.freeze()
+
+
+def _life_one(args: tuple[str, str, bool]) -> bool:
+    import hashlib
+
+    from worker.lifecycle import run_lifecycle
+    from worker.records import CandidateTask
+    from worker.sandbox import get_backend
+
+    cid, script, network = args
+    task = CandidateTask(run_id="bench-floor", candidate_id=cid, name=cid,
+                         script_name=f"{cid}.py", script=script,
+                         script_sha256=hashlib.sha256(script.encode()).hexdigest(),
+                         objective=OBJECTIVE, timeout=60, network=network)
+    result = run_lifecycle(get_backend("local"), task, lambda _line: None)
+    if not result.success:
+        raise RuntimeError(f"{cid}: {result.error_message}")
+    return True
+
+
+def lifecycle_alone(pool: ProcessPoolExecutor, n: int, network: bool,
+                    tree: TreeCpu | None) -> tuple[float, float, float | None]:
+    """(wall s, machine busy CPU s, tree CPU s) of the lifecycle of ``n`` trivial
+    candidates, ``pool``'s width at a time, without Celery or Redis."""
+    jobs = [(f"c{i:04d}", TRIVIAL, network) for i in range(n)]
+    m0, c0, t0 = machine_cpu_s(), tree.usage() if tree else None, now()
+    assert all(pool.map(_life_one, jobs))
+    wall = now() - t0
+    return wall, machine_cpu_s() - m0, (tree.usage() - c0) if c0 is not None else None
+
+
+def bare_celery(n: int, tree: TreeCpu | None) -> tuple[float, float, float | None]:
+    """(wall s, machine busy CPU s, tree CPU s) of a chord of ``n`` no-op tasks and a
+    counting body on the bare app's workers, published and awaited from here."""
+    from bare_celery import count, noop
+    from celery import chord
+
+    m0, c0, t0 = machine_cpu_s(), tree.usage() if tree else None, now()
+    got = chord([noop.s(i) for i in range(n)])(count.s()).get(timeout=600)
+    wall = now() - t0
+    assert got == n, got
+    return wall, machine_cpu_s() - m0, (tree.usage() - c0) if c0 is not None else None
+
+
 def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None,
           tree: TreeCpu | None = None) -> dict:
     """One run, driven like ``runner.execute`` in distributed mode, with timestamps."""
@@ -133,6 +196,8 @@ def main() -> int:
                     help="candidates without network (no slirp4netns per sandbox)")
     ap.add_argument("--sandbox", choices=("bwrap", "plain"), default="bwrap",
                     help="plain: FORGE_SANDBOX=plain, no isolation (to size the sandbox's share)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run the lifecycle alone and a bare Celery chord (the floor)")
     ap.add_argument("--progress-interval-ms", type=int, default=None,
                     help="FORGE_PROGRESS_INTERVAL_MS for the workers (0: store every line)")
     args = ap.parse_args()
@@ -156,6 +221,7 @@ def _measure(args: argparse.Namespace, extra: dict[str, str], tree: TreeCpu) -> 
                                   "network = false" if args.no_network else "")
         forge(manifest, cluster.artifacts, args.n)  # warm-up
         same_python = sandbox_python(cluster.tmp)
+        floor = _Floor(cluster, args, tree) if args.floor else None
         reps = []
         for _ in range(args.reps):
             b, b_cpu, b_machine, b_tree = baseline(manifest, args.n, cluster.slots, tree=tree)
@@ -165,8 +231,42 @@ def _measure(args: argparse.Namespace, extra: dict[str, str], tree: TreeCpu) -> 
             reps.append({"baseline_s": b, "baseline_cpu_s": b_cpu,
                          "baseline_machine_cpu_s": b_machine, "baseline_tree_cpu_s": b_tree,
                          "same_python_s": s, "same_python_machine_cpu_s": s_machine,
-                         "same_python_tree_cpu_s": s_tree, "forge": f})
+                         "same_python_tree_cpu_s": s_tree, "forge": f,
+                         **(floor.measure() if floor else {})})
+        if floor:
+            floor.close()
     return reps
+
+
+class _Floor:
+    """The floor's two sides, started beside the forge's cluster (its Redis shared)."""
+
+    def __init__(self, cluster: Cluster, args: argparse.Namespace, tree: TreeCpu):
+        from tests.procs import CeleryWorker
+
+        self.n, self.network, self.tree = args.n, not args.no_network, tree
+        self.pool = ProcessPoolExecutor(cluster.slots, initializer=_life_init)
+        self.workers = [CeleryWorker(cluster.env, f"bare{i + 1}", cluster.tmp,
+                                     args.concurrency, "prefork", app="bench.bare_celery")
+                        for i in range(args.workers)]
+        for w in self.workers:
+            w.start(wait_ready=False)
+        for w in self.workers:
+            w.wait_ready(120)
+        lifecycle_alone(self.pool, cluster.slots, self.network, None)  # warm-up
+        bare_celery(cluster.slots, None)
+
+    def measure(self) -> dict:
+        lw, lm, lt = lifecycle_alone(self.pool, self.n, self.network, self.tree)
+        cw, cm, ct = bare_celery(self.n, self.tree)
+        return {"lifecycle_s": lw, "lifecycle_machine_cpu_s": lm, "lifecycle_tree_cpu_s": lt,
+                "bare_celery_s": cw, "bare_celery_machine_cpu_s": cm,
+                "bare_celery_tree_cpu_s": ct}
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        for w in self.workers:
+            w.stop()
 
 
 def _report(args: argparse.Namespace, info: dict, reps: list[dict]) -> None:
@@ -242,8 +342,48 @@ def _report(args: argparse.Namespace, info: dict, reps: list[dict]) -> None:
     data["machine_cpu_per_candidate_ms"] = 1000 * median(
         [r["forge"]["machine_cpu_s"] for r in reps]) / args.n
     data["loadavg_per_rep"] = [round(r["forge"]["loadavg"], 2) for r in reps]
+    if args.floor:
+        _report_floor(args, reps, data)
     print(f"load average at each forge run: {data['loadavg_per_rep']}")
     print(f"JSON: {write_json(name, data)}")
+
+
+def _report_floor(args: argparse.Namespace, reps: list[dict], data: dict) -> None:
+    """The floor's table: per candidate, tree CPU (whole machine beside it), each side's
+    median over the repetitions, and the forge's excess over the floor."""
+    def per(key: str) -> float | None:
+        values = [r[key] for r in reps if r.get(key) is not None]
+        return 1000 * median(values) / args.n if values else None
+
+    def forge_per(key: str) -> float | None:
+        values = [r["forge"][key] for r in reps if r["forge"].get(key) is not None]
+        return 1000 * median(values) / args.n if values else None
+
+    rows, floor = [], {}
+    for label, tree_key, machine_key in (
+            ("lean pool (the sandbox's python, no sandbox)", "same_python_tree_cpu_s",
+             "same_python_machine_cpu_s"),
+            ("the sandbox lifecycle alone, no Celery", "lifecycle_tree_cpu_s",
+             "lifecycle_machine_cpu_s"),
+            ("bare Celery: a chord of no-op tasks", "bare_celery_tree_cpu_s",
+             "bare_celery_machine_cpu_s")):
+        floor[tree_key] = (per(tree_key), per(machine_key))
+        rows.append([label, *floor[tree_key]])
+    life, bare = floor["lifecycle_tree_cpu_s"], floor["bare_celery_tree_cpu_s"]
+    total = [a + b if a is not None and b is not None else None
+             for a, b in zip(life, bare, strict=True)]
+    forge_ms = [forge_per("tree_cpu_s"), forge_per("machine_cpu_s")]
+    excess = [f - t if f is not None and t is not None else None
+              for f, t in zip(forge_ms, total, strict=True)]
+    rows += [["floor: lifecycle alone + bare Celery", *total], ["forge", *forge_ms],
+             ["forge - floor (the forge's own glue)", *excess]]
+    table(f"The floor: CPU per trivial candidate (ms, median of {args.reps}), "
+          f"network {'off' if args.no_network else 'on'}",
+          ["side", "this benchmark's processes (cpuacct)", "whole machine (/proc/stat)"],
+          [[label, *("-" if v is None else v for v in values)] for label, *values in rows])
+    data["floor_ms"] = {"lean_pool": floor["same_python_tree_cpu_s"], "lifecycle": life,
+                        "bare_celery": bare, "floor": total, "forge": forge_ms,
+                        "excess": excess, "columns": ["tree", "machine"]}
 
 
 if __name__ == "__main__":
