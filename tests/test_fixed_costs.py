@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,40 @@ def test_a_cgroup_join_beside_the_network_raises_what_the_join_raised(tmp_path):
     ok.dirs = {"pids": str(tmp_path / "ok")}
     ok.add_beside(4242)()
     assert (tmp_path / "ok" / "cgroup.procs").read_text() == "4242"
+
+
+@pytest.mark.processes
+def test_kill_all_empties_a_real_cgroup_and_tries_cgroup_kill_only_on_v2(monkeypatch):
+    """A process and its child in a real per-sandbox cgroup are killed; ``cgroup.kill``
+    (v2 only) is written where it exists and not tried on v1, twice per candidate before."""
+    from worker.sandbox.local import cgroups as cg
+
+    group = cg.Cgroups(f"forge-test-kill-{os.getpid()}", 50, 256 << 20)
+    try:
+        assert group.paths(), "no writable cgroup hierarchy (the tests run as root)"
+        tried: list[str] = []
+        real = cg._try_write
+        monkeypatch.setattr(cg, "_try_write",
+                            lambda path, text: (tried.append(path), real(path, text))[1])
+        # The shell forks only once it is in the group (its read returns after the add).
+        proc = subprocess.Popen(["sh", "-c", "read go; sleep 60 & sleep 60"],
+                                stdin=subprocess.PIPE, start_new_session=True)
+        group.add(proc.pid)
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + 10
+        while len(group.members()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(group.members()) == 3  # the shell and its two sleeps (control)
+        group.kill_all()
+        assert group.members() == set()
+        assert proc.wait(10) == -signal.SIGKILL
+        kills = [p for p in tried if p.endswith("cgroup.kill")]
+        v2 = [p for p in group.paths() if cg._is_v2(os.path.dirname(p))]
+        assert kills == [os.path.join(p, "cgroup.kill") for p in v2]
+    finally:
+        group.kill_all()
+        group.remove()
 
 
 def test_the_embedded_wait_wakes_when_a_task_ends_not_at_its_next_poll():

@@ -184,7 +184,8 @@ class Cgroups:
 
     def kill_all(self) -> None:
         for path in self.paths():
-            _try_write(os.path.join(path, "cgroup.kill"), "1")  # v2: atomic
+            if _is_v2(os.path.dirname(path)):  # v1 has no cgroup.kill: not tried there
+                _try_write(os.path.join(path, "cgroup.kill"), "1")  # v2: atomic
         for _ in range(50):  # v1: no cgroup.kill; SIGKILL until empty (forks race us)
             pids = self.members()
             if not pids:
