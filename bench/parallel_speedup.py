@@ -111,14 +111,15 @@ def main() -> int:
         "workers": args.workers, "concurrency": args.concurrency, "pool": "prefork",
         "ideal_s": ideal, "reps": reps, "baseline_s": base, "forge_s": wall,
         "forge_over_ideal": wall / ideal, "speedup": base / wall,
-        "target_forge_over_ideal": 1.15, "aim_forge_over_ideal": 1.05,
+        "target_forge_over_ideal": 1.10, "aim_forge_over_ideal": 1.05,  # issue 17 (was 1.15)
     }
     table(f"Parallel speedup: {args.n} x {args.seconds}s candidates, "
           f"{args.workers} workers x {args.concurrency} (median of {args.reps})",
           ["measure", "value"],
           [["baseline (seed, sequential) s", base], ["forge wall s", wall],
            ["ideal wall s (ceil(N/slots) x t)", ideal],
-           ["forge / ideal (target <= 1.15)", wall / ideal], ["speedup over seed", base / wall]])
+           ["forge / ideal (must <= 1.10, aim 1.05)", wall / ideal],
+           ["speedup over seed", base / wall]])
     waves = math.ceil(args.n / (args.workers * args.concurrency))
     parts = {k: median([r["parts"][k] for r in reps]) for k, _ in PARTS}
     data["parts"] = parts
