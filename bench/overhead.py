@@ -12,7 +12,7 @@ the results' phase timings (``CandidateResult.timings``) and the chord body's.
 and its transport kept: the sandbox lifecycle alone (the same candidates through
 ``run_lifecycle`` on a process pool of the same width: bubblewrap, network, cgroups, no
 Celery, no Redis) and a bare Celery chord of as many no-op tasks (bench/bare_celery.py:
-the same broker, backend, late acks, prefetch and task events, on its own 2 x 4
+the same broker, backend, late acks and prefetch, no task events, on its own 2 x 4
 workers). Their sum is the floor; the forge's excess over it is its own glue.
 """
 
@@ -82,17 +82,10 @@ def baseline(manifest: Path, n: int, width: int, python: str = sys.executable,
 
 
 def _life_init() -> None:
-    """A lifecycle-pool process warmed as a worker's pool process is (worker/tasks.py's
-    ``_warm_up``): the backend made, bubblewrap probed, the process prepared."""
-    import gc
+    """A lifecycle-pool process warmed as a worker's pool process is, by the same hook."""
+    from worker.tasks import _warm_up
 
-    from worker.sandbox import get_backend
-    from worker.sandbox.local import bwrap, prepare_process
-
-    get_backend("local")
-    if bwrap.probe().drop_uid:
-        prepare_process()
-    gc.freeze()
+    _warm_up()
 
 
 def _life_one(args: tuple[str, str, bool]) -> bool:
@@ -113,28 +106,37 @@ def _life_one(args: tuple[str, str, bool]) -> bool:
     return True
 
 
-def lifecycle_alone(pool: ProcessPoolExecutor, n: int, network: bool,
-                    tree: TreeCpu | None) -> tuple[float, float, float | None]:
-    """(wall s, machine busy CPU s, tree CPU s) of the lifecycle of ``n`` trivial
-    candidates, ``pool``'s width at a time, without Celery or Redis."""
-    jobs = [(f"c{i:04d}", TRIVIAL, network) for i in range(n)]
+def _measured(run, tree: TreeCpu | None) -> tuple[float, float, float | None]:
+    """(wall s, machine busy CPU s, tree CPU s or None) of ``run()``."""
     m0, c0, t0 = machine_cpu_s(), tree.usage() if tree else None, now()
-    assert all(pool.map(_life_one, jobs))
+    run()
     wall = now() - t0
     return wall, machine_cpu_s() - m0, (tree.usage() - c0) if c0 is not None else None
+
+
+def lifecycle_alone(pool: ProcessPoolExecutor, n: int, network: bool,
+                    tree: TreeCpu | None) -> tuple[float, float, float | None]:
+    """``_measured`` of the lifecycle of ``n`` trivial candidates, ``pool``'s width at a
+    time, without Celery or Redis."""
+    jobs = [(f"c{i:04d}", TRIVIAL, network) for i in range(n)]
+
+    def run() -> None:
+        assert all(pool.map(_life_one, jobs))
+
+    return _measured(run, tree)
 
 
 def bare_celery(n: int, tree: TreeCpu | None) -> tuple[float, float, float | None]:
-    """(wall s, machine busy CPU s, tree CPU s) of a chord of ``n`` no-op tasks and a
-    counting body on the bare app's workers, published and awaited from here."""
+    """``_measured`` of a chord of ``n`` no-op tasks and a counting body on the bare app's
+    workers, published and awaited from here."""
     from bare_celery import count, noop
     from celery import chord
 
-    m0, c0, t0 = machine_cpu_s(), tree.usage() if tree else None, now()
-    got = chord([noop.s(i) for i in range(n)])(count.s()).get(timeout=600)
-    wall = now() - t0
-    assert got == n, got
-    return wall, machine_cpu_s() - m0, (tree.usage() - c0) if c0 is not None else None
+    def run() -> None:
+        got = chord([noop.s(i) for i in range(n)])(count.s()).get(timeout=600)
+        assert got == n, got
+
+    return _measured(run, tree)
 
 
 def forge(manifest: Path, artifacts: Path, n: int, meter: CpuMeter | None = None,
@@ -351,12 +353,8 @@ def _report(args: argparse.Namespace, info: dict, reps: list[dict]) -> None:
 def _report_floor(args: argparse.Namespace, reps: list[dict], data: dict) -> None:
     """The floor's table: per candidate, tree CPU (whole machine beside it), each side's
     median over the repetitions, and the forge's excess over the floor."""
-    def per(key: str) -> float | None:
-        values = [r[key] for r in reps if r.get(key) is not None]
-        return 1000 * median(values) / args.n if values else None
-
-    def forge_per(key: str) -> float | None:
-        values = [r["forge"][key] for r in reps if r["forge"].get(key) is not None]
+    def per(key: str, side: str | None = None) -> float | None:  # side: "forge"
+        values = [v for r in reps if (v := (r[side] if side else r).get(key)) is not None]
         return 1000 * median(values) / args.n if values else None
 
     rows, floor = [], {}
@@ -372,7 +370,7 @@ def _report_floor(args: argparse.Namespace, reps: list[dict], data: dict) -> Non
     life, bare = floor["lifecycle_tree_cpu_s"], floor["bare_celery_tree_cpu_s"]
     total = [a + b if a is not None and b is not None else None
              for a, b in zip(life, bare, strict=True)]
-    forge_ms = [forge_per("tree_cpu_s"), forge_per("machine_cpu_s")]
+    forge_ms = [per("tree_cpu_s", "forge"), per("machine_cpu_s", "forge")]
     excess = [f - t if f is not None and t is not None else None
               for f, t in zip(forge_ms, total, strict=True)]
     rows += [["floor: lifecycle alone + bare Celery", *total], ["forge", *forge_ms],
