@@ -206,8 +206,9 @@ def _body_published(body_id: str, ended: threading.Event) -> Iterator[None]:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(**{celery_compat.task_meta_key(backend, body_id):
                                 lambda _m: ended.set()})
+            # sleep_time bounds the wait's end too: redis-py 8's stop() joins the thread.
             worker = pubsub.run_in_thread(  # a lost connection ends it quietly
-                sleep_time=0.5, daemon=True, exception_handler=lambda _e, _p, t: t.stop())
+                sleep_time=0.02, daemon=True, exception_handler=lambda _e, _p, t: t.stop())
         except Exception as exc:  # noqa: BLE001 - the wait polls instead
             logger.debug("not subscribed to the chord body's result: %s", exc)
     try:
