@@ -7,7 +7,7 @@ every repetition, interleaved, so they see the same machine load. A second table
 where the forge's time over the ideal goes: the first task's start, what each task adds
 to its candidate's sleep (sandbox, interpreter, Celery), and the tail after the last one.
 
-    .venv/bin/python bench/parallel_speedup.py [-n 20] [--seconds 1] [--reps 3]
+    .venv/bin/python bench/parallel_speedup.py [-n 20] [--seconds 1] [--reps 3] [--warm N]
 """
 
 from __future__ import annotations
@@ -93,9 +93,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--warm", type=int, default=None, metavar="N",
+                    help="FORGE_WARM_SANDBOXES for the workers (default: the setting's)")
     args = ap.parse_args()
     info = machine()
-    with Cluster(args.workers, args.concurrency) as cluster:
+    extra = {} if args.warm is None else {"FORGE_WARM_SANDBOXES": str(args.warm)}
+    with Cluster(args.workers, args.concurrency, extra_env=extra) as cluster:
         manifest = sleepers(cluster.tmp / "cands", args.n, args.seconds)
         ideal = math.ceil(args.n / cluster.slots) * args.seconds
         forge(manifest, cluster.artifacts, args.n, args.seconds)  # warm-up: imports, sandbox
@@ -109,6 +112,7 @@ def main() -> int:
     data = {
         **info, "n": args.n, "seconds": args.seconds, "slots": args.workers * args.concurrency,
         "workers": args.workers, "concurrency": args.concurrency, "pool": "prefork",
+        "warm_sandboxes": args.warm,
         "ideal_s": ideal, "reps": reps, "baseline_s": base, "forge_s": wall,
         "forge_over_ideal": wall / ideal, "speedup": base / wall,
         "target_forge_over_ideal": 1.10, "aim_forge_over_ideal": 1.05,  # issue 17 (was 1.15)

@@ -230,6 +230,11 @@ class Settings:
                          "and process caps then rely on rlimits)", flag, shown="off")
     sandbox_dir = Setting("FORGE_SANDBOX_DIR", None, "Where sandbox directories are made",
                           shown="/dev/shm when it is a tmpfs, else TMPDIR")
+    warm_sandboxes = Setting("FORGE_WARM_SANDBOXES", 1, "Bubblewrap sandboxes each "
+                             "worker process keeps set up, interpreter started, for its next "
+                             "candidate of the same competition (`0`: none)", whole(0))
+    warm_idle = Setting("FORGE_WARM_IDLE", 10, "Seconds an unused warm sandbox is kept "
+                        "before it is removed", whole(1))
 
     # -- Daytona -------------------------------------------------------------------------
     daytona_api_key = Setting("DAYTONA_API_KEY", None, "Daytona's API key (`forge run "
@@ -277,6 +282,12 @@ class Settings:
     def variables(cls) -> list[Setting]:
         """Every setting, in the order above."""
         return [v for v in vars(cls).values() if isinstance(v, Setting)]
+
+    @classmethod
+    def fingerprint(cls) -> tuple[str | None, ...]:
+        """Every setting's raw value: equal fingerprints, equal settings (what was made
+        under one set of settings is reused only under the same, e.g. warm sandboxes)."""
+        return tuple(raw(v.name) for v in cls.variables())
 
 
 settings = Settings()

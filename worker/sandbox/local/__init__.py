@@ -25,6 +25,8 @@ Modules, one job each:
 * ``sandbox``: what every local sandbox has (its directory, safe upload/download);
   ``untar``: a project unpacked into it from the host, no link followed;
   ``bwrap_sandbox`` and ``plain``: running the command, with and without bubblewrap;
+* ``warm``: the next candidate's sandbox made while the current one runs; ``zygote``:
+  its interpreter, waiting in the sandbox for the command line;
 * ``bwrap``: is bubblewrap here and working (the probe);
 * ``launch``: which host uid bwrap runs as, with which rlimits; ``prefix_view``: the
   process's mount namespace showing a hidden interpreter prefix;

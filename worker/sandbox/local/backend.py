@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -15,13 +16,14 @@ from worker.sandbox.base import (
     SandboxError,
     SandboxRequest,
 )
-from worker.sandbox.local import bwrap, owner
+from worker.sandbox.local import bwrap, owner, warm
 from worker.sandbox.local.bwrap import INSTALL_HINT, require_isolation
 from worker.sandbox.local.bwrap_sandbox import BOUNDARIES, BwrapSandbox
 from worker.sandbox.local.leftovers import sweep_leftovers
 from worker.sandbox.local.parent_dir import sandbox_parent
 from worker.sandbox.local.plain import PlainSandbox
 from worker.sandbox.local.prefix_view import share_prefixes
+from worker.settings import settings
 
 
 def prepare_process() -> None:
@@ -77,14 +79,21 @@ class LocalBackend:
                 f"filesystem isolation unavailable ({probe.reason}) and "
                 f"FORGE_REQUIRE_ISOLATION=1; fix: {INSTALL_HINT}",
             )
+        warm_ok = probe.ok and settings.warm_sandboxes > 0 and not request.exclusive
+        if warm_ok:
+            taken = warm.pool(self._make_warm).take(request, log)
+            if taken is not None:
+                log("[Local] Warm sandbox: set up while an earlier candidate ran")
+                taken.on_release = functools.partial(self._refill, request)
+                return taken
         root = None
         try:
-            root = tempfile.mkdtemp(prefix=f"forge-{_safe(request.candidate_id)}-",
-                                    dir=sandbox_parent())
-            os.chmod(root, 0o711)
-            owner.mark(root, owner.own_identity())
+            root = self._new_root(request.candidate_id)
             if probe.ok:
-                return BwrapSandbox(request, root, probe, log)
+                sandbox = BwrapSandbox(request, root, probe, log)
+                if warm_ok:
+                    sandbox.on_release = functools.partial(self._refill, request)
+                return sandbox
             sandbox = PlainSandbox(request, root, f"bubblewrap unavailable ({probe.reason})")
             log(f"[Warn] Filesystem isolation is OFF: bubblewrap unavailable ({probe.reason}); "
                 f"the candidate can read and write whatever the worker can. Fix: {INSTALL_HINT}")
@@ -97,6 +106,33 @@ class LocalBackend:
             if root:
                 shutil.rmtree(root, ignore_errors=True)
             raise SandboxError(Phase.CREATE, str(exc)) from exc
+
+    @staticmethod
+    def _new_root(name: str) -> str:
+        """A sandbox's directory in the parent directory, marked with this process."""
+        root = tempfile.mkdtemp(prefix=f"forge-{_safe(name)}-", dir=sandbox_parent())
+        os.chmod(root, 0o711)
+        owner.mark(root, owner.own_identity())
+        return root
+
+    def _refill(self, request: SandboxRequest) -> None:
+        """A candidate was let go: make the next one's sandbox meanwhile (``warm``)."""
+        warm.pool(self._make_warm).refill(request)
+
+    def _make_warm(self, shape: SandboxRequest, log: LogFn) -> BwrapSandbox:
+        """A bubblewrap sandbox for ``shape``, its interpreter started (``warm``)."""
+        root = self._new_root("warm")
+        try:
+            sandbox = BwrapSandbox(shape, root, bwrap.probe(), log)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        try:
+            sandbox.make_warm(shape.timeout, shape.limits.output_bytes)
+        except BaseException:
+            sandbox.delete()
+            raise
+        return sandbox
 
 
 def _safe(name: str) -> str:

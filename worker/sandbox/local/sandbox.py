@@ -32,6 +32,7 @@ class LocalSandbox:
     """Files: a host directory ``root`` holding ``work`` (the candidate's workdir)."""
 
     isolation: str
+    touched = False  # its python environment changed since the sandbox was made
 
     def __init__(self, request: SandboxRequest, root: str, workdir: str,
                  host_uid: int | None = None, controllers: tuple[str, ...] = ALL_CONTROLLERS):
@@ -99,6 +100,7 @@ class LocalSandbox:
     def install_own_wheels(self, requirements_file: str, timeout: int) -> ExecResult | None:
         """A project's requirements when they are only its own pure wheels, installed from
         the host (``wheels``); None when pip must install them, in the sandbox."""
+        self.touched = True  # an interpreter started before this would not see them
         t0 = time.monotonic()
         site = os.path.join(self.host_python_env, python_env_files().dirs[-1])
         try:

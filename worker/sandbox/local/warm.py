@@ -1,0 +1,199 @@
+"""Warm sandboxes: the next candidate's sandbox, set up while the current one runs.
+
+Most of a short candidate's cost in its sandbox is set-up: bubblewrap's namespaces and
+mounts, cgroups, rlimits, slirp4netns and the egress routes, and its own ``python3``
+starting. When N slots finish and start together on fewer cores (every wave of a
+competition), each of those set-ups competes at the same instant. So once a worker
+process has let a candidate's command go, one thread of that process makes a sandbox
+for the next candidate of the same shape (the same request, but for the run, candidate
+and owner, under the same settings): set up exactly as that candidate's own would be,
+with ``python3`` started on ``zygote`` and waiting for its command line. The next
+``create`` of that shape takes it.
+
+Nothing is shared: a warm sandbox serves one candidate and is deleted after it, as a
+cold one is. What its making logged (an egress note, say) is replayed into its
+candidate's log. Unused, it is removed after ``FORGE_WARM_IDLE`` seconds (its egress
+policy and ``/etc`` were read when it was made), when a request of another shape needs
+its place, and when the process ends. ``FORGE_WARM_SANDBOXES=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker.sandbox.base import LogFn, SandboxRequest
+from worker.sandbox.local import cleanup
+from worker.sandbox.local.bwrap_sandbox import BwrapSandbox
+from worker.settings import settings
+
+log = logging.getLogger(__name__)
+
+MAKING_WAIT = 10.0  # seconds a create waits for a warm sandbox already being made
+
+MakeFn = Callable[[SandboxRequest, LogFn], BwrapSandbox]
+
+
+Shape = tuple[SandboxRequest, tuple]
+
+
+def shape_of(request: SandboxRequest) -> Shape:
+    """What a warm sandbox must match: the request without whose candidate it is, and
+    the settings it was made under (``FORGE_NO_CGROUPS`` changed since, say)."""
+    return dataclasses.replace(request, run_id="", candidate_id="", owner=""), \
+        settings.fingerprint()
+
+
+@dataclass
+class _Entry:
+    shape: Shape
+    sandbox: BwrapSandbox | None = None  # None while it is being made
+    lines: list[str] = field(default_factory=list)  # what its making logged
+    made_at: float = 0.0
+
+
+class WarmPool:
+    """This process's warm sandboxes and the one thread that makes and expires them."""
+
+    def __init__(self, make: MakeFn):
+        self.pid = os.getpid()
+        self._make = make
+        self._cond = threading.Condition()
+        self._entries: list[_Entry] = []
+        self._jobs: list[_Entry] = []
+        self._closed = False
+        # Long-lived on purpose: bwrap's --die-with-parent follows the thread that started
+        # it, so a sandbox made by a thread that ends would die with it.
+        self._thread = threading.Thread(target=self._run, name="forge-warm", daemon=True)
+        self._thread.start()
+
+    def take(self, request: SandboxRequest, log_fn: LogFn) -> BwrapSandbox | None:
+        """A warm sandbox for ``request``, waiting for one being made; None if none."""
+        shape = shape_of(request)
+        deadline = time.monotonic() + MAKING_WAIT
+        with self._cond:
+            while True:
+                for entry in self._entries:
+                    if entry.sandbox is not None and entry.shape == shape:
+                        self._entries.remove(entry)
+                        break
+                else:
+                    entry = None
+                if entry is not None:
+                    break
+                making = any(e.shape == shape for e in self._entries + self._jobs)
+                left = deadline - time.monotonic()
+                if not making or left <= 0 or self._closed:
+                    return None
+                self._cond.wait(left)
+        for line in entry.lines:
+            log_fn(line)
+        entry.sandbox.request = request
+        return entry.sandbox
+
+    def refill(self, request: SandboxRequest) -> None:
+        """Have a sandbox of ``request``'s shape made, if this process keeps fewer than
+        ``FORGE_WARM_SANDBOXES`` (an unused one of another shape gives way)."""
+        shape = shape_of(request)
+        evicted = None
+        with self._cond:
+            if self._closed:
+                return
+            if len(self._entries) + len(self._jobs) >= settings.warm_sandboxes:
+                other = [e for e in self._entries if e.sandbox is not None and e.shape != shape]
+                if not other:
+                    return
+                evicted = other[0]
+                self._entries.remove(evicted)
+            self._jobs.append(_Entry(shape))
+            self._cond.notify_all()
+        if evicted is not None:
+            _delete(evicted)
+
+    def drain(self) -> None:
+        """Remove every warm sandbox and make no more (the process is ending)."""
+        if os.getpid() != self.pid:
+            return
+        with self._cond:
+            self._closed = True
+            gone = [e for e in self._entries if e.sandbox is not None]
+            self._entries = [e for e in self._entries if e.sandbox is None]
+            self._jobs.clear()
+            self._cond.notify_all()
+        for entry in gone:
+            _delete(entry)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                expired, job = self._next()
+                while not expired and job is None:
+                    self._cond.wait(self._until_expiry())
+                    expired, job = self._next()
+            for entry in expired:
+                _delete(entry)
+            if job is not None:
+                self._fill(job)
+
+    def _next(self) -> tuple[list[_Entry], _Entry | None]:
+        """(entries past their idle time, removed; the next job, now an entry)."""
+        idle = settings.warm_idle
+        now = time.monotonic()
+        expired = [e for e in self._entries if e.sandbox is not None
+                   and (self._closed or now - e.made_at >= idle)]
+        for entry in expired:
+            self._entries.remove(entry)
+        job = None
+        if self._jobs and not self._closed:
+            job = self._jobs.pop(0)
+            self._entries.append(job)
+        return expired, job
+
+    def _until_expiry(self) -> float | None:
+        ready = [e.made_at for e in self._entries if e.sandbox is not None]
+        if not ready:
+            return None
+        return max(min(ready) + settings.warm_idle - time.monotonic(), 0.01)
+
+    def _fill(self, entry: _Entry) -> None:
+        try:
+            sandbox = self._make(entry.shape[0], entry.lines.append)
+        except Exception as exc:  # noqa: BLE001 - the next create is cold and says why
+            log.debug("warm sandbox not made: %s", exc)
+            sandbox = None
+        with self._cond:
+            if sandbox is None or self._closed:
+                self._entries.remove(entry)
+            else:
+                entry.sandbox = sandbox
+                entry.made_at = time.monotonic()
+            self._cond.notify_all()
+        if sandbox is not None and entry not in self._entries:
+            _delete(_Entry(entry.shape, sandbox))
+
+
+def _delete(entry: _Entry) -> None:
+    try:
+        entry.sandbox.delete()
+    except Exception as exc:  # noqa: BLE001 - its leftovers are swept like a dead worker's
+        log.debug("warm sandbox not removed: %s", exc)
+
+
+_pool: WarmPool | None = None
+_lock = threading.Lock()
+
+
+def pool(make: MakeFn) -> WarmPool:
+    """This process's pool (a forked child makes its own; the parent's thread did not
+    come along)."""
+    global _pool
+    with _lock:
+        if _pool is None or _pool.pid != os.getpid():
+            _pool = WarmPool(make)
+            cleanup.register(_pool.drain)
+        return _pool
