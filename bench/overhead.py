@@ -6,7 +6,7 @@ plain process pool of the same width, each ``subprocess.run`` writing the same f
 Both sides run in every repetition, interleaved. The forge's time is broken down from
 the results' phase timings (``CandidateResult.timings``) and the chord body's.
 
-    .venv/bin/python bench/overhead.py [-n 200] [--reps 3] [--pool threads] [--floor]
+    .venv/bin/python bench/overhead.py [-n 200] [--reps 3] [--pool threads] [--floor] [--warm N]
 
 ``--floor`` adds two sides that size what the forge cannot go below with its isolation
 and its transport kept: the sandbox lifecycle alone (the same candidates through
@@ -198,6 +198,9 @@ def main() -> int:
                     help="candidates without network (no slirp4netns per sandbox)")
     ap.add_argument("--sandbox", choices=("bwrap", "plain"), default="bwrap",
                     help="plain: FORGE_SANDBOX=plain, no isolation (to size the sandbox's share)")
+    ap.add_argument("--warm", type=int, default=None, metavar="N",
+                    help="FORGE_WARM_SANDBOXES for the workers and the lifecycle side "
+                         "(default: the setting's)")
     ap.add_argument("--floor", action="store_true",
                     help="also run the lifecycle alone and a bare Celery chord (the floor)")
     ap.add_argument("--progress-interval-ms", type=int, default=None,
@@ -205,6 +208,8 @@ def main() -> int:
     args = ap.parse_args()
     info = machine()
     extra = {"FORGE_SANDBOX": "plain"} if args.sandbox == "plain" else {}
+    if args.warm is not None:
+        extra["FORGE_WARM_SANDBOXES"] = str(args.warm)
     if args.progress_interval_ms is not None:
         extra["FORGE_PROGRESS_INTERVAL_MS"] = str(args.progress_interval_ms)
     tree = TreeCpu()  # before the cluster starts: its processes inherit the group
@@ -278,6 +283,7 @@ def _report(args: argparse.Namespace, info: dict, reps: list[dict]) -> None:
     wall = best["wall_s"]
     width = args.workers * args.concurrency
     data = {**info, "n": args.n, "width": width, "reps": reps, "sandbox": args.sandbox,
+            "warm_sandboxes": args.warm,
             "pool": args.pool,
             "network": not args.no_network, "progress_interval_ms": args.progress_interval_ms,
             "baseline_s": base, "forge_s": wall,

@@ -10,6 +10,7 @@ publishing leans on live in worker/celery_compat.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -206,16 +207,26 @@ def _body_published(body_id: str, ended: threading.Event) -> Iterator[None]:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(**{celery_compat.task_meta_key(backend, body_id):
                                 lambda _m: ended.set()})
-            # sleep_time bounds the wait's end too: redis-py 8's stop() joins the thread.
             worker = pubsub.run_in_thread(  # a lost connection ends it quietly
-                sleep_time=0.02, daemon=True, exception_handler=lambda _e, _p, t: t.stop())
+                sleep_time=0.5, daemon=True, exception_handler=lambda _e, _p, t: t.stop())
         except Exception as exc:  # noqa: BLE001 - the wait polls instead
             logger.debug("not subscribed to the chord body's result: %s", exc)
     try:
         yield
     finally:
         if worker is not None:
-            worker.stop()  # ends within sleep_time, then closes its connection
+            _stop_listening(worker)
+
+
+def _stop_listening(worker: threading.Thread) -> None:
+    """Tell the listener to end (within its sleep_time; it then closes its connection)
+    without waiting for it: redis-py 8's ``stop()`` joins the thread unless told
+    ``timeout=0``, which would add up to sleep_time to every wait; earlier ones never
+    waited, and take no timeout."""
+    if "timeout" in inspect.signature(worker.stop).parameters:
+        worker.stop(timeout=0)
+    else:
+        worker.stop()
 
 
 def _follow(plan: RunPlan, tracker: RunTracker, body, ended: threading.Event,

@@ -18,10 +18,11 @@ import time
 
 import pytest
 
+from tests.procs import ROOT
 from worker.lifecycle import run_lifecycle
 from worker.records import CandidateTask, Limits, sha256_text
 from worker.sandbox.base import SandboxRequest
-from worker.sandbox.local import LocalBackend, bwrap
+from worker.sandbox.local import LocalBackend, bwrap, owner
 from worker.sandbox.local.parent_dir import sandbox_parent
 
 # Every test starts local sandboxes (bubblewrap, slirp4netns); tests/markers.py.
@@ -45,6 +46,8 @@ STATE = """
         "cgroup": open("/proc/self/cgroup").read().count("\\n"),
     }
     open(sys.argv[2], "w").write(json.dumps(state))
+    import time
+    time.sleep(0.4)  # long enough for the next candidate's sandbox to be made meanwhile
 """
 
 FAILS = """
@@ -74,8 +77,18 @@ def run(t: CandidateTask):
     return result, lines
 
 
-def warm_roots() -> set[str]:
-    return set(glob.glob(os.path.join(sandbox_parent(), "forge-warm-*")))
+def warm_roots(pid: int | None = None) -> set[str]:
+    """The warm sandboxes of process ``pid`` (this one): others run tests beside us."""
+    me = owner.identity(os.getpid() if pid is None else pid)
+    found = set()
+    for root in glob.glob(os.path.join(sandbox_parent(), "forge-warm-*")):
+        try:
+            with open(os.path.join(root, owner.OWNER_FILE)) as fh:
+                if fh.read().strip() == me:
+                    found.add(root)
+        except OSError:
+            pass
+    return found
 
 
 def processes_under(root: str) -> list[int]:
@@ -143,14 +156,14 @@ def test_module_mode_and_errors_match_a_cold_start(argv, monkeypatch):
     request = SandboxRequest(run_id="r-warm-api", candidate_id="m", timeout=9, limits=SMALL)
     module = b"import sys\nprint(__name__, sys.argv, sys.path[0], __spec__.name)\n"
 
-    def once(expect_warm: bool | None):
+    def once(expect_warm: bool | None, command: list[str] = argv):
         lines: list[str] = []
         sandbox = backend.create(request, lines.append)
         try:
             if expect_warm is not None:
                 assert any(WARM_LINE in x for x in lines) is expect_warm, lines
             sandbox.upload(module, "/sandbox/mod.py", 5)
-            ran = sandbox.exec(argv, 9, 16384)
+            ran = sandbox.exec(command, 9, 16384)
             return ran.exit_code, ran.output
         finally:
             sandbox.delete()
@@ -158,7 +171,8 @@ def test_module_mode_and_errors_match_a_cold_start(argv, monkeypatch):
     monkeypatch.setenv("FORGE_WARM_SANDBOXES", "0")
     cold = once(False)
     monkeypatch.setenv("FORGE_WARM_SANDBOXES", "1")
-    once(None)  # warm or not, letting its command go has the pool make the next one
+    # Warm or not, a command running 0.4 s has the pool make the next sandbox meanwhile.
+    once(None, ["python3", "-c", "import time; time.sleep(0.4)"])
     warm = once(True)
     assert warm == cold
     assert cold[0] in (0, 1, 2), cold
@@ -188,6 +202,21 @@ def test_a_setting_changed_since_starts_cold(monkeypatch):
     third, lines = run(task(STATE, "set-c"))
     assert any(WARM_LINE in x for x in lines), lines  # the positive control
     assert "memory cgroup" not in third.isolation, third.isolation
+
+
+def test_a_candidate_that_ends_at_once_has_none_made_for_the_next(monkeypatch):
+    """Under ``WARM_AFTER``: making the next sandbox beside it would only cost CPU."""
+    require_bwrap()
+    monkeypatch.setenv("FORGE_WARM_SANDBOXES", "1")
+    quick = "import sys\nopen(sys.argv[2], 'w').write('# ok')\n"
+    run(task(STATE, "quick-0", timeout=4))  # a slow one: the next is made meanwhile
+    before = warm_roots()
+    _, lines = run(task(quick, "quick-1", timeout=4))
+    assert any(WARM_LINE in x for x in lines), lines  # the positive control
+    time.sleep(0.5)
+    _, lines = run(task(quick, "quick-2", timeout=4))
+    assert not any(WARM_LINE in x for x in lines), lines
+    assert not (warm_roots() - before)
 
 
 def test_off_makes_none(monkeypatch):
@@ -237,23 +266,22 @@ def test_a_warm_sandbox_goes_when_its_process_ends(tmp_path):
         from worker.records import CandidateTask, sha256_text
         from worker.sandbox.local import LocalBackend
         from worker.sandbox.local.parent_dir import sandbox_parent
-        s = "import sys; open(sys.argv[2], 'w').write('# ok')"
+        s = "import sys, time; open(sys.argv[2], 'w').write('# ok'); time.sleep(0.4)"
         t = CandidateTask(run_id="r-exit", candidate_id="c", name="c", script_name="s.py",
                           script=s, script_sha256=sha256_text(s), objective="o", timeout=9)
         assert run_lifecycle(LocalBackend(), t, print).success
-        mine = os.path.join(sandbox_parent(), "forge-warm-*")
+        from tests.test_warm_sandbox import warm_roots
         end = time.monotonic() + 20
-        while not glob.glob(mine) and time.monotonic() < end:
+        while not warm_roots() and time.monotonic() < end:
             time.sleep(0.05)
-        print("WARM", *glob.glob(mine))
+        print("WARM", *warm_roots())
     """)
-    before = warm_roots()
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "FORGE_WARM_SANDBOXES": "1",
-                                            "FORGE_WARM_IDLE": "600"})
+                                            "FORGE_WARM_IDLE": "600"}, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     shown = [x for x in done.stdout.splitlines() if x.startswith("WARM")]
-    made = set(shown[0].split()[1:]) - before
+    made = set(shown[0].split()[1:])
     assert made, done.stdout  # the positive control: it had one
     for root in made:
         assert not os.path.exists(root)

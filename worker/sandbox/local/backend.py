@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 from worker.sandbox import netns, slots
 from worker.sandbox.base import (
@@ -115,9 +116,10 @@ class LocalBackend:
         owner.mark(root, owner.own_identity())
         return root
 
-    def _refill(self, request: SandboxRequest) -> None:
-        """A candidate was let go: make the next one's sandbox meanwhile (``warm``)."""
-        warm.pool(self._make_warm).refill(request)
+    def _refill(self, request: SandboxRequest) -> Callable[[], None]:
+        """A candidate was let go: make the next one's sandbox meanwhile, unless it ends
+        first (``warm``). Returns what to call when it ended."""
+        return warm.pool(self._make_warm).refill(request)
 
     def _make_warm(self, shape: SandboxRequest, log: LogFn) -> BwrapSandbox:
         """A bubblewrap sandbox for ``shape``, its interpreter started (``warm``)."""

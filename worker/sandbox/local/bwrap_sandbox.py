@@ -43,7 +43,8 @@ BOUNDARIES = frozenset({Boundary.FILESYSTEM, Boundary.PROCESSES, Boundary.USER,
 
 class BwrapSandbox(LocalSandbox):
     warm: Warm | None = None  # its interpreter already started (``make_warm``)
-    on_release: Callable[[], None] | None = None  # a command was let go (the warm pool)
+    # A command was let go; what it returns is called when the command ended (warm pool).
+    on_release: Callable[[], Callable[[], None] | None] | None = None
 
     def __init__(self, request: SandboxRequest, root: str, probe: Probe, log: LogFn):
         net = "none"
@@ -123,17 +124,13 @@ class BwrapSandbox(LocalSandbox):
             if ran is not None:
                 return ran
             warm.discard()
-        command = self._argv(argv)
-        held = self._start(command, timeout, output_cap)
-        t0 = held.t0
+        held = self._start(self._argv(argv), timeout, output_cap)
         try:
             self._release(held)
-            self._released()
-            timed_out = not process.wait(held.proc, max(timeout - (time.monotonic() - t0), 0.1))
-        finally:
+        except BaseException:
             held.stop()
-        return self._finish(held.proc, held.reader, held.buffer, t0, timed_out,
-                            self._cpu(held.cpu0, None))
+            raise
+        return self._wait(held, held.t0, timeout)
 
     def make_warm(self, timeout: int, output_cap: int) -> None:
         """Set this sandbox up for a candidate not yet known: bwrap, cgroups, rlimits,
@@ -167,19 +164,22 @@ class BwrapSandbox(LocalSandbox):
             warm.send(spec)
         except OSError as exc:
             logger.debug("warm interpreter gone before its command (%s): %s", exc,
-                      held.buffer.text()[-200:])
+                         held.buffer.text()[-200:])
             return None
+        return self._wait(held, t0, timeout)
+
+    def _wait(self, held: Held, t0: float, timeout: int) -> ExecResult:
+        """The command runs from ``t0``: wait for it or its deadline, then stop everything
+        it started. The warm pool hears when it starts and ends (``on_release``)."""
+        ended = self.on_release() if self.on_release is not None else None
         try:
-            self._released()
             timed_out = not process.wait(held.proc, max(timeout - (time.monotonic() - t0), 0.1))
         finally:
+            if ended is not None:
+                ended()
             held.stop()
         return self._finish(held.proc, held.reader, held.buffer, t0, timed_out,
                             self._cpu(held.cpu0, None))
-
-    def _released(self) -> None:
-        if self.on_release is not None:
-            self.on_release()
 
     def _start(self, command: list[str], timeout: int, output_cap: int,
                go_fd: int | None = None) -> Held:

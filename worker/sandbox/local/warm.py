@@ -4,8 +4,8 @@ Most of a short candidate's cost in its sandbox is set-up: bubblewrap's namespac
 mounts, cgroups, rlimits, slirp4netns and the egress routes, and its own ``python3``
 starting. When N slots finish and start together on fewer cores (every wave of a
 competition), each of those set-ups competes at the same instant. So once a worker
-process has let a candidate's command go, one thread of that process makes a sandbox
-for the next candidate of the same shape (the same request, but for the run, candidate
+process's candidate has run ``WARM_AFTER`` seconds, one thread of that process makes a
+sandbox for the next candidate of the same shape (the same request, but for the run, candidate
 and owner, under the same settings): set up exactly as that candidate's own would be,
 with ``python3`` started on ``zygote`` and waiting for its command line. The next
 ``create`` of that shape takes it.
@@ -20,6 +20,7 @@ its place, and when the process ends. ``FORGE_WARM_SANDBOXES=0`` turns it off.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -35,10 +36,13 @@ from worker.settings import settings
 log = logging.getLogger(__name__)
 
 MAKING_WAIT = 10.0  # seconds a create waits for a warm sandbox already being made
+# Seconds a candidate runs before the next one's sandbox is made. A shorter candidate
+# ends first, and its successor starts cold: with every slot busy, making a sandbox
+# beside a candidate that ends within milliseconds saves no wall time and costs ~3 ms of
+# CPU more than making it on the successor's own turn (bench/README.md, issue 17).
+WARM_AFTER = 0.1
 
 MakeFn = Callable[[SandboxRequest, LogFn], BwrapSandbox]
-
-
 Shape = tuple[SandboxRequest, tuple]
 
 
@@ -49,16 +53,24 @@ def shape_of(request: SandboxRequest) -> Shape:
         settings.fingerprint()
 
 
-@dataclass
+@dataclass(eq=False)  # entries are told apart by identity: two may be alike
 class _Entry:
     shape: Shape
-    sandbox: BwrapSandbox | None = None  # None while it is being made
+    not_before: float = 0.0  # a job: when its making may start
+    sandbox: BwrapSandbox | None = None  # None while it is a job or being made
     lines: list[str] = field(default_factory=list)  # what its making logged
     made_at: float = 0.0
 
 
+def _nothing() -> None:
+    return None
+
+
 class WarmPool:
-    """This process's warm sandboxes and the one thread that makes and expires them."""
+    """This process's warm sandboxes and the one thread that makes and expires them.
+
+    An entry is a job (in ``_jobs``, not started), being made (in ``_entries``, no
+    sandbox yet) or ready (in ``_entries``, with its sandbox)."""
 
     def __init__(self, make: MakeFn):
         self.pid = os.getpid()
@@ -73,20 +85,22 @@ class WarmPool:
         self._thread.start()
 
     def take(self, request: SandboxRequest, log_fn: LogFn) -> BwrapSandbox | None:
-        """A warm sandbox for ``request``, waiting for one being made; None if none."""
+        """A warm sandbox for ``request``, waiting for one being made; None if none (a
+        job not started yet is dropped: the caller's own making is as quick)."""
         shape = shape_of(request)
         deadline = time.monotonic() + MAKING_WAIT
         with self._cond:
             while True:
-                for entry in self._entries:
-                    if entry.sandbox is not None and entry.shape == shape:
-                        self._entries.remove(entry)
-                        break
-                else:
-                    entry = None
+                entry = next((e for e in self._entries
+                              if e.sandbox is not None and e.shape == shape), None)
                 if entry is not None:
+                    self._entries.remove(entry)
                     break
-                making = any(e.shape == shape for e in self._entries + self._jobs)
+                job = next((j for j in self._jobs if j.shape == shape), None)
+                if job is not None:
+                    self._jobs.remove(job)
+                    return None
+                making = any(e.shape == shape for e in self._entries)
                 left = deadline - time.monotonic()
                 if not making or left <= 0 or self._closed:
                     return None
@@ -96,24 +110,22 @@ class WarmPool:
         entry.sandbox.request = request
         return entry.sandbox
 
-    def refill(self, request: SandboxRequest) -> None:
-        """Have a sandbox of ``request``'s shape made, if this process keeps fewer than
-        ``FORGE_WARM_SANDBOXES`` (an unused one of another shape gives way)."""
+    def refill(self, request: SandboxRequest) -> Callable[[], None]:
+        """A candidate of ``request``'s shape was let go: have the next one's sandbox
+        made once it has run ``WARM_AFTER`` seconds, if this process keeps fewer than
+        ``FORGE_WARM_SANDBOXES`` (an unused one of another shape gives way). Returns what
+        to call when the candidate ended (a job not started yet is dropped then)."""
         shape = shape_of(request)
-        evicted = None
+        job = _Entry(shape, not_before=time.monotonic() + WARM_AFTER)
         with self._cond:
-            if self._closed:
-                return
-            if len(self._entries) + len(self._jobs) >= settings.warm_sandboxes:
-                other = [e for e in self._entries if e.sandbox is not None and e.shape != shape]
-                if not other:
-                    return
-                evicted = other[0]
-                self._entries.remove(evicted)
-            self._jobs.append(_Entry(shape))
+            if self._closed or (
+                    len(self._entries) + len(self._jobs) >= settings.warm_sandboxes
+                    and not any(e.sandbox is not None and e.shape != shape
+                                for e in self._entries)):
+                return _nothing
+            self._jobs.append(job)
             self._cond.notify_all()
-        if evicted is not None:
-            _delete(evicted)
+        return functools.partial(self._drop, job)
 
     def drain(self) -> None:
         """Remove every warm sandbox and make no more (the process is ending)."""
@@ -128,37 +140,54 @@ class WarmPool:
         for entry in gone:
             _delete(entry)
 
+    def _drop(self, job: _Entry) -> None:
+        with self._cond:
+            if job in self._jobs:
+                self._jobs.remove(job)
+                self._cond.notify_all()
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                expired, job = self._next()
-                while not expired and job is None:
-                    self._cond.wait(self._until_expiry())
-                    expired, job = self._next()
-            for entry in expired:
+                gone, job = self._next()
+                while not gone and job is None:
+                    self._cond.wait(self._until_next())
+                    gone, job = self._next()
+            for entry in gone:
                 _delete(entry)
             if job is not None:
                 self._fill(job)
 
     def _next(self) -> tuple[list[_Entry], _Entry | None]:
-        """(entries past their idle time, removed; the next job, now an entry)."""
+        """(ready entries past their idle time or evicted, removed; the job due now,
+        being made from here), under the lock."""
         idle = settings.warm_idle
         now = time.monotonic()
-        expired = [e for e in self._entries if e.sandbox is not None
-                   and (self._closed or now - e.made_at >= idle)]
-        for entry in expired:
+        gone = [e for e in self._entries if e.sandbox is not None
+                and (self._closed or now - e.made_at >= idle)]
+        for entry in gone:
             self._entries.remove(entry)
-        job = None
-        if self._jobs and not self._closed:
-            job = self._jobs.pop(0)
-            self._entries.append(job)
-        return expired, job
+        job = next((j for j in self._jobs if j.not_before <= now), None)
+        if job is None or self._closed:
+            return gone, None
+        self._jobs.remove(job)
+        while len(self._entries) >= settings.warm_sandboxes:
+            other = next((e for e in self._entries
+                          if e.sandbox is not None and e.shape != job.shape), None)
+            if other is None:
+                return gone, None  # no room: the job is dropped
+            self._entries.remove(other)
+            gone.append(other)
+        self._entries.append(job)
+        return gone, job
 
-    def _until_expiry(self) -> float | None:
-        ready = [e.made_at for e in self._entries if e.sandbox is not None]
-        if not ready:
+    def _until_next(self) -> float | None:
+        """Seconds until a ready entry expires or a job is due; None: nothing to wait for."""
+        times = [e.made_at + settings.warm_idle for e in self._entries if e.sandbox is not None]
+        times += [j.not_before for j in self._jobs]
+        if not times:
             return None
-        return max(min(ready) + settings.warm_idle - time.monotonic(), 0.01)
+        return max(min(times) - time.monotonic(), 0.005)
 
     def _fill(self, entry: _Entry) -> None:
         try:
@@ -174,7 +203,7 @@ class WarmPool:
                 entry.made_at = time.monotonic()
             self._cond.notify_all()
         if sandbox is not None and entry not in self._entries:
-            _delete(_Entry(entry.shape, sandbox))
+            _delete(_Entry(entry.shape, sandbox=sandbox))
 
 
 def _delete(entry: _Entry) -> None:
