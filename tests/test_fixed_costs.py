@@ -243,3 +243,26 @@ def test_log_lines_under_the_live_table_go_out_as_one_print_per_tick(tmp_path):
     text = out.getvalue()
     assert text.index("[a] one") < text.index("[a] two") < text.index("[a] three") \
         < text.index("[a] four")  # "four" printed on exit, after the others
+
+
+def test_the_distributed_wait_ends_without_waiting_for_its_listener(redis_server):
+    """The listener of the body's result is told to stop, not joined: redis-py 8's
+    ``stop()`` would wait out its read timeout (0.5 s at the end of every run)."""
+    import redis
+
+    from dispatcher.dispatch import _stop_listening
+
+    client = redis.Redis.from_url(redis_server.url)
+    heard = threading.Event()
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(**{"forge-test": lambda _m: heard.set()})
+    listener = pubsub.run_in_thread(sleep_time=3, daemon=True)
+    try:
+        client.publish("forge-test", "x")
+        assert heard.wait(10)  # the positive control: it listens
+        _stop_listening(listener)
+        assert listener.is_alive()  # told to end at its next wake, not waited for
+        listener.join(20)
+        assert not listener.is_alive()  # and it did end
+    finally:
+        client.close()
