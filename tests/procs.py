@@ -245,6 +245,19 @@ def forge_env(redis_url: str | None, artifacts: Path, **extra: str) -> dict[str,
     return env
 
 
+def processes_with(marker: str) -> list[int]:
+    """PIDs whose command line contains ``marker`` (a path, a unique argument)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if marker.encode() in fh.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 class CeleryWorker:
     """A real ``celery -A worker worker`` process."""
 

@@ -11,6 +11,7 @@ import pytest
 
 from dispatcher import run_forge
 from tests.manifests import FIXTURES, write_manifest
+from tests.procs import processes_with
 
 # Every test starts processes (embedded runs start local sandboxes); tests/markers.py.
 pytestmark = pytest.mark.processes
@@ -64,19 +65,6 @@ def test_hostile_objective_reaches_the_candidate_byte_for_byte(tmp_path):
     assert Path(os.path.expanduser("~")).is_dir()
 
 
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if marker.encode() in fh.read():
-                        found.append(int(pid))
-            except OSError:
-                continue
-    return found
-
-
 def test_a_candidate_past_its_deadline_is_killed_with_its_child(tmp_path):
     marker = f"sleepy-{uuid.uuid4().hex}"
     manifest = write_manifest(tmp_path / "c", {
@@ -90,4 +78,4 @@ def test_a_candidate_past_its_deadline_is_killed_with_its_child(tmp_path):
     assert "timed out after 3s" in sleepy.error_message
     assert "[Sleepy] started a child" in sleepy.output
     assert by_id["echo"].success  # the run carried on
-    assert _processes_with(marker) == []  # neither the script nor its child survived
+    assert processes_with(marker) == []  # neither the script nor its child survived

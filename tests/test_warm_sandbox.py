@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.procs import ROOT
+from tests.procs import ROOT, processes_with
 from worker.lifecycle import run_lifecycle
 from worker.records import CandidateTask, Limits, sha256_text
 from worker.sandbox.base import SandboxRequest
@@ -86,19 +86,6 @@ def warm_roots(pid: int | None = None) -> set[str]:
             with open(os.path.join(root, owner.OWNER_FILE)) as fh:
                 if fh.read().strip() == me:
                     found.add(root)
-        except OSError:
-            pass
-    return found
-
-
-def processes_under(root: str) -> list[int]:
-    """PIDs whose command line names ``root`` (bwrap binds the sandbox's directories)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if root.encode() in fh.read():
-                    found.append(int(pid))
         except OSError:
             pass
     return found
@@ -252,9 +239,9 @@ def test_an_unused_warm_sandbox_is_removed_after_its_idle_time(monkeypatch):
     made = wait_for(lambda: warm_roots() - before)
     assert made, "no warm sandbox was made"
     root = next(iter(made))
-    assert wait_for(lambda: processes_under(root)), "the warm sandbox has no processes"
+    assert wait_for(lambda: processes_with(root)), "the warm sandbox has no processes"
     assert wait_for(lambda: not os.path.exists(root)), f"{root} outlived its idle time"
-    assert wait_for(lambda: not processes_under(root)), processes_under(root)
+    assert wait_for(lambda: not processes_with(root)), processes_with(root)
 
 
 def test_a_warm_sandbox_goes_when_its_process_ends(tmp_path):
@@ -285,4 +272,4 @@ def test_a_warm_sandbox_goes_when_its_process_ends(tmp_path):
     assert made, done.stdout  # the positive control: it had one
     for root in made:
         assert not os.path.exists(root)
-        assert not processes_under(root)
+        assert not processes_with(root)

@@ -118,9 +118,7 @@ class BwrapSandbox(LocalSandbox):
         if warm is not None:
             spec = warm.spec_for(argv, timeout, output_cap,
                                  self._env(INSIDE_WORKDIR, "/tmp", argv))
-            ran = None
-            if spec is not None and not self.touched:
-                ran = self._go(warm, spec, timeout)
+            ran = None if spec is None or self.touched else self._go(warm, spec, timeout)
             if ran is not None:
                 return ran
             warm.discard()

@@ -5,10 +5,10 @@ mounts, cgroups, rlimits, slirp4netns and the egress routes, and its own ``pytho
 starting. When N slots finish and start together on fewer cores (every wave of a
 competition), each of those set-ups competes at the same instant. So once a worker
 process's candidate has run ``WARM_AFTER`` seconds, one thread of that process makes a
-sandbox for the next candidate of the same shape (the same request, but for the run, candidate
-and owner, under the same settings): set up exactly as that candidate's own would be,
-with ``python3`` started on ``zygote`` and waiting for its command line. The next
-``create`` of that shape takes it.
+sandbox for the next candidate of the same shape (the same request, but for the run,
+candidate and owner, under the same settings): set up exactly as that candidate's own
+would be, with ``python3`` started on ``zygote`` and waiting for its command line. The
+next ``create`` of that shape takes it.
 
 Nothing is shared: a warm sandbox serves one candidate and is deleted after it, as a
 cold one is. What its making logged (an egress note, say) is replayed into its
@@ -138,7 +138,7 @@ class WarmPool:
             self._jobs.clear()
             self._cond.notify_all()
         for entry in gone:
-            _delete(entry)
+            _delete(entry.sandbox)
 
     def _drop(self, job: _Entry) -> None:
         with self._cond:
@@ -154,7 +154,7 @@ class WarmPool:
                     self._cond.wait(self._until_next())
                     gone, job = self._next()
             for entry in gone:
-                _delete(entry)
+                _delete(entry.sandbox)
             if job is not None:
                 self._fill(job)
 
@@ -203,12 +203,12 @@ class WarmPool:
                 entry.made_at = time.monotonic()
             self._cond.notify_all()
         if sandbox is not None and entry not in self._entries:
-            _delete(_Entry(entry.shape, sandbox=sandbox))
+            _delete(sandbox)
 
 
-def _delete(entry: _Entry) -> None:
+def _delete(sandbox: BwrapSandbox) -> None:
     try:
-        entry.sandbox.delete()
+        sandbox.delete()
     except Exception as exc:  # noqa: BLE001 - its leftovers are swept like a dead worker's
         log.debug("warm sandbox not removed: %s", exc)
 

@@ -14,7 +14,6 @@ unused: exit at once.
 """
 
 
-
 def _forge_zygote():
     # start-up: none (both are loaded already); local names, as the loop below empties
     # __main__'s globals
