@@ -111,13 +111,17 @@ def test_publishing_subscribes_to_no_result_channel(distributed_env, redis_serve
 
 
 def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, workers, tmp_path):
-    """Each pool process makes an /etc skeleton (and, for an interpreter the sandbox uid
-    cannot reach, a mount view) under the sandbox directory; a worker that stops cleanly
-    removes them, though pool processes leave through os._exit."""
+    """Each pool process makes its /etc skeletons (one per network mode) as it starts,
+    before any task, (and, for an interpreter the sandbox uid cannot reach, a mount
+    view) under the sandbox directory; candidates use them and make none; a worker that
+    stops cleanly removes them, though pool processes leave through os._exit."""
     import glob
     import os
     import shutil
     import tempfile
+    import time
+
+    from worker.sandbox import netns
 
     # The worker's own sandbox directory (a tmpfs, as by default), so helpers made by
     # any other process on this machine cannot be mistaken for this worker's.
@@ -129,13 +133,20 @@ def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, work
         return {p for pat in ("forge-etc-*", "forge-view-*")
                 for p in glob.glob(os.path.join(parent, pat))}
 
+    assert netns.slirp4netns_path(), "slirp4netns missing: apt-get install slirp4netns"
     try:
         (w,) = workers(env, n=1, concurrency=2)
+        deadline = time.monotonic() + 30
+        while len(glob.glob(os.path.join(parent, "forge-etc-*"))) < 4 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        made = helpers()
+        # 2 pool processes x (no network, slirp4netns), before any task
+        assert len([p for p in made if "forge-etc-" in p]) == 4, sorted(made)
         manifest = sleepers(tmp_path / "cands", 2, seconds=0.1)
         done = run_forge_cli(["run", "--candidates", str(manifest), "--no-post"], env)
         assert done.returncode == 0, done.stderr
-        during = helpers()
-        assert during, "the worker's pool processes made no /etc skeleton: nothing was tested"
+        assert helpers() == made  # the candidates used them, and made none of their own
         w.stop()
         assert not helpers(), sorted(helpers())
     finally:

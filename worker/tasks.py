@@ -56,6 +56,15 @@ def _warm_up(**_kwargs) -> None:
     gc.freeze()  # the modules loaded so far are never garbage: keep them out of every GC
 
 
+@worker_process_init.connect
+def _warm_sandboxes(**_kwargs) -> None:
+    """A pool process readies what its first sandboxes would wait for (the main process,
+    at ``worker_ready`` above, runs none)."""
+    from worker.sandbox.local import warm_process  # start-up: workers only
+
+    warm_process()
+
+
 @worker_process_shutdown.connect
 def _release(**_kwargs) -> None:
     """A pool process leaves through os._exit (no atexit): remove its sandbox helpers."""

@@ -21,7 +21,8 @@ and a warning is logged. ``FORGE_REQUIRE_ISOLATION=1`` turns that into an error.
 
 Modules, one job each:
 
-* ``backend``: ``LocalBackend`` (create a sandbox, reserve a core), ``prepare_process``;
+* ``backend``: ``LocalBackend`` (create a sandbox, reserve a core), ``prepare_process``
+  and ``warm_process``;
 * ``sandbox``: what every local sandbox has (its directory, safe upload/download);
   ``untar``: a project unpacked into it from the host, no link followed;
   ``bwrap_sandbox`` and ``plain``: running the command, with and without bubblewrap;
@@ -38,6 +39,6 @@ Modules, one job each:
 
 from __future__ import annotations
 
-from worker.sandbox.local.backend import LocalBackend, prepare_process
+from worker.sandbox.local.backend import LocalBackend, prepare_process, warm_process
 
-__all__ = ["LocalBackend", "prepare_process"]
+__all__ = ["LocalBackend", "prepare_process", "warm_process"]

@@ -17,7 +17,7 @@ from worker.sandbox.base import (
     SandboxError,
     SandboxRequest,
 )
-from worker.sandbox.local import bwrap, owner, warm
+from worker.sandbox.local import bwrap, etc, owner, warm
 from worker.sandbox.local.bwrap import INSTALL_HINT, require_isolation
 from worker.sandbox.local.bwrap_sandbox import BOUNDARIES, BwrapSandbox
 from worker.sandbox.local.leftovers import sweep_leftovers
@@ -34,6 +34,16 @@ def prepare_process() -> None:
         share_prefixes(sandbox_parent(), owner.own_identity())
     except OSError:
         pass  # sandboxes then mount the prefix themselves, per launch
+
+
+def warm_process() -> None:
+    """Make now what this process's first sandboxes would otherwise wait for: the /etc
+    skeletons (``etc.prepare``). Never raises: a candidate reports any problem itself."""
+    try:
+        if bwrap.probe().ok:
+            etc.prepare(sandbox_parent(), owner.own_identity())
+    except OSError:
+        pass
 
 
 class LocalBackend:

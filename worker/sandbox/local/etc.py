@@ -6,60 +6,46 @@ resolv.conf (``visible.generated_etc``). One mount instead of ~20: bwrap re-read
 mount table for every bind it makes, so each bind cost ~0.6 ms of CPU per sandbox on a
 slow day (bench/README.md, issue 17); the public directories (TLS roots, alternatives,
 ld.so.conf.d) are copied for that reason too. A skeleton is made once per process and
-network mode, and made again when a source changes: every source path, and every
-directory and regular file inside a public directory, is compared by ``lstat`` before
-each sandbox (a package upgrade rewriting ld.so.cache, or update-ca-certificates
-replacing the bundle). A file the worker cannot read is left out: the sandbox, never
-more privileged than the worker, could not have read it either.
+network mode (``prepare``: when the process starts, not in a candidate's time), and
+made again when a source changes: every source path, and every directory and regular
+file inside a public directory, is compared by ``lstat`` before each sandbox (a package
+upgrade rewriting ld.so.cache, or update-ca-certificates replacing the bundle). A file
+the worker cannot read is left out: the sandbox, never more privileged than the worker,
+could not have read it either.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterable
+import threading
 from dataclasses import dataclass
 
+from worker.sandbox import netns
 from worker.sandbox.local import cleanup, owner
 from worker.sandbox.visible import ETC_FILES, generated_etc
 
 
 @dataclass(frozen=True)
 class _Skeleton:
-    watched: tuple[str, ...]  # what a change of means a new skeleton
-    signature: tuple
     path: str
     args: list[str]
+    watched: tuple[str, ...]  # the sources, and the directories and files inside them
+    signature: tuple  # their lstat when they were copied
 
 
 _etc_cache: dict[str, _Skeleton] = {}  # network mode -> its skeleton
+_making = threading.Lock()  # one skeleton made at a time: threads starting together wait
 
 
-def watched_paths(sources: Iterable[str]) -> tuple[str, ...]:
-    """``sources``, and every directory and regular file inside those that are
-    directories. A symlink inside is covered by its directory: replacing it changes the
-    directory's mtime."""
-    found: list[str] = []
-    for path in sources:
-        found.append(path)
-        if os.path.isdir(path) and not os.path.islink(path):
-            for root, dirs, files in os.walk(path):
-                found += [os.path.join(root, d) for d in dirs]
-                found += [f for f in (os.path.join(root, n) for n in files)
-                          if not os.path.islink(f)]
-    return tuple(found)
-
-
-def signature(watched: Iterable[str]) -> tuple:
-    sig = []
-    for path in watched:
-        try:
-            st = os.lstat(path)
-            sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            sig.append(None)
-    return tuple(sig)
+def _stamp(path: str) -> tuple | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def etc_binds(network: str, parent: str, owner_id: str | None = None,
@@ -67,52 +53,101 @@ def etc_binds(network: str, parent: str, owner_id: str | None = None,
     """bwrap arguments giving the sandbox its /etc for ``network`` ("slirp4netns", ...);
     ``sources``: the public paths, under ``root`` (tests pass their own)."""
     cached = _etc_cache.get(network)
-    if cached is not None and cached.signature == signature(cached.watched) \
-            and os.path.isdir(cached.path):
+    if _current(cached):
         return cached.args
-    watched = watched_paths(sources)
-    sig = signature(watched)  # before the copy: a change during it shows next time
-    skeleton = _make_etc(network, parent, owner_id, sources, root)
-    _etc_cache[network] = _Skeleton(watched, sig, skeleton, ["--ro-bind", skeleton, "/etc"])
-    return _etc_cache[network].args
+    with _making:
+        cached = _etc_cache.get(network)
+        if not _current(cached):
+            cached = _etc_cache[network] = _make_etc(network, parent, owner_id, sources,
+                                                     root)
+        return cached.args
+
+
+def _current(cached: _Skeleton | None) -> bool:
+    """Nothing it was copied from has changed (a symlink inside a directory is covered
+    by the directory: replacing one changes the directory's mtime)."""
+    return cached is not None and os.path.isdir(cached.path) \
+        and tuple(map(_stamp, cached.watched)) == cached.signature
+
+
+def prepare(parent: str, owner_id: str | None = None) -> None:
+    """Make the skeletons of the network modes a sandbox here can have (no network, and
+    slirp4netns where it works), so no candidate waits for one (~5-10 ms each)."""
+    for network in ("none", *(("slirp4netns",) if netns.slirp4netns_path() else ())):
+        etc_binds(network, parent, owner_id)
+
+
+class _Copy:
+    """What a skeleton was copied from, each path stamped just before it was read: a
+    change during the copy shows at the next check."""
+
+    def __init__(self):
+        self.watched: list[str] = []
+        self.signature: list[tuple | None] = []
+
+    def stamp(self, path: str) -> tuple | None:
+        stamp = _stamp(path)
+        self.watched.append(path)
+        self.signature.append(stamp)
+        return stamp
+
+    def file(self, src: str, dest: str) -> None:
+        """A file (with its mode and times) or a symlink; left out if unreadable."""
+        try:
+            shutil.copy2(src, dest, follow_symlinks=False)
+        except OSError:
+            pass
+
+    def tree(self, src: str, dest: str) -> None:
+        """A public directory: directories with their modes, symlinks as symlinks,
+        regular files as ``file``. An unreadable listing, and anything else (a FIFO, a
+        socket), is left out. Not ``shutil.copytree``: its per-link ``copystat`` and
+        xattr calls made it 2.5x slower on /etc's ~700 links."""
+        mode = stat.S_IMODE(os.lstat(src).st_mode)
+        os.mkdir(dest, 0o700)
+        try:
+            with os.scandir(src) as entries:
+                for entry in entries:
+                    target = os.path.join(dest, entry.name)
+                    if entry.is_symlink():
+                        os.symlink(os.readlink(entry.path), target)
+                    elif entry.is_dir(follow_symlinks=False):
+                        self.stamp(entry.path)
+                        self.tree(entry.path, target)
+                    elif entry.is_file(follow_symlinks=False):
+                        self.stamp(entry.path)
+                        self.file(entry.path, target)
+        except OSError:
+            pass
+        os.chmod(dest, mode)
 
 
 def _make_etc(network: str, parent: str, owner_id: str | None,
-              sources: tuple[str, ...], root: str) -> str:
+              sources: tuple[str, ...], root: str) -> _Skeleton:
     top = tempfile.mkdtemp(prefix="forge-etc-", dir=parent)
     os.chmod(top, 0o711)
     owner.mark(top, owner_id)  # lets a later worker sweep it if this process dies first
+    cleanup.register(lambda: shutil.rmtree(top, ignore_errors=True))
     etc = os.path.join(top, "etc")
     os.mkdir(etc, 0o755)
-    trees = []
+    copy, trees = _Copy(), []
     for path in sources:
         dest = os.path.join(etc, os.path.relpath(path, root))
-        if not os.path.lexists(path):
+        if copy.stamp(path) is None:
             continue
         os.makedirs(os.path.dirname(dest), 0o755, exist_ok=True)
         if os.path.isdir(path) and not os.path.islink(path):
             trees.append((path, dest))
         else:
-            _copy_readable(path, dest)
+            copy.file(path, dest)
     write_etc(etc, network)
-    for root, dirs, _files in os.walk(etc):  # the skeleton's own directories, not copies
+    for base, dirs, _files in os.walk(etc):  # the skeleton's own directories, not copies
         for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
+            os.chmod(os.path.join(base, d), 0o755)
     for src, dest in trees:
-        try:
-            shutil.copytree(src, dest, symlinks=True, copy_function=_copy_readable)
-        except shutil.Error:  # an unreadable directory inside: the rest is copied
-            pass
-    cleanup.register(lambda: shutil.rmtree(top, ignore_errors=True))
-    return etc
-
-
-def _copy_readable(src: str, dest: str) -> None:
-    """``src`` copied with its mode (a symlink as a symlink), or left out if unreadable."""
-    try:
-        shutil.copy2(src, dest, follow_symlinks=False)
-    except OSError:
-        pass
+        copy.tree(src, dest)
+    return _Skeleton(etc, ["--ro-bind", etc, "/etc"], tuple(copy.watched),
+                     tuple(copy.signature))
 
 
 def write_etc(etc_dir: str, network: str) -> None:
