@@ -111,10 +111,10 @@ def test_publishing_subscribes_to_no_result_channel(distributed_env, redis_serve
 
 
 def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, workers, tmp_path):
-    """Each pool process makes its /etc skeletons (one per network mode) as it starts,
-    before any task, (and, for an interpreter the sandbox uid cannot reach, a mount
-    view) under the sandbox directory; candidates use them and make none; a worker that
-    stops cleanly removes them, though pool processes leave through os._exit."""
+    """Each pool process makes its /etc skeleton (the default network mode's) as it
+    starts, before any task, (and, for an interpreter the sandbox uid cannot reach, a
+    mount view) under the sandbox directory; candidates use it and make none; a worker
+    that stops cleanly removes them, though pool processes leave through os._exit."""
     import glob
     import os
     import shutil
@@ -137,12 +137,12 @@ def test_a_stopped_worker_leaves_no_sandbox_helpers_behind(distributed_env, work
     try:
         (w,) = workers(env, n=1, concurrency=2)
         deadline = time.monotonic() + 30
-        while len(glob.glob(os.path.join(parent, "forge-etc-*"))) < 4 \
+        while len(glob.glob(os.path.join(parent, "forge-etc-*"))) < 2 \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
         made = helpers()
-        # 2 pool processes x (no network, slirp4netns), before any task
-        assert len([p for p in made if "forge-etc-" in p]) == 4, sorted(made)
+        # 2 pool processes x the default network mode (slirp4netns), before any task
+        assert len([p for p in made if "forge-etc-" in p]) == 2, sorted(made)
         manifest = sleepers(tmp_path / "cands", 2, seconds=0.1)
         done = run_forge_cli(["run", "--candidates", str(manifest), "--no-post"], env)
         assert done.returncode == 0, done.stderr

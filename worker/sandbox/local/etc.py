@@ -71,10 +71,11 @@ def _current(cached: _Skeleton | None) -> bool:
 
 
 def prepare(parent: str, owner_id: str | None = None) -> None:
-    """Make the skeletons of the network modes a sandbox here can have (no network, and
-    slirp4netns where it works), so no candidate waits for one (~5-10 ms each)."""
-    for network in ("none", *(("slirp4netns",) if netns.slirp4netns_path() else ())):
-        etc_binds(network, parent, owner_id)
+    """Make the skeleton of the default network mode (outbound through slirp4netns, or
+    none where it cannot work), so no candidate waits for it (~5-10 ms). The other mode
+    is made by its first sandbox: every skeleton is also ~700 unlinks at exit, on an
+    embedded run's path."""
+    etc_binds("slirp4netns" if netns.slirp4netns_path() else "none", parent, owner_id)
 
 
 class _Copy:
