@@ -22,21 +22,18 @@ _winding_down: threading.Thread | None = None
 
 def _warm_local_sandboxes() -> threading.Thread:
     """Load the local sandbox backend, probe bubblewrap (it starts a sandbox once, ~40
-    ms, mostly waiting), make the /etc skeletons and sweep what killed workers left
-    (once per process), in a thread, while the worker starts. Left to the first
-    candidates, every one of them probed: the probe is cached once done, not while it
-    runs. A failure is left for the first candidate to report."""
+    ms, mostly waiting) and do the rest of ``warm_process`` (sweep what killed workers
+    left, the /etc skeleton, the egress policy), in a thread, while the worker starts.
+    Left to the first candidates, every one of them probed: the probe is cached once
+    done, not while it runs. A failure is left for the first candidate to report."""
     def warm() -> None:
         try:
             # start-up: the sandbox modules load in this thread, beside the worker's start
             from worker.sandbox import get_backend
-            from worker.sandbox.local import bwrap, warm_process
-            from worker.sandbox.local.leftovers import sweep_leftovers
+            from worker.sandbox.local import warm_process
 
             get_backend("local")
-            bwrap.probe()
             warm_process()
-            sweep_leftovers()
         except Exception:  # noqa: BLE001, S110
             pass
 

@@ -686,3 +686,40 @@ def test_sweeping_a_dead_processs_view_never_recurses(tmp_path):
         import shutil
 
         shutil.rmtree(view, ignore_errors=True)
+
+
+WARM_PROBE = r"""
+import json
+from worker.records import Egress
+from worker.sandbox import egress
+from worker.sandbox.local import etc, leftovers, warm_process
+
+def state():
+    return {"swept": leftovers._swept, "skeletons": sorted(etc._etc_cache),
+            "policy": ("policy", Egress()) in egress._lookups._items}
+
+before = state()
+warm_process()
+print(json.dumps({"before": before, "after": state()}))
+"""
+
+
+def test_a_process_readies_its_first_sandbox_before_any_candidate():
+    """``warm_process`` (a pool process at start, an embedded run's warm-up thread) does
+    what a process's first sandbox would otherwise do in its candidate's time: the
+    sweep, the default network mode's /etc skeleton, the default egress policy."""
+    require_bwrap()
+    import json
+    import subprocess
+    import sys
+
+    from worker.sandbox import netns
+
+    assert netns.slirp4netns_path(), "slirp4netns missing: apt-get install slirp4netns"
+    done = subprocess.run([sys.executable, "-c", WARM_PROBE], capture_output=True, text=True,
+                          timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["before"] == {"swept": False, "skeletons": [], "policy": False}  # control
+    assert got["after"] == {"swept": True, "skeletons": ["slirp4netns"], "policy": True}
