@@ -3,8 +3,8 @@
 The skeleton holds copies of the public files and directories in ``visible.ETC_FILES``
 (symlinks stay symlinks, modes are kept) and the generated passwd/group/hosts/
 resolv.conf (``visible.generated_etc``). One mount instead of ~20: bwrap re-reads the
-mount table for every bind it makes, so each bind cost ~0.6 ms of CPU per sandbox on a
-slow day (bench/README.md, issue 17); the public directories (TLS roots, alternatives,
+mount table for every bind it makes, so each bind cost 0.2-0.7 ms of its CPU per sandbox
+on a slow day (bench/README.md, issue 17); the public directories (TLS roots, alternatives,
 ld.so.conf.d) are copied for that reason too. A skeleton is made once per process and
 network mode (``prepare``: when the process starts, not in a candidate's time), and
 made again when a source changes: every source path, and every directory and regular
@@ -72,7 +72,7 @@ def _current(cached: _Skeleton | None) -> bool:
 
 def prepare(parent: str, owner_id: str | None = None) -> None:
     """Make the skeleton of the default network mode (outbound through slirp4netns, or
-    none where it cannot work), so no candidate waits for it (~5-10 ms). The other mode
+    none where it cannot work), so no candidate waits for it (5-12 ms). The other mode
     is made by its first sandbox: every skeleton is also ~700 unlinks at exit, on an
     embedded run's path."""
     etc_binds("slirp4netns" if netns.slirp4netns_path() else "none", parent, owner_id)
