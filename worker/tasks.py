@@ -12,6 +12,7 @@ import gc
 import json
 import logging
 import resource
+import threading
 import time
 from typing import Any
 
@@ -59,10 +60,12 @@ def _warm_up(**_kwargs) -> None:
 @worker_process_init.connect
 def _warm_sandboxes(**_kwargs) -> None:
     """A pool process readies what its first sandboxes would wait for (the main process,
-    at ``worker_ready`` above, runs none)."""
+    at ``worker_ready`` above, runs none), in a thread: the sweep of a killed worker's
+    leftovers is unbounded, and a pool process that does not report up within
+    ``worker_proc_alive_timeout`` (4 s) is killed and replaced."""
     from worker.sandbox.local import warm_process  # start-up: workers only
 
-    warm_process()
+    threading.Thread(target=warm_process, name="forge-warm-process", daemon=True).start()
 
 
 @worker_process_shutdown.connect
