@@ -116,3 +116,61 @@ def _probe_source() -> str:
     import inspect
 
     return "import hashlib, os, stat\n\n" + inspect.getsource(tree) + "\n"
+
+
+RELEASE_RACE = r"""
+import json, os, sys, threading
+from worker.sandbox.local import cleanup, etc
+
+src, parent = sys.argv[1], sys.argv[2]
+root = src[:src.rindex("/etc/") + len("/etc")]
+in_copy, go_on = threading.Event(), threading.Event()
+real_tree = etc._Copy.tree
+
+def tree(self, s, d):  # the copy holds here, half made, until the removal is under way
+    in_copy.set()
+    go_on.wait(30)
+    return real_tree(self, s, d)
+
+etc._Copy.tree = tree
+maker = threading.Thread(target=etc.etc_binds, args=("net", parent, "owner"),
+                         kwargs={"sources": (src,), "root": root}, daemon=True)
+maker.start()
+assert in_copy.wait(30)
+releaser = threading.Thread(target=cleanup.release_process)  # the process ending
+releaser.start()
+releaser.join(0.5)
+during = {"released": not releaser.is_alive(), "dirs": sorted(os.listdir(parent))}
+go_on.set()
+maker.join(30)
+releaser.join(30)
+print(json.dumps({"during": during, "after": sorted(os.listdir(parent))}))
+"""
+
+
+@pytest.mark.processes
+def test_a_process_ending_during_a_copy_leaves_nothing(tmp_path):
+    """The race: the process releases its skeletons (exit, pool-process shutdown) while a
+    thread is still copying one. The removal waits for the copy to end, then removes it
+    all: a removal during the copy would leave the rest of the copy behind with its
+    owner mark gone, which no sweep would ever remove."""
+    import json
+    import subprocess
+    import sys
+
+    src = tmp_path / "etc" / "alternatives"
+    src.mkdir(parents=True)
+    for i in range(50):
+        os.symlink(f"/usr/bin/tool{i}", src / f"tool{i}")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_RACE, str(src), str(parent)], capture_output=True,
+        text=True, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    during = got["during"]
+    assert not during["released"], got  # it waited for the copy
+    assert len(during["dirs"]) == 1 and during["dirs"][0].startswith("forge-etc-"), got
+    assert got["after"] == [], got  # then removed all of it

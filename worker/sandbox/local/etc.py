@@ -16,6 +16,7 @@ could not have read it either.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
@@ -37,7 +38,9 @@ class _Skeleton:
 
 
 _etc_cache: dict[str, _Skeleton] = {}  # network mode -> its skeleton
-_making = threading.Lock()  # one skeleton made at a time: threads starting together wait
+# One skeleton made at a time (threads starting together wait), and none removed while
+# one is being made (``_remove``).
+_making = threading.RLock()
 
 
 def _stamp(path: str) -> tuple | None:
@@ -128,7 +131,7 @@ def _make_etc(network: str, parent: str, owner_id: str | None,
     top = tempfile.mkdtemp(prefix="forge-etc-", dir=parent)
     os.chmod(top, 0o711)
     owner.mark(top, owner_id)  # lets a later worker sweep it if this process dies first
-    cleanup.register(lambda: shutil.rmtree(top, ignore_errors=True))
+    cleanup.register(functools.partial(_remove, top))
     etc = os.path.join(top, "etc")
     os.mkdir(etc, 0o755)
     copy, trees = _Copy(), []
@@ -149,6 +152,21 @@ def _make_etc(network: str, parent: str, owner_id: str | None,
         copy.tree(src, dest)
     return _Skeleton(etc, ["--ro-bind", etc, "/etc"], tuple(copy.watched),
                      tuple(copy.signature))
+
+
+def _remove(top: str) -> None:
+    """A skeleton's undo (``cleanup``), never in the middle of a copy: a thread still
+    copying (an embedded run's warm-up, as the command exits) would go on filling a tree
+    whose owner mark was removed, which no sweep would ever find."""
+    locked = _making.acquire(timeout=10)
+    try:
+        for network, skeleton in list(_etc_cache.items()):
+            if os.path.dirname(skeleton.path) == top:
+                del _etc_cache[network]
+        shutil.rmtree(top, ignore_errors=True)
+    finally:
+        if locked:
+            _making.release()
 
 
 def write_etc(etc_dir: str, network: str) -> None:
