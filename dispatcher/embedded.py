@@ -37,6 +37,13 @@ def _warm_local_sandboxes() -> threading.Thread:
         except Exception:  # noqa: BLE001, S110
             pass
 
+    # The probe may start bwrap through a fork with a preexec_fn, which runs the at-fork
+    # hooks. concurrent.futures.thread (imported by the worker's thread pool as it starts)
+    # registers a lock's acquire and release there; imported between a fork's "before"
+    # and "after" hooks, it releases a lock never acquired ("release unlocked lock",
+    # printed to the command's stderr). Imported first, it is registered before any fork.
+    import concurrent.futures.thread  # noqa: F401  # start-up: see above
+
     thread = threading.Thread(target=warm, name="forge-warm-sandboxes", daemon=True)
     thread.start()
     return thread

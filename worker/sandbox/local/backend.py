@@ -44,8 +44,9 @@ def warm_process() -> None:
     switch uid, and build the default egress policy. Never raises: a candidate reports
     any problem itself."""
     try:
+        isolated = bwrap.probe().ok
         sweep_leftovers()
-        if not bwrap.probe().ok:
+        if not isolated:
             return
         etc.prepare(sandbox_parent(), owner.own_identity())
         thread_creds.usable()
