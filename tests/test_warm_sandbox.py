@@ -273,3 +273,42 @@ def test_a_warm_sandbox_goes_when_its_process_ends(tmp_path):
     for root in made:
         assert not os.path.exists(root)
         assert not processes_with(root)
+
+
+def test_a_process_ending_while_a_warm_sandbox_is_made_waits_and_removes_it():
+    """The race: the process ends (atexit; a pool process's shutdown) while its warm
+    thread is still making a sandbox. The drain waits for the making, and the maker
+    removes what it made: nothing of it outlives the process."""
+    require_bwrap()
+    program = textwrap.dedent("""
+        import threading, time
+        from worker.lifecycle import run_lifecycle
+        from worker.records import CandidateTask, sha256_text
+        from worker.sandbox.local import LocalBackend
+        from worker.sandbox.local.bwrap_sandbox import BwrapSandbox
+        making = threading.Event()
+        real = BwrapSandbox.make_warm
+
+        def make_warm(self, *args):  # made, but its maker not yet done as the process ends
+            real(self, *args)
+            print("MAKING", self.root, flush=True)
+            making.set()
+            time.sleep(0.5)
+
+        BwrapSandbox.make_warm = make_warm
+        s = "import sys, time; open(sys.argv[2], 'w').write('# ok'); time.sleep(0.4)"
+        t = CandidateTask(run_id="r-exit", candidate_id="c", name="c", script_name="s.py",
+                          script=s, script_sha256=sha256_text(s), objective="o", timeout=9)
+        assert run_lifecycle(LocalBackend(), t, print).success
+        assert making.wait(20)
+        print("EXITING", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "FORGE_WARM_SANDBOXES": "1",
+                                            "FORGE_WARM_IDLE": "600"}, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    [root] = [x.split()[1] for x in lines if x.startswith("MAKING")]
+    assert "EXITING" in lines  # it ended while the maker was still at work
+    assert not os.path.exists(root), f"{root} outlived its process"
+    assert not processes_with(root), processes_with(root)

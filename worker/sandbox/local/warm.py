@@ -128,7 +128,10 @@ class WarmPool:
         return functools.partial(self._drop, job)
 
     def drain(self) -> None:
-        """Remove every warm sandbox and make no more (the process is ending)."""
+        """Remove every warm sandbox and make no more (the process is ending). One being
+        made is removed by its maker (``_fill``): wait for that, or the process ends with
+        its bubblewrap half started, and a bwrap whose parent dies at that moment can be
+        left waiting forever."""
         if os.getpid() != self.pid:
             return
         with self._cond:
@@ -139,6 +142,8 @@ class WarmPool:
             self._cond.notify_all()
         for entry in gone:
             _delete(entry.sandbox)
+        with self._cond:
+            self._cond.wait_for(lambda: not self._entries, MAKING_WAIT)
 
     def _drop(self, job: _Entry) -> None:
         with self._cond:
@@ -196,14 +201,17 @@ class WarmPool:
             log.debug("warm sandbox not made: %s", exc)
             sandbox = None
         with self._cond:
-            if sandbox is None or self._closed:
-                self._entries.remove(entry)
-            else:
+            keep = sandbox is not None and not self._closed
+            if keep:
                 entry.sandbox = sandbox
                 entry.made_at = time.monotonic()
-            self._cond.notify_all()
-        if sandbox is not None and entry not in self._entries:
+                self._cond.notify_all()
+                return
+        if sandbox is not None:
             _delete(sandbox)
+        with self._cond:  # only now: ``drain`` waits for this entry to go
+            self._entries.remove(entry)
+            self._cond.notify_all()
 
 
 def _delete(sandbox: BwrapSandbox) -> None:
