@@ -152,8 +152,6 @@ def _on_off(default: bool) -> str:
 class Settings:
     """Every variable, read through ``.env`` and placeholders when its attribute is read."""
 
-    _names: tuple[str, ...] | None = None  # every variable's name (``fingerprint``)
-
     # -- broker and result backend -----------------------------------------------------
     broker_url = Setting(
         "CELERY_BROKER_URL", None, "Redis for tasks. Unset: embedded mode (`forge run` "
@@ -291,10 +289,9 @@ class Settings:
         settings (what was made under one set of settings is reused only under the same,
         e.g. warm sandboxes). Unparsed: a warm sandbox asks twice per candidate, and
         ``raw`` for every setting cost ~0.2 ms each time, this a third of that."""
-        if cls._names is None:
-            cls._names = tuple(v.name for v in cls.variables())
         load_dotenv_once()
-        return tuple(map(os.environ.copy().get, cls._names))
+        env = os.environ.copy()
+        return tuple(env.get(v.name) for v in cls.variables())
 
 
 settings = Settings()
