@@ -22,7 +22,7 @@ from tests.procs import ROOT, processes_with
 from worker.lifecycle import run_lifecycle
 from worker.records import CandidateTask, Limits, sha256_text
 from worker.sandbox.base import SandboxRequest
-from worker.sandbox.local import LocalBackend, bwrap, owner
+from worker.sandbox.local import LocalBackend, bwrap, owner, warm
 from worker.sandbox.local.parent_dir import sandbox_parent
 
 # Every test starts local sandboxes (bubblewrap, slirp4netns); tests/markers.py.
@@ -192,11 +192,17 @@ def test_a_setting_changed_since_starts_cold(monkeypatch):
 
 
 def test_a_candidate_that_ends_at_once_has_none_made_for_the_next(monkeypatch):
-    """Under ``WARM_AFTER``: making the next sandbox beside it would only cost CPU."""
+    """Under ``WARM_AFTER``: making the next sandbox beside it would only cost CPU.
+
+    ``WARM_AFTER`` is raised to 1.5 s here so that "at once" holds on a loaded machine
+    too (at 0.1 s, a quick candidate slowed past it by the rest of the suite had its
+    successor's sandbox made, as it should)."""
     require_bwrap()
     monkeypatch.setenv("FORGE_WARM_SANDBOXES", "1")
+    monkeypatch.setattr(warm, "WARM_AFTER", 1.5)
+    slow = "import sys, time\nopen(sys.argv[2], 'w').write('# ok')\ntime.sleep(2.5)\n"
     quick = "import sys\nopen(sys.argv[2], 'w').write('# ok')\n"
-    run(task(STATE, "quick-0", timeout=4))  # a slow one: the next is made meanwhile
+    run(task(slow, "quick-0", timeout=4))  # past WARM_AFTER: the next is made meanwhile
     before = warm_roots()
     _, lines = run(task(quick, "quick-1", timeout=4))
     assert any(WARM_LINE in x for x in lines), lines  # the positive control
